@@ -1,0 +1,82 @@
+"""Model registry (timm style): ``@register_model`` functions build an ``ElasticViT``; ``create_model(name, **kw)``.
+
+Each registered function takes keyword overrides of ``ElasticViTConfig`` fields (``num_labels``, ``num_channels``,
+``image_size``, ...) so configs and experiments pick models by name, never by an if/elif on names.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .elastic_vit import ElasticViT, ElasticViTConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_model", "list_models", "register_model"]
+
+ModelFn = Callable[..., ElasticViT]
+_REGISTRY: dict[str, ModelFn] = {}
+
+
+def register_model(fn: ModelFn) -> ModelFn:
+    """Register ``fn`` under its ``__name__``; a second registration of the same name is an error."""
+    name = fn.__name__
+    if name in _REGISTRY and _REGISTRY[name] is not fn:
+        raise ValueError(f"model {name!r} is already registered")
+    _REGISTRY[name] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **overrides: Any) -> ElasticViT:
+    """Build registered model ``name``; ``overrides`` replace config fields (e.g. ``num_labels=100``)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; registered models: {list_models()}")
+    return _REGISTRY[name](**overrides)
+
+
+def _uniform(
+    num_layers: int, num_heads: int, intermediate_size: int, hidden_size: int, defaults: dict[str, Any],
+    overrides: dict[str, Any],
+) -> ElasticViT:
+    """Uniform ViT from registry defaults updated by user overrides (geometry overrides allowed too)."""
+    geometry = {
+        "num_layers": overrides.pop("num_layers", num_layers),
+        "num_heads": overrides.pop("num_heads", num_heads),
+        "intermediate_size": overrides.pop("intermediate_size", intermediate_size),
+        "hidden_size": overrides.pop("hidden_size", hidden_size),
+    }
+    return ElasticViT(ElasticViTConfig.uniform(**geometry, **{**defaults, **overrides}))
+
+
+@register_model
+def vit_tiny_digits(**overrides: Any) -> ElasticViT:
+    """Embedded default: 8x8 grey digits, patch 2 (16 tokens + CLS), 4 layers x 4 heads, hidden 64, FFN 128."""
+    defaults = {"image_size": 8, "patch_size": 2, "num_channels": 1, "num_labels": 10}
+    return _uniform(4, 4, 128, 64, defaults, overrides)
+
+
+@register_model
+def vit_micro_test(**overrides: Any) -> ElasticViT:
+    """Smallest useful ViT for unit tests: 8x8 grey, patch 4 (4 tokens + CLS), 2 layers x 4 heads, hidden 32."""
+    defaults = {"image_size": 8, "patch_size": 4, "num_channels": 1, "num_labels": 10}
+    return _uniform(2, 4, 64, 32, defaults, overrides)
+
+
+@register_model
+def vit_b16(pretrained_path: str | None = None, **overrides: Any) -> ElasticViT:
+    """ViT-B/16 at 224: 12 layers x 12 heads, hidden 768, FFN 3072. Random init unless ``pretrained_path`` points to
+    a local ``save_pretrained`` directory (google/vit-base-patch16-224 layout); then only ``num_labels`` may change."""
+    if pretrained_path is not None:
+        extra = sorted(set(overrides) - {"num_labels"})
+        if extra:
+            raise ValueError(f"with pretrained_path only num_labels can be overridden, got {extra}")
+        return ElasticViT.from_pretrained(pretrained_path, num_labels=overrides.get("num_labels"))
+    defaults = {"image_size": 224, "patch_size": 16, "num_channels": 3, "num_labels": 1000}
+    return _uniform(12, 12, 3072, 768, defaults, overrides)
