@@ -1,0 +1,642 @@
+"""PFG: pick a sub-backbone (width, depth) per device class on an accuracy/latency/energy grid front (spec §2.8).
+
+The cloud holds a measured accuracy table of the trained (depth, width) sub-networks. PFG
+
+1. fits a quadratic accuracy surface ``Â(d, w)`` to that table (least squares, clipped to [0, 1]);
+2. evaluates it and a cost model (size, latency, energy) on a ``grid_points × grid_points`` candidate grid in [0, 1]²;
+3. min-max normalises size, latency and energy over the candidates (accuracy is *not* normalised, as in the original);
+4. splits the (Â, T̃, Ẽ) cube into K³ cells between the ideal point (1, 0, 0) and the nadir (0, 1, 1) and keeps, per
+   occupied cell, the candidate nearest to the ideal point (the "front"; cells with index outside 1..K are dropped,
+   which silently removes the empty and the full model — a documented quirk of the original, spec §7 item 34);
+5. returns the front candidate with the highest Â among those with normalised size S̃ ≤ ``size_constraint``.
+
+The original baselines (highest accuracy, largest size, random, traverse, worst) are selectors in the same registry.
+With :class:`OriginalCostModel` (the default) the published numbers of spec §2.8 / §6.8 are reproduced exactly. The
+pick is a point of the continuous candidate grid; :func:`snap_to_grid` maps it to a trained grid point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CandidateGrid",
+    "CostModel",
+    "MacsCostModel",
+    "MeasuredLatencyCostModel",
+    "OriginalCostModel",
+    "ParamCountCostModel",
+    "ViTArch",
+    "build_candidates",
+    "fit_accuracy_surface",
+    "grid_front",
+    "list_selectors",
+    "register_selector",
+    "select_backbone",
+    "size_constraint_for_profile",
+    "snap_to_grid",
+    "vit_macs",
+    "vit_param_count",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cost models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class CostModel(ABC):
+    """Size, latency and energy of sub-networks ``(w, d)``; arrays in, arrays out (same shape).
+
+    Only relative values matter to PFG (everything is min-max normalised over the candidates), so units are free.
+    ``heads``/``layers`` say how a ratio is turned into a unit count; they are reported with the pick.
+    """
+
+    num_heads: int = 12
+    num_layers: int = 12
+
+    def heads(self, w: np.ndarray) -> np.ndarray:
+        """Number of attention heads kept at width ratio ``w`` (elastic rule: ``max(1, round(H·w))``)."""
+        return np.maximum(1, np.round(self.num_heads * np.asarray(w, dtype=float))).astype(int)
+
+    def layers(self, d: np.ndarray) -> np.ndarray:
+        """Number of layers kept at depth ratio ``d`` (elastic rule: ``max(1, round(L·d))``)."""
+        return np.maximum(1, np.round(self.num_layers * np.asarray(d, dtype=float))).astype(int)
+
+    @abstractmethod
+    def size(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Model size (parameters, bytes, …) per candidate."""
+
+    @abstractmethod
+    def latency(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Inference/training latency per candidate."""
+
+    @abstractmethod
+    def energy(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Energy per candidate."""
+
+
+class OriginalCostModel(CostModel):
+    """The constants hard-coded in the original ``eval_PFG.py`` (reproduces the published numbers).
+
+    ``S = 768·n_w + 3 060 000·n_d``; ``P = (G + ΔG·n_w·n_d) + p·G_β``; ``T = L + ΔL·n_w·n_d``; ``E = k·P·T`` with
+    ``n_w = int(12w)``, ``n_d = int(12d)`` (truncation, as the original). Crude: a head weighs only 768 "params".
+    """
+
+    def __init__(
+        self,
+        params_per_head: float = 768,
+        params_per_layer: float = 3_060_000,
+        g: float = 100,
+        delta_g: float = 10,
+        l0: float = 1,
+        delta_l: float = 0.1,
+        p: float = 128,
+        g_beta: float = 50,
+        k: float = 10,
+        num_heads: int = 12,
+        num_layers: int = 12,
+    ) -> None:
+        self.params_per_head, self.params_per_layer = params_per_head, params_per_layer
+        self.g, self.delta_g, self.l0, self.delta_l, self.p, self.g_beta, self.k = g, delta_g, l0, delta_l, p, g_beta, k
+        self.num_heads, self.num_layers = num_heads, num_layers
+
+    def heads(self, w: np.ndarray) -> np.ndarray:
+        return np.trunc(self.num_heads * np.asarray(w, dtype=float)).astype(int)
+
+    def layers(self, d: np.ndarray) -> np.ndarray:
+        return np.trunc(self.num_layers * np.asarray(d, dtype=float)).astype(int)
+
+    def size(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return self.heads(w) * self.params_per_head + self.layers(d) * self.params_per_layer
+
+    def latency(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return self.l0 + self.delta_l * self.heads(w) * self.layers(d)
+
+    def energy(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        power = (self.g + self.delta_g * self.heads(w) * self.layers(d)) + self.p * self.g_beta
+        return self.k * power * self.latency(w, d)
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """Geometry of the full ViT that the elastic sub-networks are cut from (defaults: ViT-B/16 @ 224)."""
+
+    hidden: int = 768
+    num_heads: int = 12
+    ffn: int = 3072
+    num_layers: int = 12
+    image_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+
+    @property
+    def num_tokens(self) -> int:
+        """Patches + CLS."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+def _sub_dims(arch: ViTArch, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Attention width ``a`` and FFN width ``f`` of a sub-layer with ``heads`` heads (FFN scales with the heads)."""
+    heads = np.asarray(heads, dtype=float)
+    a = (arch.hidden // arch.num_heads) * heads
+    f = heads / arch.num_heads * arch.ffn
+    return a, f
+
+
+def vit_param_count(arch: ViTArch, heads: np.ndarray, layers: np.ndarray) -> np.ndarray:
+    """Backbone parameters (embeddings + kept layers + final LN, no classifier) of a sub-ViT.
+
+    Per layer ``3(h·a + a) + (a·h + h) + (h·f + f + f·h + h) + 4h`` (QKV, out-proj, FFN, two LayerNorms); embeddings
+    ``h·c·p² + h`` (patch conv) ``+ h`` (CLS) ``+ N·h`` (positions); final LN ``2h`` (anchors §5.6; 85.80 M for B/16).
+    """
+    h = arch.hidden
+    a, f = _sub_dims(arch, heads)
+    per_layer = 3 * (h * a + a) + (a * h + h) + (h * f + f + f * h + h) + 4 * h
+    embeddings = h * arch.in_chans * arch.patch_size**2 + h + h + arch.num_tokens * h
+    return embeddings + np.asarray(layers, dtype=float) * per_layer + 2 * h
+
+
+def vit_macs(arch: ViTArch, heads: np.ndarray, layers: np.ndarray) -> np.ndarray:
+    """Forward multiply-accumulates of a sub-ViT for one image (17.56 GMAC for the full B/16)."""
+    h, n = arch.hidden, arch.num_tokens
+    a, f = _sub_dims(arch, heads)
+    per_layer = 3 * n * h * a + 2 * n**2 * a + n * a * h + 2 * n * h * f
+    patch = (n - 1) * h * arch.in_chans * arch.patch_size**2
+    return patch + np.asarray(layers, dtype=float) * per_layer
+
+
+class ParamCountCostModel(CostModel):
+    """Size = analytic parameter count; latency and energy ∝ parameters (memory-bound device: each weight read once).
+
+    Pass either ``arch`` (a :class:`ViTArch`) or ``param_fn(w, d) -> params`` (vectorised over numpy arrays).
+    """
+
+    def __init__(
+        self,
+        arch: ViTArch | None = None,
+        param_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        bytes_per_param: float = 4.0,
+        seconds_per_param: float = 1e-9,
+        watts: float = 1.0,
+    ) -> None:
+        if arch is not None and param_fn is not None:
+            raise ValueError("ParamCountCostModel: pass either arch or param_fn, not both")
+        self.arch = arch if arch is not None or param_fn is not None else ViTArch()
+        self.param_fn = param_fn
+        if self.arch is not None:
+            self.num_heads, self.num_layers = self.arch.num_heads, self.arch.num_layers
+        self.bytes_per_param, self.seconds_per_param, self.watts = bytes_per_param, seconds_per_param, watts
+
+    def params(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Parameter count per candidate."""
+        if self.param_fn is not None:
+            return np.asarray(self.param_fn(np.asarray(w, dtype=float), np.asarray(d, dtype=float)), dtype=float)
+        return vit_param_count(self.arch, self.heads(w), self.layers(d))
+
+    def size(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return self.params(w, d) * self.bytes_per_param
+
+    def latency(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return self.params(w, d) * self.seconds_per_param
+
+    def energy(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return self.latency(w, d) * self.watts
+
+
+class MacsCostModel(CostModel):
+    """Size = analytic parameters; latency = MACs / throughput; energy = MACs·J/MAC + static power · latency."""
+
+    def __init__(
+        self,
+        arch: ViTArch | None = None,
+        bytes_per_param: float = 4.0,
+        macs_per_second: float = 1e10,
+        joules_per_mac: float = 1e-10,
+        static_watts: float = 0.0,
+    ) -> None:
+        self.arch = arch or ViTArch()
+        self.num_heads, self.num_layers = self.arch.num_heads, self.arch.num_layers
+        self.bytes_per_param, self.macs_per_second = bytes_per_param, macs_per_second
+        self.joules_per_mac, self.static_watts = joules_per_mac, static_watts
+
+    def macs(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """Forward MACs per candidate."""
+        return vit_macs(self.arch, self.heads(w), self.layers(d))
+
+    def size(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return vit_param_count(self.arch, self.heads(w), self.layers(d)) * self.bytes_per_param
+
+    def latency(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return self.macs(w, d) / self.macs_per_second
+
+    def energy(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return self.macs(w, d) * self.joules_per_mac + self.static_watts * self.latency(w, d)
+
+
+class MeasuredLatencyCostModel(CostModel):
+    """Latency measured on the trained grid points, bilinearly interpolated (linearly extrapolated, clipped ≥ 0).
+
+    ``latencies`` maps ``(width, depth) -> seconds`` and must cover a full rectilinear grid (every width × every
+    depth, ≥ 2 of each). Energy is ``watts · latency`` unless ``energies`` (same keys, joules) is given; size comes
+    from ``size_model`` (default :class:`ParamCountCostModel` of a ViT-B/16).
+    """
+
+    def __init__(
+        self,
+        latencies: Mapping[tuple[float, float], float],
+        size_model: CostModel | None = None,
+        watts: float = 1.0,
+        energies: Mapping[tuple[float, float], float] | None = None,
+    ) -> None:
+        self.size_model = size_model or ParamCountCostModel()
+        self.num_heads, self.num_layers = self.size_model.num_heads, self.size_model.num_layers
+        self.watts = watts
+        self._lat = _RectGrid.from_mapping(latencies, "latencies")
+        self._energy = _RectGrid.from_mapping(energies, "energies") if energies is not None else None
+
+    def heads(self, w: np.ndarray) -> np.ndarray:
+        return self.size_model.heads(w)
+
+    def layers(self, d: np.ndarray) -> np.ndarray:
+        return self.size_model.layers(d)
+
+    def size(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return self.size_model.size(w, d)
+
+    def latency(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return np.maximum(self._lat(w, d), 0.0)
+
+    def energy(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        if self._energy is not None:
+            return np.maximum(self._energy(w, d), 0.0)
+        return self.watts * self.latency(w, d)
+
+
+@dataclass(frozen=True)
+class _RectGrid:
+    """Values on a rectilinear (w, d) grid with piecewise-bilinear interpolation and linear extrapolation."""
+
+    ws: np.ndarray
+    ds: np.ndarray
+    values: np.ndarray  # shape (len(ws), len(ds))
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[tuple[float, float], float], what: str) -> _RectGrid:
+        if not table:
+            raise ValueError(f"MeasuredLatencyCostModel: {what} is empty")
+        ws = np.array(sorted({float(k[0]) for k in table}))
+        ds = np.array(sorted({float(k[1]) for k in table}))
+        if len(ws) < 2 or len(ds) < 2:
+            raise ValueError(f"MeasuredLatencyCostModel: {what} needs at least 2 widths and 2 depths")
+        lookup = {(float(k[0]), float(k[1])): float(v) for k, v in table.items()}
+        missing = [(w, d) for w in ws for d in ds if (w, d) not in lookup]
+        if missing:
+            raise ValueError(f"MeasuredLatencyCostModel: {what} is not a full grid; missing (w, d) = {missing}")
+        values = np.array([[lookup[(w, d)] for d in ds] for w in ws])
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError(f"MeasuredLatencyCostModel: {what} must be finite and non-negative")
+        return cls(ws, ds, values)
+
+    def __call__(self, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        w, d = np.asarray(w, dtype=float), np.asarray(d, dtype=float)
+        i = np.clip(np.searchsorted(self.ws, w, side="right") - 1, 0, len(self.ws) - 2)
+        j = np.clip(np.searchsorted(self.ds, d, side="right") - 1, 0, len(self.ds) - 2)
+        tw = (w - self.ws[i]) / (self.ws[i + 1] - self.ws[i])
+        td = (d - self.ds[j]) / (self.ds[j + 1] - self.ds[j])
+        v = self.values
+        return (
+            v[i, j] * (1 - tw) * (1 - td)
+            + v[i + 1, j] * tw * (1 - td)
+            + v[i, j + 1] * (1 - tw) * td
+            + v[i + 1, j + 1] * tw * td
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Accuracy surface and candidate grid
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _poly_features(d: np.ndarray, w: np.ndarray, degree: int) -> np.ndarray:
+    """sklearn ``PolynomialFeatures`` order for two inputs (d, w): 1, d, w, d², d·w, w², d³, …"""
+    cols = [d ** (k - j) * w**j for k in range(degree + 1) for j in range(k + 1)]
+    return np.stack(cols, axis=-1)
+
+
+def _validate_table(accuracy_table: Sequence[Sequence[float]]) -> np.ndarray:
+    table = np.asarray(accuracy_table, dtype=float) if len(accuracy_table) else np.zeros((0, 3))
+    if table.size == 0:
+        raise ValueError("accuracy_table is empty: need (depth, width, accuracy) rows of the trained sub-networks")
+    if table.ndim != 2 or table.shape[1] != 3:
+        raise ValueError(f"accuracy_table rows must be (depth, width, accuracy); got array of shape {table.shape}")
+    if not np.all(np.isfinite(table)):
+        raise ValueError("accuracy_table contains NaN or Inf")
+    for col, name in ((0, "depth"), (1, "width")):
+        bad = table[(table[:, col] <= 0) | (table[:, col] > 1), col]
+        if bad.size:
+            raise ValueError(f"accuracy_table {name} ratios must lie in (0, 1]; got {bad.tolist()}")
+    bad = table[(table[:, 2] < 0) | (table[:, 2] > 1), 2]
+    if bad.size:
+        raise ValueError(f"accuracy_table accuracies must be fractions in [0, 1]; got {bad.tolist()}")
+    return table
+
+
+def fit_accuracy_surface(
+    accuracy_table: Sequence[Sequence[float]], degree: int = 2
+) -> tuple[np.ndarray, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
+    """Least-squares polynomial ``Â(d, w)`` (sklearn feature order) → ``(beta, predict(d, w) clipped to [0, 1])``.
+
+    With fewer distinct (d, w) points than coefficients the degree is lowered (logged) so the fit stays determined.
+    """
+    table = _validate_table(accuracy_table)
+    distinct = len({(r[0], r[1]) for r in table})
+    while degree > 0 and (degree + 1) * (degree + 2) // 2 > distinct:
+        degree -= 1
+        logger.warning("accuracy_table has only %d distinct points; surface degree lowered to %d", distinct, degree)
+    x = _poly_features(table[:, 0], table[:, 1], degree)
+    beta, *_ = np.linalg.lstsq(x, table[:, 2], rcond=None)
+
+    def predict(d: np.ndarray, w: np.ndarray) -> np.ndarray:
+        d, w = np.asarray(d, dtype=float), np.asarray(w, dtype=float)
+        return np.clip(_poly_features(d, w, degree) @ beta, 0.0, 1.0)
+
+    return beta, predict
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    span = x.max() - x.min()
+    return (x - x.min()) / span if span > 0 else np.zeros_like(x, dtype=float)
+
+
+@dataclass(frozen=True)
+class CandidateGrid:
+    """All candidates in the original's order (width outer, depth inner) with normalised costs."""
+
+    width: np.ndarray
+    depth: np.ndarray
+    accuracy: np.ndarray
+    size: np.ndarray  # normalised S̃
+    latency: np.ndarray  # normalised T̃
+    energy: np.ndarray  # normalised Ẽ
+    heads: np.ndarray
+    layers: np.ndarray
+
+    def row(self, i: int) -> dict[str, float | int]:
+        """One candidate as the result dict."""
+        return {
+            "width": float(self.width[i]),
+            "depth": float(self.depth[i]),
+            "accuracy": float(self.accuracy[i]),
+            "size": float(self.size[i]),
+            "energy": float(self.energy[i]),
+            "latency": float(self.latency[i]),
+            "heads": int(self.heads[i]),
+            "layers": int(self.layers[i]),
+        }
+
+
+def build_candidates(
+    accuracy_table: Sequence[Sequence[float]], cost_model: CostModel | None = None, grid_points: int = 20
+) -> CandidateGrid:
+    """Evaluate the accuracy surface and the cost model on ``linspace(0, 1, grid_points)²``."""
+    if int(grid_points) != grid_points or grid_points < 2:
+        raise ValueError(f"grid_points must be an integer >= 2; got {grid_points}")
+    cost_model = cost_model or OriginalCostModel()
+    _, predict = fit_accuracy_surface(accuracy_table)
+    ratios = np.linspace(0.0, 1.0, int(grid_points))
+    w, d = (a.ravel() for a in np.meshgrid(ratios, ratios, indexing="ij"))  # width outer, depth inner
+    costs = {name: np.asarray(getattr(cost_model, name)(w, d), dtype=float) for name in ("size", "latency", "energy")}
+    for name, values in costs.items():
+        if values.shape != w.shape or not np.all(np.isfinite(values)):
+            raise ValueError(f"cost model {type(cost_model).__name__}.{name} returned non-finite or mis-shaped values")
+    return CandidateGrid(
+        width=w,
+        depth=d,
+        accuracy=predict(d, w),
+        size=_minmax(costs["size"]),
+        latency=_minmax(costs["latency"]),
+        energy=_minmax(costs["energy"]),
+        heads=np.asarray(cost_model.heads(w)),
+        layers=np.asarray(cost_model.layers(d)),
+    )
+
+
+def grid_front(grid: CandidateGrid, cells: int = 10, sigma: float = 1e-6) -> np.ndarray:
+    """Indices of the per-cell representatives (nearest to the ideal point) in cell order (l, m, n), as the original.
+
+    Cell index per axis is ``ceil((I − x + σ) / r)`` with ``r = (I − N + 2σ) / K``; out-of-range cells are dropped.
+    """
+    pts = np.stack([grid.accuracy, grid.latency, grid.energy], axis=1)
+    ideal, nadir = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 1.0])
+    r = (ideal - nadir + 2 * sigma) / cells
+    idx = np.ceil((ideal - pts + sigma) / r).astype(int)
+    inside = np.all((idx >= 1) & (idx <= cells), axis=1)
+    dist = np.linalg.norm(pts - ideal, axis=1)
+    best: dict[tuple[int, int, int], int] = {}
+    for i in np.flatnonzero(inside):
+        key = (int(idx[i, 0]), int(idx[i, 1]), int(idx[i, 2]))
+        if key not in best or dist[i] < dist[best[key]]:  # strict: first candidate wins ties (pandas idxmin)
+            best[key] = int(i)
+    return np.array([best[k] for k in sorted(best)], dtype=int)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Selectors (registry by decorator)
+# --------------------------------------------------------------------------------------------------------------------
+
+Selector = Callable[[CandidateGrid, float, int], int]
+_SELECTORS: dict[str, Selector] = {}
+
+
+def register_selector(name: str) -> Callable[[Selector], Selector]:
+    """Register ``fn(grid, size_constraint, seed) -> candidate index`` under ``name``."""
+
+    def deco(fn: Selector) -> Selector:
+        if name in _SELECTORS:
+            raise ValueError(f"selector {name!r} is already registered")
+        _SELECTORS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_selectors() -> list[str]:
+    """Names accepted by ``select_backbone(method=...)``."""
+    return sorted(_SELECTORS)
+
+
+def _feasible(grid: CandidateGrid, size_constraint: float) -> np.ndarray:
+    idx = np.flatnonzero(grid.size <= size_constraint)
+    if idx.size == 0:
+        raise ValueError(f"no candidate has normalised size <= size_constraint={size_constraint}")
+    return idx
+
+
+def _first_argmax(idx: np.ndarray, key: np.ndarray) -> int:
+    return int(idx[np.argmax(key[idx])])
+
+
+@register_selector("pfg")
+def _select_pfg(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
+    front = grid_front(grid)
+    front = front[grid.size[front] <= size_constraint]
+    if front.size == 0:
+        raise ValueError(f"no PFG front point has normalised size <= size_constraint={size_constraint}")
+    return _first_argmax(front, grid.accuracy)
+
+
+@register_selector("highest_accuracy")
+def _select_highest_accuracy(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
+    return _first_argmax(_feasible(grid, size_constraint), grid.accuracy)
+
+
+@register_selector("largest_size")
+def _select_largest_size(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
+    return _first_argmax(_feasible(grid, size_constraint), grid.size)
+
+
+@register_selector("random")
+def _select_random(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
+    # pandas ``DataFrame.sample(n=1, random_state=seed)`` == ``RandomState(seed).permutation(len)[0]``.
+    idx = _feasible(grid, size_constraint)
+    return int(idx[np.random.RandomState(seed).permutation(idx.size)[0]])
+
+
+@register_selector("traverse")
+def _select_traverse(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
+    idx = _feasible(grid, size_constraint)
+    return int(idx[np.argmin(grid.energy[idx] + grid.size[idx] - grid.accuracy[idx])])
+
+
+@register_selector("worst")
+def _select_worst(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
+    idx = _feasible(grid, size_constraint)
+    idx = idx[grid.accuracy[idx] > 0]
+    if idx.size == 0:
+        raise ValueError("worst: no feasible candidate with predicted accuracy > 0")
+    order = np.lexsort((-grid.size[idx], -grid.energy[idx], grid.accuracy[idx]))  # last key is primary
+    return int(idx[order[0]])
+
+
+def select_backbone(
+    accuracy_table: Sequence[Sequence[float]],
+    size_constraint: float,
+    method: str = "pfg",
+    cost_model: CostModel | None = None,
+    grid_points: int = 20,
+    seed: int = 0,
+) -> dict[str, float | int | str]:
+    """Pick a sub-backbone; returns ``width, depth, accuracy (Â), size (S̃), energy (Ẽ), latency (T̃), heads, layers``.
+
+    ``accuracy_table`` is a list of ``(depth, width, accuracy)`` rows (as the original); ``size_constraint`` is the
+    normalised-size bound in (0, 1]; ``method`` one of :func:`list_selectors`.
+    """
+    if method not in _SELECTORS:
+        raise ValueError(f"unknown backbone selection method {method!r}; allowed: {list_selectors()}")
+    if (
+        isinstance(size_constraint, bool)
+        or not isinstance(size_constraint, numbers.Real)
+        or not 0 < size_constraint <= 1
+    ):
+        raise ValueError(f"size_constraint must be in (0, 1]; got {size_constraint!r}")
+    grid = build_candidates(accuracy_table, cost_model, grid_points)
+    i = _SELECTORS[method](grid, float(size_constraint), seed)
+    result: dict[str, float | int | str] = {**grid.row(i), "method": method}
+    logger.info(
+        "select_backbone(%s): w=%.4f d=%.4f Â=%.6f S̃=%.6f Ẽ=%.6f",
+        method,
+        result["width"],
+        result["depth"],
+        result["accuracy"],
+        result["size"],
+        result["energy"],
+    )
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Deployment helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_ratios(values: Sequence[float], name: str) -> np.ndarray:
+    arr = np.asarray(sorted({float(v) for v in values}))
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty")
+    bad = arr[(arr <= 0) | (arr > 1) | ~np.isfinite(arr)]
+    if bad.size:
+        raise ValueError(f"{name} must lie in (0, 1]; got {bad.tolist()}")
+    return arr
+
+
+def snap_to_grid(
+    choice: Mapping[str, float] | tuple[float, float],
+    widths: Sequence[float],
+    depths: Sequence[float],
+    size_constraint: float | None = None,
+    cost_model: CostModel | None = None,
+    grid_points: int = 20,
+) -> dict[str, float]:
+    """Nearest trained grid point (Euclidean in (w, d); ties → the smaller one) to a PFG pick.
+
+    ``choice`` is a :func:`select_backbone` result or a ``(width, depth)`` tuple. With ``size_constraint``, only grid
+    points whose normalised size (same normalisation as :func:`select_backbone`: min-max over the candidate grid of
+    ``cost_model``) is within the constraint are eligible, so snapping never exceeds the device budget.
+    """
+    w0, d0 = (choice["width"], choice["depth"]) if isinstance(choice, Mapping) else choice
+    ws, ds = _check_ratios(widths, "widths"), _check_ratios(depths, "depths")
+    gw, gd = (a.ravel() for a in np.meshgrid(ws, ds, indexing="ij"))
+    eligible = np.ones(gw.size, dtype=bool)
+    sizes = np.full(gw.size, np.nan)
+    if size_constraint is not None:
+        if not 0 < size_constraint <= 1:
+            raise ValueError(f"size_constraint must be in (0, 1]; got {size_constraint!r}")
+        cm = cost_model or OriginalCostModel()
+        ratios = np.linspace(0.0, 1.0, int(grid_points))
+        cw, cd = (a.ravel() for a in np.meshgrid(ratios, ratios, indexing="ij"))
+        all_sizes = np.asarray(cm.size(cw, cd), dtype=float)
+        lo, hi = all_sizes.min(), all_sizes.max()
+        sizes = (np.asarray(cm.size(gw, gd), dtype=float) - lo) / (hi - lo if hi > lo else 1.0)
+        eligible = sizes <= size_constraint + 1e-12
+        if not eligible.any():
+            raise ValueError(f"no trained grid point fits size_constraint={size_constraint}")
+    dist = np.hypot(gw - w0, gd - d0)
+    key = np.where(eligible, dist, np.inf)
+    order = np.lexsort((gw + gd, key))
+    i = int(order[0])
+    return {"width": float(gw[i]), "depth": float(gd[i]), "distance": float(dist[i]), "size": float(sizes[i])}
+
+
+def size_constraint_for_profile(
+    memory_budget_bytes: float, full_model_bytes: float, min_model_bytes: float = 0.0
+) -> float:
+    """Map a device's memory budget to PFG's normalised size constraint ``(budget − min) / (full − min)`` in (0, 1].
+
+    ``full_model_bytes``/``min_model_bytes`` are the largest/smallest candidate sizes (the min-max range PFG
+    normalises over; 0 for :class:`OriginalCostModel`, the embeddings-only size for the analytic ones). A budget at or
+    above the full model gives 1.0; one at or below the smallest candidate raises (nothing fits).
+    """
+    for name, v in (
+        ("memory_budget_bytes", memory_budget_bytes),
+        ("full_model_bytes", full_model_bytes),
+        ("min_model_bytes", min_model_bytes),
+    ):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite non-negative number; got {v!r}")
+    if full_model_bytes <= min_model_bytes:
+        raise ValueError(f"full_model_bytes ({full_model_bytes}) must exceed min_model_bytes ({min_model_bytes})")
+    if memory_budget_bytes <= min_model_bytes:
+        raise ValueError(
+            f"memory_budget_bytes={memory_budget_bytes} leaves no room for any sub-backbone (min {min_model_bytes})"
+        )
+    return float(min(1.0, (memory_budget_bytes - min_model_bytes) / (full_model_bytes - min_model_bytes)))

@@ -1,0 +1,175 @@
+"""PFG backbone selection: exact reproduction of the published numbers (spec §2.8, §6.8) and cost models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from acme_flwr import pfg
+from acme_flwr.pfg import (
+    CandidateGrid,
+    MacsCostModel,
+    MeasuredLatencyCostModel,
+    OriginalCostModel,
+    ParamCountCostModel,
+    ViTArch,
+    build_candidates,
+    fit_accuracy_surface,
+    grid_front,
+    list_selectors,
+    register_selector,
+    select_backbone,
+    size_constraint_for_profile,
+    snap_to_grid,
+    vit_macs,
+    vit_param_count,
+)
+
+# The 16-point "Linear" table of spec §6.1 == eval_PFG.py:existing_data, rows (depth, width, accuracy).
+LINEAR = [
+    (1.0, 1.0, 0.9207),
+    (1.0, 0.75, 0.906),
+    (1.0, 0.5, 0.8677),
+    (1.0, 0.25, 0.7054),
+    (0.75, 1.0, 0.8955),
+    (0.75, 0.75, 0.8723),
+    (0.75, 0.5, 0.8075),
+    (0.75, 0.25, 0.6206),
+    (0.5, 1.0, 0.7921),
+    (0.5, 0.75, 0.7337),
+    (0.5, 0.5, 0.6401),
+    (0.5, 0.25, 0.4236),
+    (0.25, 1.0, 0.4381),
+    (0.25, 0.75, 0.399),
+    (0.25, 0.5, 0.3375),
+    (0.25, 0.25, 0.2262),
+]
+GRID = [0.25, 0.5, 0.75, 1.0]
+
+
+def test_beta_coefficients() -> None:
+    beta, predict = fit_accuracy_surface(LINEAR)
+    expected = [-0.46675, 1.92620, 1.05886, -0.98480, -0.055776, -0.54160]
+    np.testing.assert_allclose(beta, expected, atol=5e-6)
+    assert 0.0 <= predict(np.array(0.0), np.array(0.0)) <= 1.0  # clipped
+
+
+def test_pfg_reproduces_published_optimum() -> None:
+    r = select_backbone(LINEAR, 0.8)
+    assert r["width"] == pytest.approx(18 / 19) and r["depth"] == pytest.approx(14 / 19)
+    assert (r["heads"], r["layers"]) == (11, 8)
+    assert r["accuracy"] == pytest.approx(0.895977, abs=1e-6)
+    assert r["size"] == pytest.approx(0.666729, abs=1e-6)
+    assert r["energy"] == pytest.approx(0.568546, abs=1e-6)
+    assert r["latency"] == pytest.approx(0.6111, abs=1e-4)
+    assert len(grid_front(build_candidates(LINEAR))) == 45  # spec §2.8: 45 front points
+
+
+def test_baselines_reproduce_published_numbers() -> None:
+    hi = select_backbone(LINEAR, 0.8, method="highest_accuracy")
+    assert hi["accuracy"] == pytest.approx(0.915464, abs=1e-6)
+    assert hi["size"] == pytest.approx(0.750042, abs=1e-6) and hi["energy"] == pytest.approx(0.649021, abs=1e-6)
+    assert (hi["width"], hi["depth"]) == pytest.approx((18 / 19, 15 / 19))
+    big = select_backbone(LINEAR, 0.8, method="largest_size")
+    assert big["accuracy"] == pytest.approx(0.913366, abs=1e-6)
+    assert big["size"] == pytest.approx(0.750063, abs=1e-6) and big["energy"] == pytest.approx(0.716418, abs=1e-6)
+    # trade-off acc − ½(size + energy): PFG beats both baselines (+28.9 % vs highest accuracy, spec §6.8)
+    pfg = select_backbone(LINEAR, 0.8)
+    trade = {k: v["accuracy"] - 0.5 * (v["size"] + v["energy"]) for k, v in (("pfg", pfg), ("hi", hi), ("big", big))}
+    assert trade["pfg"] / trade["hi"] - 1 == pytest.approx(0.289, abs=2e-3)
+
+
+@pytest.mark.parametrize("method", ["pfg", "highest_accuracy", "largest_size", "random", "traverse", "worst"])
+def test_every_method_respects_constraint(method: str) -> None:
+    r = select_backbone(LINEAR, 0.5, method=method, seed=3)
+    assert r["size"] <= 0.5 and r["method"] == method
+    assert select_backbone(LINEAR, 0.5, method=method, seed=3) == r  # deterministic
+
+
+def test_registry_and_unknown_method() -> None:
+    assert set(list_selectors()) >= {"pfg", "highest_accuracy", "largest_size", "random", "traverse", "worst"}
+    with pytest.raises(ValueError, match=r"allowed.*highest_accuracy"):
+        select_backbone(LINEAR, 0.8, method="best")
+
+    def _smallest(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
+        return int(np.argmin(grid.size + 10 * (grid.accuracy == 0)))
+
+    register_selector("smallest_for_test")(_smallest)
+    try:
+        assert select_backbone(LINEAR, 0.8, method="smallest_for_test")["accuracy"] > 0
+    finally:
+        pfg._SELECTORS.pop("smallest_for_test")
+    with pytest.raises(ValueError, match="already registered"):
+        register_selector("pfg")(_smallest)
+
+
+@pytest.mark.parametrize(
+    ("table", "constraint", "match"),
+    [
+        ([], 0.8, "empty"),
+        (LINEAR, 0.0, "size_constraint"),
+        (LINEAR, 1.5, "size_constraint"),
+        ([(0.5, 1.2, 0.5), *LINEAR], 0.8, "width"),
+        ([(0.0, 0.5, 0.5), *LINEAR], 0.8, "depth"),
+        ([(0.5, 0.5, 85.0), *LINEAR], 0.8, "accuracies"),
+        ([(0.5, 0.5, float("nan")), *LINEAR], 0.8, "NaN"),
+        ([(0.5, 0.5)], 0.8, "rows"),
+    ],
+)
+def test_bad_input(table: list, constraint: float, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        select_backbone(table, constraint)
+
+
+def test_analytic_vit_counts_match_anchors() -> None:
+    arch = ViTArch()
+    params = vit_param_count(arch, np.array([12, 3, 6]), np.array([12, 3, 12]))
+    np.testing.assert_allclose(params, [85.80e6, 6.07e6, 43.30e6], rtol=1e-3)
+    macs = vit_macs(arch, np.array([12, 3]), np.array([12, 3]))
+    np.testing.assert_allclose(macs, [17.56e9, 1.21e9], atol=0.005e9)  # anchors round to 0.01 GMAC
+
+
+def test_alternative_cost_models() -> None:
+    for cm in (ParamCountCostModel(), MacsCostModel(), ParamCountCostModel(param_fn=lambda w, d: 1 + w * d)):
+        r = select_backbone(LINEAR, 0.6, cost_model=cm)
+        assert r["size"] <= 0.6 and 0 < r["accuracy"] <= 1
+    with pytest.raises(ValueError, match="either arch or param_fn"):
+        ParamCountCostModel(arch=ViTArch(), param_fn=lambda w, d: w)
+
+
+def test_measured_latency_interpolates() -> None:
+    lat = {(w, d): 0.01 + 0.2 * w * d for w in GRID for d in GRID}
+    cm = MeasuredLatencyCostModel(lat)
+    np.testing.assert_allclose(cm.latency(np.array([0.25, 1.0]), np.array([0.25, 1.0])), [0.0225, 0.21])
+    # bilinear data is reproduced exactly between and (linearly) outside the measured points
+    np.testing.assert_allclose(cm.latency(np.array([0.6, 0.1]), np.array([0.9, 0.1])), [0.118, 0.012])
+    assert select_backbone(LINEAR, 0.8, cost_model=cm)["size"] <= 0.8
+    del lat[(0.5, 0.5)]
+    with pytest.raises(ValueError, match="missing"):
+        MeasuredLatencyCostModel(lat)
+
+
+def test_snap_to_grid_respects_constraint() -> None:
+    pick = select_backbone(LINEAR, 0.8)
+    assert snap_to_grid(pick, GRID, GRID)["width"] == 1.0
+    snapped = snap_to_grid(pick, GRID, GRID, size_constraint=0.8)
+    assert (snapped["width"], snapped["depth"]) == (1.0, 0.75) and snapped["size"] <= 0.8
+    tight = snap_to_grid(pick, GRID, GRID, size_constraint=0.6)  # (1.0, 0.75) no longer fits
+    assert tight["size"] <= 0.6 and (tight["width"], tight["depth"]) == (1.0, 0.5)
+    assert snap_to_grid((0.3, 0.3), GRID, GRID)["width"] == 0.25
+    with pytest.raises(ValueError, match="widths"):
+        snap_to_grid(pick, [0.0, 0.5], GRID)
+    with pytest.raises(ValueError, match="no trained grid point"):
+        snap_to_grid(pick, GRID, GRID, size_constraint=0.01)
+
+
+def test_size_constraint_for_profile() -> None:
+    assert size_constraint_for_profile(50e6, 100e6) == pytest.approx(0.5)
+    assert size_constraint_for_profile(500e6, 100e6) == 1.0
+    assert size_constraint_for_profile(60e6, 100e6, min_model_bytes=20e6) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no room"):
+        size_constraint_for_profile(10e6, 100e6, min_model_bytes=20e6)
+    with pytest.raises(ValueError, match="memory_budget_bytes"):
+        size_constraint_for_profile(-1, 100e6)
+    assert 0 < size_constraint_for_profile(30e6, 100e6) <= 1
+    assert OriginalCostModel().size(np.array([0.0]), np.array([0.0]))[0] == 0
