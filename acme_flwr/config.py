@@ -1,0 +1,305 @@
+"""The one typed configuration schema of acme-flwr, with validation.
+
+Two front doors build it: ``[tool.flwr.app.config]`` (flat dotted keys such as ``partition.alpha``, scalars only,
+lists as comma-separated strings) via :meth:`AcmeConfig.from_flat`, and Hydra's ``conf/`` groups (nested mappings)
+via :meth:`AcmeConfig.from_dict`. Both end in :meth:`AcmeConfig.validate`, which stops a run before any work with a
+message naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the key and what is allowed."""
+
+
+def _choices(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+def _range(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> dict[str, Any]:
+    return {"range": (low, high, low_open)}
+
+
+@dataclass
+class RunSection:
+    """Run identity and outputs."""
+
+    seed: int = 0
+    out_dir: str = ""  # absolute path recommended: the ServerApp runs in the SuperLink's cwd
+    name: str = "default"
+
+
+@dataclass
+class DataSection:
+    """Which data set, where it lives, and how much of it the cloud keeps for backbone training."""
+
+    name: str = field(default="digits", metadata={"registry": "dataset"})
+    root: str = ""  # local directory for real data sets (CIFAR-100 / ImageFolder); never downloaded
+    cloud_fraction: float = field(default=0.3, metadata=_range(0.0, 0.9))
+    synthetic_classes: int = field(default=10, metadata=_range(2, None))
+    synthetic_samples: int = field(default=600, metadata=_range(10, None))
+
+
+@dataclass
+class PartitionSection:
+    """How the device pool is split across devices, and each device's train/val/test split."""
+
+    kind: str = field(default="dirichlet", metadata={"registry": "partitioner"})
+    alpha: float = field(default=0.5, metadata=_range(0.0, None, low_open=True))
+    classes_per_client: int = field(default=2, metadata=_range(1, None))
+    category: str = field(default="C2", metadata=_choices("IID", "C2", "C3", "C4"))
+    per_class_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, low_open=True))
+    min_size: int = field(default=10, metadata=_range(1, None))
+    val_fraction: float = field(default=0.15, metadata=_range(0.0, 0.5, low_open=True))
+    test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.5, low_open=True))
+
+
+@dataclass
+class ModelSection:
+    """The backbone (a registered elastic ViT) and the header devices refine."""
+
+    name: str = field(default="vit_tiny_digits", metadata={"registry": "model"})
+    pretrained_path: str = ""  # local save_pretrained directory of ViT weights
+    header: str = field(default="gated_temp_cnn", metadata={"registry": "header"})
+    header_channels: int = field(default=64, metadata=_range(1, None))
+
+
+@dataclass
+class CloudSection:
+    """Cloud tier: elastic backbone training and per-device sub-backbone selection."""
+
+    enabled: bool = True
+    widths: str = "0.25,0.5,0.75,1.0"
+    depths: str = "0.25,0.5,0.75,1.0"
+    teacher_epochs: int = field(default=30, metadata=_range(0, None))
+    width_epochs: int = field(default=10, metadata=_range(0, None))
+    depth_epochs: int = field(default=10, metadata=_range(0, None))
+    lr: float = field(default=1e-3, metadata=_range(0.0, None, low_open=True))
+    batch_size: int = field(default=64, metadata=_range(1, None))
+    header_epochs: int = field(default=10, metadata=_range(0, None))
+    faithful: bool = False
+    selection: str = field(default="pfg", metadata=_choices("pfg", "highest_accuracy", "largest_size", "random",
+                                                            "traverse", "worst"))
+    cache_dir: str = ""
+
+
+@dataclass
+class TopologySection:
+    """How many devices and edges, and how often edges report to the cloud."""
+
+    num_devices: int = field(default=10, metadata=_range(1, None))
+    num_edges: int = field(default=2, metadata=_range(1, None))
+    edge_rounds_per_cloud: int = field(default=2, metadata=_range(1, None))
+    assignment: str = field(default="round_robin", metadata=_choices("round_robin", "contiguous"))
+
+
+@dataclass
+class ProfileSection:
+    """Device classes: each device gets class ``classes[pid % n]`` and that class's normalised size budget."""
+
+    classes: str = "low,mid,high"
+    size_constraints: str = "0.3,0.6,0.9"
+
+
+@dataclass
+class StrategySection:
+    """Which strategies run (ACME and baselines, in one run) and their personalization hyper-parameters."""
+
+    names: str = "acme,fedavg_header,local"
+    variant: str = field(default="pruning_per", metadata=_choices("wo_pruning", "pruning_alone", "pruning_avg",
+                                                                  "pruning_per"))
+    distance: str = field(default="emd", metadata=_choices("emd", "js"))
+    temperature: float = field(default=1.0, metadata=_range(0.0, None, low_open=True))
+    rounds: int = field(default=10, metadata=_range(1, None))
+    local_epochs: int = field(default=1, metadata=_range(1, None))
+    lr: float = field(default=1e-2, metadata=_range(0.0, None, low_open=True))
+    momentum: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    weight_decay: float = field(default=1e-4, metadata=_range(0.0, None))
+    batch_size: int = field(default=32, metadata=_range(1, None))
+    prune_per_iteration: int = field(default=5, metadata=_range(0, None))
+    prune_max_fraction: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    importance_accumulation: str = field(default="mean", metadata=_choices("mean", "faithful"))
+    feature_samples: int = field(default=200, metadata=_range(1, None))
+    fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
+    timeout: float = field(default=600.0, metadata=_range(1.0, None))
+
+
+_SECTIONS: dict[str, type] = {
+    "run": RunSection,
+    "data": DataSection,
+    "partition": PartitionSection,
+    "model": ModelSection,
+    "cloud": CloudSection,
+    "topology": TopologySection,
+    "profile": ProfileSection,
+    "strategy": StrategySection,
+}
+
+
+def parse_list(text: str | list | tuple, cast: type = str, *, key: str = "") -> list:
+    """Parse a comma-separated run-config string (or a Hydra list) into a typed list."""
+    items = list(text) if isinstance(text, (list, tuple)) else [t.strip() for t in str(text).split(",") if t.strip()]
+    try:
+        return [cast(item) for item in items]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: cannot read {text!r} as a comma-separated list of {cast.__name__}") from exc
+
+
+@dataclass
+class AcmeConfig:
+    """The resolved configuration of one run (all sections)."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataSection = field(default_factory=DataSection)
+    partition: PartitionSection = field(default_factory=PartitionSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    cloud: CloudSection = field(default_factory=CloudSection)
+    topology: TopologySection = field(default_factory=TopologySection)
+    profile: ProfileSection = field(default_factory=ProfileSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
+
+    # ----------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AcmeConfig:
+        """Build from a nested mapping (Hydra / YAML / JSON); unknown sections or keys raise ConfigError."""
+        cfg = cls()
+        for section_name, values in data.items():
+            if section_name not in _SECTIONS:
+                raise ConfigError(f"unknown config section {section_name!r}; allowed: {sorted(_SECTIONS)}")
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"config section {section_name!r} must be a mapping, got {values!r}")
+            section = getattr(cfg, section_name)
+            for key, value in values.items():
+                _set_field(section, section_name, key, value)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, Any]) -> AcmeConfig:
+        """Build from flat dotted keys (``context.run_config``): ``{"partition.alpha": 0.1, ...}``."""
+        nested: dict[str, dict[str, Any]] = {}
+        for dotted, value in flat.items():
+            section, _, key = dotted.partition(".")
+            if not key:
+                raise ConfigError(
+                    f"run-config key {dotted!r} must look like 'section.key'; sections: {sorted(_SECTIONS)}")
+            nested.setdefault(section, {})[key.replace("-", "_")] = value
+        return cls.from_dict(nested)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flat dotted keys with scalar values, the shape ``[tool.flwr.app.config]`` and ``--run-config`` use."""
+        return {f"{s}.{k}": v for s, values in self.to_dict().items() for k, v in values.items()}
+
+    # ----------------------------------------------------------------------------------------------- validation
+    def validate(self) -> AcmeConfig:
+        """Check ranges, choices, registry names and cross-field rules; raise ConfigError naming the key."""
+        for section_name in _SECTIONS:
+            section = getattr(self, section_name)
+            for f in fields(section):
+                _check_value(f"{section_name}.{f.name}", getattr(section, f.name), f.metadata)
+        self._check_lists()
+        if self.topology.num_edges > self.topology.num_devices:
+            raise ConfigError(
+                f"topology.num_edges={self.topology.num_edges} exceeds topology.num_devices="
+                f"{self.topology.num_devices}; every edge needs at least one device"
+            )
+        if self.partition.val_fraction + self.partition.test_fraction >= 0.9:
+            raise ConfigError(
+                "partition.val_fraction + partition.test_fraction must be < 0.9 (devices need training data)")
+        from .registry import check_registered  # late: registries import heavy modules
+
+        for section_name in _SECTIONS:
+            section = getattr(self, section_name)
+            for f in fields(section):
+                if "registry" in f.metadata:
+                    check_registered(f.metadata["registry"], f"{section_name}.{f.name}", getattr(section, f.name))
+        return self  # strategy.names is checked against the strategy registry where strategies are built
+
+    def _check_lists(self) -> None:
+        for key in ("widths", "depths"):
+            values = parse_list(getattr(self.cloud, key), float, key=f"cloud.{key}")
+            if not values or any(not (0.0 < v <= 1.0) for v in values):
+                raise ConfigError(f"cloud.{key}={getattr(self.cloud, key)!r}: every value must be in (0, 1]")
+        classes = parse_list(self.profile.classes, str, key="profile.classes")
+        budgets = parse_list(self.profile.size_constraints, float, key="profile.size_constraints")
+        if not classes or len(classes) != len(budgets):
+            raise ConfigError(
+                f"profile.classes has {len(classes)} entries but profile.size_constraints has {len(budgets)}; "
+                "give one size constraint per device class"
+            )
+        if any(not (0.0 < b <= 1.0) for b in budgets):
+            raise ConfigError(f"profile.size_constraints={self.profile.size_constraints!r}: values must be in (0, 1]")
+        if not self.strategy_names:
+            raise ConfigError("strategy.names is empty; give at least one strategy, e.g. 'acme'")
+
+    # ----------------------------------------------------------------------------------------------- derived views
+    @property
+    def widths(self) -> list[float]:
+        return parse_list(self.cloud.widths, float)
+
+    @property
+    def depths(self) -> list[float]:
+        return parse_list(self.cloud.depths, float)
+
+    @property
+    def strategy_names(self) -> list[str]:
+        return parse_list(self.strategy.names, str)
+
+    @property
+    def device_classes(self) -> list[tuple[str, float]]:
+        return list(zip(parse_list(self.profile.classes, str), parse_list(self.profile.size_constraints, float),
+                        strict=True))
+
+
+def _set_field(section: Any, section_name: str, key: str, value: Any) -> None:
+    known = {f.name: f for f in fields(section)}
+    if key not in known:
+        raise ConfigError(
+            f"unknown config key '{section_name}.{key}'; allowed keys in '{section_name}': {sorted(known)}")
+    setattr(section, key, _coerce(f"{section_name}.{key}", value, type(getattr(section, key))))
+
+
+def _coerce(key: str, value: Any, target: type) -> Any:
+    """Coerce run-config scalars (TOML/CLI give int for 1.0-like values, Hydra may give lists) to the field type."""
+    if target is str and isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if target is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if target is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if target is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if target is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key}={value!r}: expected a value of type {target.__name__}")
+
+
+def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed values: {list(meta['choices'])}")
+    if "range" in meta:
+        low, high, low_open = meta["range"]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        if too_low or too_high:
+            lo = "-inf" if low is None else f"{'(' if low_open else '['}{low}"
+            hi = "inf)" if high is None else f"{high}]"
+            raise ConfigError(f"{key}={value!r} is out of range; allowed: {lo}, {hi}")

@@ -1,0 +1,172 @@
+"""The results contract: what every run writes into its output directory.
+
+- ``config.json``: the resolved configuration, seed and package versions (written before any work).
+- ``rounds.jsonl``: one line per strategy × round × tier × node: ``{"strategy", "round", "phase", "tier", "id",
+  ...metrics, "bytes_up", "bytes_down", "wall_time"}``; tier is ``device``, ``edge`` or ``cloud``.
+- ``summary.json``: ``config``, ``seed``, ``versions``, ``strategy`` (the primary one), and for it at top level
+  ``rounds`` (per round: metrics per tier), ``failures`` (count and reasons), ``bytes`` (``{tier: {up, down}}`` plus
+  ``references``) and ``accuracy`` (``personalized``: mean, std, worst-10 %, per device; ``generic``); the same block
+  for every strategy of the run under ``strategies``; ``cloud`` (sub-net table and per-class picks) when it ran.
+- ``summary.csv``: one row per strategy with the headline numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("acme-flwr", "flwr", "torch", "torchvision", "transformers", "ray", "hydra-core", "numpy",
+                      "scikit-learn")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def accuracy_stats(per_device: dict[int, float]) -> dict[str, Any]:
+    """Mean, std and worst-10 % mean (at least one device) of per-device accuracies."""
+    if not per_device:
+        return {"mean": None, "std": None, "worst10": None, "per_device": {}}
+    values = np.array([per_device[k] for k in sorted(per_device)], dtype=float)
+    k = max(1, math.ceil(0.1 * len(values)))
+    return {"mean": float(values.mean()), "std": float(values.std()), "worst10": float(np.sort(values)[:k].mean()),
+            "per_device": {str(k): float(per_device[k]) for k in sorted(per_device)}}
+
+
+@dataclass
+class StrategyRecord:
+    """What one strategy run contributes to the summary."""
+
+    name: str
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    bytes: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add_failure(self, server_round: int, phase: str, node: str, reason: str) -> None:
+        logger.warning("%s round %d %s: node %s failed: %s", self.name, server_round, phase, node, reason)
+        self.failures.append({"round": server_round, "phase": phase, "node": node, "reason": reason})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "failures": {"count": len(self.failures), "reasons": self.failures},
+                "bytes": self.bytes, "accuracy": self.accuracy, **self.extra}
+
+
+class RunRecorder:
+    """Writes the results contract into ``out_dir`` as the run goes."""
+
+    def __init__(self, out_dir: str | Path, config: dict[str, Any], seed: int) -> None:
+        self.out_dir = Path(out_dir).expanduser().resolve()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.seed = seed
+        self.versions = package_versions()
+        self.strategies: dict[str, StrategyRecord] = {}
+        self.cloud: dict[str, Any] = {}
+        self.started = time.time()
+        self._jsonl = self.out_dir / "rounds.jsonl"
+        self._jsonl.write_text("")
+        _write_json(self.out_dir / "config.json", {"config": config, "seed": seed, "versions": self.versions})
+
+    def strategy(self, name: str) -> StrategyRecord:
+        return self.strategies.setdefault(name, StrategyRecord(name))
+
+    def log_row(self, **row: Any) -> None:
+        """Append one line (strategy × round × tier × node) to rounds.jsonl."""
+        with self._jsonl.open("a") as fh:
+            fh.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+
+    def write_summary(self, primary: str) -> Path:
+        if primary not in self.strategies:
+            raise KeyError(f"no results for strategy {primary!r}; have {sorted(self.strategies)}")
+        blocks = {name: rec.to_dict() for name, rec in self.strategies.items()}
+        summary = {"config": self.config, "seed": self.seed, "versions": self.versions, "strategy": primary,
+                   **blocks[primary], "strategies": blocks, "cloud": self.cloud,
+                   "wall_time_s": round(time.time() - self.started, 2), "out_dir": str(self.out_dir)}
+        path = self.out_dir / "summary.json"
+        _write_json(path, summary)
+        self._write_csv(blocks)
+        return path
+
+    def _write_csv(self, blocks: dict[str, dict[str, Any]]) -> None:
+        cols = ["strategy", "acc_mean", "acc_std", "acc_worst10", "generic_acc", "bytes_total", "bytes_up_device",
+                "fedavg_full_bytes", "ratio_to_fedavg", "centralized_bytes", "ratio_to_centralized", "failures"]
+        with (self.out_dir / "summary.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=cols)
+            writer.writeheader()
+            for name, b in blocks.items():
+                writer.writerow(headline(name, b))
+
+
+def headline(name: str, block: dict[str, Any]) -> dict[str, Any]:
+    """The one-row view of a strategy block used by summary.csv and the printed table."""
+    acc = block.get("accuracy", {}).get("personalized", {})
+    gen = block.get("accuracy", {}).get("generic") or {}
+    by = block.get("bytes", {})
+    refs = by.get("references", {})
+    total = by.get("total", 0)
+    return {"strategy": name, "acc_mean": _r(acc.get("mean")), "acc_std": _r(acc.get("std")),
+            "acc_worst10": _r(acc.get("worst10")), "generic_acc": _r(gen.get("mean")), "bytes_total": total,
+            "bytes_up_device": by.get("edge-device", {}).get("up", 0),
+            "fedavg_full_bytes": refs.get("fedavg_full", {}).get("bytes"),
+            "ratio_to_fedavg": _ratio(total, refs.get("fedavg_full", {}).get("bytes")),
+            "centralized_bytes": refs.get("centralized", {}).get("bytes"),
+            "ratio_to_centralized": _ratio(total, refs.get("centralized", {}).get("bytes")),
+            "failures": block.get("failures", {}).get("count", 0)}
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A fixed-width results table of every strategy in a summary."""
+    rows = [headline(name, b) for name, b in summary["strategies"].items()]
+    cols = ["strategy", "acc_mean", "acc_std", "acc_worst10", "generic_acc", "bytes_total", "ratio_to_fedavg",
+            "ratio_to_centralized", "failures"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    line = "  ".join(c.ljust(widths[c]) for c in cols)
+    out = [line, "-" * len(line)]
+    out += ["  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(out)
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 4)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else round(a / b, 6)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False))
+    tmp.replace(path)

@@ -1,0 +1,119 @@
+"""The federated task a run's config describes: the cloud's data, each device's train/val/test tensors.
+
+Server and clients build the same :class:`FederatedData` deterministically from the config and the seed, so a device
+only ever materialises its own partition. The cloud keeps a stratified ``data.cloud_fraction`` share of the pool
+for backbone training (split into train/val); devices partition the rest. Nothing here touches test data of the
+cloud: model choice uses validation splits only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import AcmeConfig
+from .data import ImageData, load_dataset, to_tensor
+from .partition import ClientSplit, label_report, partition, split_client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TensorSplit:
+    """Normalised images ``x`` (N, C, H, W) and labels ``y`` (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """One device's data and the facts it may report about it (never the samples themselves)."""
+
+    partition_id: int
+    train: TensorSplit
+    val: TensorSplit
+    test: TensorSplit
+    raw_train_bytes: int  # what uploading the raw training set would cost (the "centralized" reference)
+    label_hist: list[int]
+
+
+class FederatedData:
+    """The pool split into the cloud's share and per-device partitions."""
+
+    def __init__(self, cfg: AcmeConfig, image_size: int, num_channels: int) -> None:
+        self.cfg = cfg
+        self.image_size = image_size
+        self.num_channels = num_channels
+        d, p = cfg.data, cfg.partition
+        self.data: ImageData = load_dataset(d.name, d.root, cfg.run.seed, synthetic_classes=d.synthetic_classes,
+                                            synthetic_samples=d.synthetic_samples, image_size=image_size)
+        rng = np.random.default_rng(cfg.run.seed)
+        cloud_idx, device_pool = _stratified_cut(self.data.labels, d.cloud_fraction, rng)
+        self.cloud_indices = cloud_idx
+        parts = partition(p.kind, self.data.labels[device_pool], cfg.topology.num_devices, cfg.run.seed + 1,
+                          alpha=p.alpha, min_size=p.min_size, classes_per_client=p.classes_per_client,
+                          category=p.category, per_class_fraction=p.per_class_fraction)
+        self.partitions = [device_pool[part] for part in parts]
+        self.splits: list[ClientSplit] = [
+            split_client(part, p.val_fraction, p.test_fraction, cfg.run.seed * 1000 + pid)
+            for pid, part in enumerate(self.partitions)
+        ]
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    def tensors(self, indices: np.ndarray) -> TensorSplit:
+        x = to_tensor(self.data.images[indices], self.image_size, self.num_channels, self.data.mean, self.data.std)
+        return TensorSplit(x, torch.from_numpy(self.data.labels[indices]).long())
+
+    def device(self, partition_id: int) -> DeviceData:
+        if not 0 <= partition_id < len(self.splits):
+            raise ValueError(f"partition-id {partition_id} is outside [0, {len(self.splits)}): does "
+                             "topology.num_devices match the federation's num-supernodes?")
+        s = self.splits[partition_id]
+        hist = np.bincount(self.data.labels[s.train], minlength=self.num_classes).tolist()
+        return DeviceData(partition_id, self.tensors(s.train), self.tensors(s.val), self.tensors(s.test),
+                          len(s.train) * self.data.sample_bytes, hist)
+
+    def cloud(self, val_fraction: float = 0.2) -> tuple[TensorSplit, TensorSplit]:
+        """The cloud's own data for backbone training, split into train and validation."""
+        if len(self.cloud_indices) == 0:
+            raise ValueError("data.cloud_fraction is 0: the cloud stage needs data; set it > 0 or cloud.enabled=false")
+        idx = np.random.default_rng(self.cfg.run.seed + 7).permutation(self.cloud_indices)
+        n_val = max(1, int(val_fraction * len(idx)))
+        return self.tensors(idx[n_val:]), self.tensors(idx[:n_val])
+
+    def report(self) -> list[dict[str, object]]:
+        return label_report([s.train for s in self.splits], self.data.labels, self.num_classes)
+
+
+def _stratified_cut(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the first ``fraction`` of a shuffled class goes to the first array, the rest to the second."""
+    first, rest = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = int(round(fraction * len(idx)))
+        first.append(idx[:k])
+        rest.append(idx[k:])
+    return np.sort(np.concatenate(first)), np.sort(np.concatenate(rest))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(cfg_json: str, image_size: int, num_channels: int) -> FederatedData:
+    return FederatedData(AcmeConfig.from_dict(json.loads(cfg_json)), image_size, num_channels)
+
+
+def federated_data(cfg: AcmeConfig, image_size: int, num_channels: int) -> FederatedData:
+    """Build (or reuse, read-only, within one worker process) the federated data of ``cfg``."""
+    relevant = {k: v for k, v in cfg.to_dict().items() if k in {"run", "data", "partition", "topology"}}
+    return _cached(json.dumps(relevant, sort_keys=True), image_size, num_channels)

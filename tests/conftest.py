@@ -1,0 +1,19 @@
+"""Shared test settings: one torch thread (2-core machines, no oversubscription) and the smoke-sized config."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+torch.set_num_threads(1)
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+# Smallest meaningful run (flat run-config keys): synthetic data, micro ViT, short cloud stage, 4 devices, 2 edges.
+SMOKE: dict[str, object] = {
+    "data.name": "synthetic", "data.synthetic_samples": 400, "model.name": "vit_micro_test",
+    "model.header_channels": 8, "cloud.teacher_epochs": 5, "cloud.width_epochs": 1, "cloud.depth_epochs": 1,
+    "cloud.header_epochs": 5, "cloud.depths": "0.5,1.0", "topology.num_devices": 4, "topology.num_edges": 2,
+    "strategy.rounds": 2, "strategy.feature_samples": 20, "strategy.prune_per_iteration": 2,
+    "partition.min_size": 20,
+}
