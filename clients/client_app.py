@@ -1,0 +1,44 @@
+"""The ClientApp of ``flwr run .``: the ACME handlers on data and profiles derived from the run config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flwr.app import Context
+from flwr.clientapp import ClientApp
+
+from acme_flwr.config import AcmeConfig
+from acme_flwr.runtime import input_shape
+from acme_flwr.task import DeviceData, TensorSplit, federated_data
+from acme_flwr.topology import device_profile
+
+from .handlers import AcmeClient
+
+
+def _cfg(context: Context) -> AcmeConfig:
+    return AcmeConfig.from_flat(context.run_config)
+
+
+def device_data(context: Context) -> DeviceData:
+    """This node's partition (``node_config['partition-id']``) of the run's federated data."""
+    cfg = _cfg(context)
+    pid = int(context.node_config["partition-id"])
+    return federated_data(cfg, *input_shape(cfg)).device(pid)
+
+
+def profile(context: Context) -> dict[str, Any]:
+    cfg = _cfg(context)
+    prof = device_profile(int(context.node_config["partition-id"]), cfg.device_classes)
+    return {"device-class": prof.device_class, "size-constraint": prof.size_constraint}
+
+
+def generic_test(context: Context) -> TensorSplit:
+    """A class-balanced held-out set (the cloud's validation share) for measuring generic accuracy only."""
+    cfg = _cfg(context)
+    return federated_data(cfg, *input_shape(cfg)).cloud()[1]
+
+
+# One ClientApp gets one CPU (Ray's num_cpus=1); more intra-op threads only oversubscribe the 2-core machines.
+torch.set_num_threads(1)
+app = AcmeClient(device_data, profile, generic_test).register(ClientApp())

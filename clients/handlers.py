@@ -1,0 +1,156 @@
+"""ACME's device-side handlers for any Message-API ClientApp.
+
+``AcmeClient(data_fn, profile_fn).register(app)`` adds four actions to a ClientApp, next to whatever the app already
+handles (its own ``@app.train()`` stays untouched):
+
+- ``query.acme_profile``: report partition-id, device class, size budget and sample counts (never samples);
+- ``query.acme_setup``: receive the sub-backbone and initial header once; reply [CLS] feature statistics if asked;
+- ``train.acme``: load edge weights if sent, refine the header locally, reply importance and/or weights;
+- ``evaluate.acme``: prune with the edge's personalised importance if sent, evaluate on val/test (and generic).
+
+All device state (backbone, header, pruner) lives in ``context.state`` under the strategy's tag, never in module
+globals: Ray reuses worker processes across nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from acme_flwr import protocol as P
+from acme_flwr.deployment import build_header
+from acme_flwr.device import TrainHParams, cls_feature_matrix, evaluate_header, train_header
+from acme_flwr.elastic_vit import ElasticViT
+from acme_flwr.header import Header, split_header_params
+from acme_flwr.pruning import GatePruner
+from acme_flwr.task import DeviceData, TensorSplit
+
+logger = logging.getLogger(__name__)
+
+DataFn = Callable[[Context], DeviceData]
+ProfileFn = Callable[[Context], dict[str, Any]]
+GenericFn = Callable[[Context], TensorSplit | None]
+
+
+class AcmeClient:
+    """The ACME handler set; ``data_fn``/``profile_fn`` tell it the node's data and device profile."""
+
+    def __init__(self, data_fn: DataFn, profile_fn: ProfileFn, generic_fn: GenericFn | None = None) -> None:
+        self.data_fn = data_fn
+        self.profile_fn = profile_fn
+        self.generic_fn = generic_fn
+
+    def register(self, app: ClientApp) -> ClientApp:
+        """Register the ACME actions on ``app`` and return it."""
+        app.query(P.PROFILE.split(".")[1])(self.profile)
+        app.query(P.SETUP.split(".")[1])(self.setup)
+        app.train(P.TRAIN.split(".")[1])(self.train)
+        app.evaluate(P.EVALUATE.split(".")[1])(self.evaluate)
+        return app
+
+    # ------------------------------------------------------------------------------------------------- handlers
+    def profile(self, msg: Message, context: Context) -> Message:
+        data = self.data_fn(context)
+        prof = {**self.profile_fn(context), "partition-id": data.partition_id, "num-train": len(data.train),
+                "raw-train-bytes": data.raw_train_bytes}
+        return Message(RecordDict({P.PROFILE_REC: ConfigRecord(prof)}), reply_to=msg)
+
+    def setup(self, msg: Message, context: Context) -> Message:
+        cfg = msg.content[P.CONFIG]
+        tag = str(cfg["tag"])
+        for key in (P.BACKBONE, P.HEADER):
+            if key not in msg.content.array_records:
+                raise ValueError(f"setup message lacks the {key!r} ArrayRecord")
+        context.state[f"{tag}.backbone"] = msg.content[P.BACKBONE]
+        context.state[f"{tag}.header"] = msg.content[P.HEADER]
+        context.state[f"{tag}.setup"] = ConfigRecord({"arch": str(cfg["backbone-arch"]),
+                                                      "header": str(cfg["header-spec"])})
+        reply = RecordDict({P.METRICS: MetricRecord({"setup": 1})})
+        k = int(cfg.get("feature-samples", 0))
+        if k > 0:
+            data = self.data_fn(context)
+            backbone, _ = self._models(context, tag)
+            feats = cls_feature_matrix(backbone, data.train, k, int(cfg.get("seed", 0)) + data.partition_id)
+            reply[P.FEATURES] = P.vector_record(feats, "cls")
+        return Message(reply, reply_to=msg)
+
+    def train(self, msg: Message, context: Context) -> Message:
+        started = time.perf_counter()
+        cfg = msg.content[P.CONFIG]
+        tag = str(cfg["tag"])
+        data = self.data_fn(context)
+        backbone, header = self._models(context, tag)
+        if P.HEADER in msg.content.array_records:
+            P.load_arrays(header, msg.content[P.HEADER], partial=True)
+        hp = TrainHParams(lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
+                          weight_decay=float(cfg["weight-decay"]), batch_size=int(cfg["batch-size"]),
+                          local_epochs=int(cfg["local-epochs"]), accumulation=str(cfg["accumulation"]))
+        seed = int(cfg["seed"]) * 1_000_003 + data.partition_id * 1009 + int(cfg["server-round"])
+        torch.manual_seed(seed)
+        metrics, importance = train_header(backbone, header, data.train, hp, seed)
+        context.state[f"{tag}.header"] = P.arrays_from_state(header.state_dict())
+        reply = RecordDict({P.METRICS: MetricRecord({
+            P.NUM_EXAMPLES: int(metrics["num_examples"]), "train-loss": metrics["loss"],
+            "train-acc": metrics["accuracy"], "train-time-s": time.perf_counter() - started})})
+        send = str(cfg.get("send", "importance"))
+        if send == "importance":
+            reply[P.IMPORTANCE] = P.vector_record(importance)
+        elif send in {"header", "body"}:
+            state = header.state_dict()
+            keys = split_header_params(header)[0] if send == "body" else list(state)
+            reply[P.HEADER] = P.arrays_from_state({k: state[k] for k in keys})
+        return Message(reply, reply_to=msg)
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        cfg = msg.content[P.CONFIG]
+        tag = str(cfg["tag"])
+        data = self.data_fn(context)
+        backbone, header = self._models(context, tag)
+        if P.HEADER in msg.content.array_records:
+            P.load_arrays(header, msg.content[P.HEADER], partial=True)
+        pruned = 0
+        if P.IMPORTANCE in msg.content.array_records:
+            pruner = self._pruner(context, tag, header, cfg)
+            pruner.step(P.vector_from_record(msg.content[P.IMPORTANCE]))
+            pruner.apply(header)
+            context.state[f"{tag}.pruner"] = ArrayRecord(
+                {k: Array(np.ascontiguousarray(v)) for k, v in pruner.state_dict().items()})
+            pruned = pruner.num_pruned
+        context.state[f"{tag}.header"] = P.arrays_from_state(header.state_dict())
+        val_loss, val_acc = evaluate_header(backbone, header, data.val)
+        test_loss, test_acc = evaluate_header(backbone, header, data.test)
+        metrics: dict[str, Any] = {P.NUM_EXAMPLES: len(data.test), "val-acc": val_acc, "val-loss": val_loss,
+                                   "test-acc": test_acc, "test-loss": test_loss, "pruned-gates": pruned}
+        generic = self.generic_fn(context) if self.generic_fn else None
+        if generic is not None:
+            metrics["generic-acc"] = evaluate_header(backbone, header, generic)[1]
+        return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+    # ------------------------------------------------------------------------------------------------- state
+    def _models(self, context: Context, tag: str) -> tuple[ElasticViT, Header]:
+        if f"{tag}.setup" not in context.state:
+            raise RuntimeError(f"no setup for strategy tag {tag!r} on this node: the server must send {P.SETUP} first")
+        setup = context.state[f"{tag}.setup"]
+        backbone = ElasticViT.from_arch(json.loads(str(setup["arch"])))
+        P.load_arrays(backbone, context.state[f"{tag}.backbone"])
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        header = build_header(json.loads(str(setup["header"])))
+        P.load_arrays(header, context.state[f"{tag}.header"])
+        return backbone.eval(), header
+
+    def _pruner(self, context: Context, tag: str, header: Header, cfg: ConfigRecord) -> GatePruner:
+        pruner = GatePruner(header.num_gates, int(cfg["prune-per-iteration"]), int(cfg["prune-max"]),
+                            float(cfg.get("prune-momentum", 0.9)))
+        if f"{tag}.pruner" in context.state:
+            saved = {k: v.numpy() for k, v in context.state[f"{tag}.pruner"].items()}
+            pruner.load_state_dict({**saved, "steps": saved["steps"].reshape(())})
+        return pruner

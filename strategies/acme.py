@@ -1,0 +1,167 @@
+"""AcmeStrategy: ACME's personalization loop (spec §4) as a Flower strategy, and a drop-in hierarchical strategy.
+
+With clients that register the ACME handlers (:class:`acme_flwr.clients.AcmeClient`): each device receives its
+class's sub-backbone and header once; for ``pruning_per`` it also sends [CLS] feature statistics, from which its edge
+builds the similarity matrix (EMD or JS) and row-softmax weights. Every round devices train their gated header and
+send **only importance**; the edge returns each device its personalised mix ``Ĩ_k = Σ_j W_kj Î_j`` with the evaluate
+message; the device prunes with it (criteria momentum, prune-per-iteration) and evaluates. Weights are never averaged.
+Every ``edge_rounds_per_cloud`` rounds each edge reports its mean importance to the cloud.
+
+Variants are configs of this one strategy: ``wo_pruning``, ``pruning_alone``, ``pruning_avg``, ``pruning_per``.
+
+With an unmodified ClientApp (standard ``arrays``/``metrics`` contract) the profile query fails on every node and the
+strategy runs as :class:`HierarchicalFedAvg` on the arrays given to ``start`` (drop-in mode), with byte accounting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from acme_flwr import protocol as P
+from acme_flwr.deployment import Deployment
+from acme_flwr.pruning import build_mixing_weights, get_variant, mix_importance, validate_importance
+from acme_flwr.similarity import aggregation_weights, similarity_matrix
+from acme_flwr.topology import Topology
+
+from .harness import AcmeProtocolStrategy, NotAcmeClients
+from .hier_fedavg import HierarchicalFedAvg
+
+logger = logging.getLogger(__name__)
+
+
+class AcmeStrategy(AcmeProtocolStrategy):
+    """ACME personalization by importance exchange; hierarchical FedAvg for clients that do not speak ACME."""
+
+    name = "acme"
+
+    def __init__(self, topology: Topology, deployment: Deployment | None = None, *, variant: str = "pruning_per",
+                 distance: str = "emd", temperature: float = 1.0, prune_per_iteration: int = 10,
+                 prune_max_fraction: float = 0.9, prune_momentum: float = 0.9, feature_samples: int = 200,
+                 **kwargs: Any) -> None:
+        super().__init__(topology, deployment, **kwargs)
+        self.variant = get_variant(variant)
+        self.variant_name = variant
+        self.distance = distance
+        self.temperature = temperature
+        self.prune_per_iteration = prune_per_iteration
+        self.prune_max_fraction = prune_max_fraction
+        self.prune_momentum = prune_momentum
+        self.feature_samples = feature_samples if self.variant.name == "per" else 0
+        self.edge_weights: dict[int, dict[int, dict[int, float]]] = {}
+        self.mixed: dict[int, np.ndarray] = {}
+        self.fallback: HierarchicalFedAvg | None = None
+        self._kwargs = kwargs
+
+    # ------------------------------------------------------------------------------------------------- setup
+    def discover(self, grid: Grid) -> None:
+        try:
+            super().discover(grid)
+        except NotAcmeClients as exc:
+            logger.warning("clients do not speak ACME (%s); running as hierarchical FedAvg (drop-in mode)", exc)
+            self.fallback = HierarchicalFedAvg(self.topology, recorder=self.recorder, record_name=self.record.name,
+                                               fraction_train=self.fraction_train, seed=self.seed,
+                                               discovery_timeout=self.discovery_timeout)
+            self.fallback.ledger = self.ledger
+            self.fallback.record = self.record
+            self.fallback.discover(grid)
+            self.node_of, self.pid_of, self.profiles = (self.fallback.node_of, self.fallback.pid_of,
+                                                        self.fallback.profiles)
+
+    def setup(self, grid: Grid) -> None:
+        if self.fallback is not None:
+            return
+        super().setup(grid)
+        if self.variant.name != "per":
+            return
+        sims = {}
+        for edge in range(self.topology.num_edges):
+            devs = [p for p in self.topology.devices_of(edge, sorted(self.node_of)) if p in self.features]
+            if not devs:
+                continue
+            s = similarity_matrix([self.features[p] for p in devs], metric=self.distance)
+            w = aggregation_weights(s, temperature=self.temperature)
+            self.edge_weights[edge] = {k: {j: float(w[a, b]) for b, j in enumerate(devs)} for a, k in enumerate(devs)}
+            sims[str(edge)] = {"devices": devs, "similarity": s.tolist(), "weights": w.tolist()}
+        self.record.extra["similarity"] = sims
+
+    @property
+    def num_gates(self) -> int:
+        return next(iter(self.deployment.packages.values())).header.num_gates if self.deployment else 0
+
+    # ------------------------------------------------------------------------------------------------- rounds
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._ensure_ready(grid)
+        if self.fallback is not None:
+            return self.fallback.configure_train(server_round, arrays, config, grid)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.fallback is not None:
+            return self.fallback.aggregate_train(server_round, replies)
+        return super().aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if self.fallback is not None:
+            return self.fallback.configure_evaluate(server_round, arrays, config, grid)
+        return super().configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if self.fallback is not None:
+            return self.fallback.aggregate_evaluate(server_round, replies)
+        return super().aggregate_evaluate(server_round, replies)
+
+    def finalize(self) -> dict[str, Any]:
+        if self.fallback is not None:
+            self.record.extra["mode"] = "drop-in (hierarchical FedAvg)"
+            return self.fallback.finalize()
+        self.record.extra["mode"] = f"acme ({self.variant_name}, {self.distance})"
+        return super().finalize()
+
+    def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        return self.content(server_round, send="importance" if self.variant.prunes else "none")
+
+    def validate_train_reply(self, pid: int, content: RecordDict) -> None:
+        super().validate_train_reply(pid, content)
+        if self.variant.prunes:
+            if P.IMPORTANCE not in content.array_records:
+                raise ValueError(f"reply has no {P.IMPORTANCE!r} vector")
+            validate_importance(P.vector_from_record(content[P.IMPORTANCE]), self.num_gates)
+
+    def aggregate_edge(self, server_round: int, edge: int, replies: dict[int, RecordDict]) -> None:
+        if not self.variant.prunes:
+            return
+        imps = {pid: validate_importance(P.vector_from_record(c[P.IMPORTANCE]), self.num_gates)
+                for pid, c in replies.items()}
+        examples = {pid: int(c[P.METRICS][P.NUM_EXAMPLES]) for pid, c in replies.items()}
+        similarity = None
+        if self.variant.name == "per":  # rows of the replying devices, renormalised over them
+            full = self.edge_weights[edge]
+            similarity = {k: {j: full[k][j] / sum(full[k][i] for i in imps) for j in imps} for k in imps}
+        weights = build_mixing_weights(self.variant_name, sorted(imps), num_examples=examples, similarity=similarity)
+        self.mixed.update(mix_importance(imps, weights))
+
+    def aggregate_cloud(self, server_round: int) -> None:
+        """Each edge reports its devices' mean personalised importance to the cloud (bytes counted)."""
+        for edge in range(self.topology.num_edges):
+            vecs = [self.mixed[p] for p in self.topology.devices_of(edge, sorted(self.mixed))]
+            if vecs:
+                report = RecordDict({P.IMPORTANCE: P.vector_record(np.mean(vecs, axis=0))})
+                self.ledger.add_message(server_round, "cloud-edge", "up", report)
+
+    def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
+                         config: ConfigRecord) -> RecordDict:
+        if not (self.variant.prunes and pid in self.mixed):
+            return self.content(server_round)
+        return self.content(server_round, {P.IMPORTANCE: P.vector_record(self.mixed[pid])},
+                            **{"prune-per-iteration": self.prune_per_iteration,
+                               "prune-max": max(1, int(self.prune_max_fraction * self.num_gates)),
+                               "prune-momentum": self.prune_momentum})

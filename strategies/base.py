@@ -1,0 +1,304 @@
+"""EdgeTierStrategy: the template every acme-flwr strategy follows (cloud → E edges → devices).
+
+Flower's ``Strategy.start`` drives the rounds; this class fixes what happens inside them and leaves four hooks to
+subclasses:
+
+- :meth:`discover` learns which partition-id each node holds (once, before round 1);
+- :meth:`train_content` / :meth:`evaluate_content` build each device's own message (heterogeneous payloads);
+- :meth:`aggregate_edge` merges one edge's replies; :meth:`aggregate_cloud` runs every ``edge_rounds_per_cloud``
+  rounds.
+
+The template handles the rest the same way for everybody: sampling keyed by partition-id (deterministic), exact
+byte accounting per tier and direction, reply validation (an error reply, a missing reply or a malformed payload is
+recorded as a failure and never reaches edge state), per-round rows in ``rounds.jsonl`` and the summary block.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from acme_flwr.comm import CENTRALIZED_FORMULA, FEDAVG_FORMULA, CommLedger, fedavg_full_bytes
+from acme_flwr.protocol import METRICS
+from acme_flwr.results import RunRecorder, StrategyRecord, accuracy_stats
+from acme_flwr.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+
+class ReplyRejected(ValueError):
+    """A device's reply is malformed (missing keys, wrong shape, NaN/Inf); it is recorded and ignored."""
+
+
+class EdgeTierStrategy(Strategy):
+    """Hierarchical strategy template; see the module docstring."""
+
+    name = "edge-tier"
+    train_type = "train"
+    evaluate_type = "evaluate"
+
+    def __init__(self, topology: Topology, *, recorder: RunRecorder | None = None, record_name: str | None = None,
+                 fraction_train: float = 1.0, seed: int = 0, discovery_timeout: float = 120.0,
+                 reference_params: int = 0) -> None:
+        self.topology = topology
+        self.fraction_train = fraction_train
+        self.seed = seed
+        self.discovery_timeout = discovery_timeout
+        self.reference_params = reference_params
+        self.ledger = CommLedger()
+        self.recorder = recorder
+        self.record: StrategyRecord = (recorder.strategy(record_name or self.name) if recorder
+                                       else StrategyRecord(record_name or self.name))
+        self.node_of: dict[int, int] = {}       # partition-id -> node id
+        self.pid_of: dict[int, int] = {}        # node id -> partition-id
+        self.profiles: dict[int, dict[str, Any]] = {}
+        self.eval_history: dict[int, dict[int, dict[str, float]]] = {}  # round -> pid -> metrics
+        self._ready = False
+        self._sent: dict[tuple[int, str], set[int]] = {}
+        self._round_started: dict[int, float] = {}
+
+    # ------------------------------------------------------------------------------------------------- hooks
+    def discover(self, grid: Grid) -> None:
+        """Fill ``node_of``/``pid_of``/``profiles``. Default: sorted node ids get partition-ids 0..n-1."""
+        for pid, node in enumerate(sorted(wait_for_nodes(grid, self.topology.num_devices, self.discovery_timeout))):
+            self._bind(pid, node, {"partition-id": pid})
+
+    def setup(self, grid: Grid) -> None:
+        """One-time work after discovery (e.g. shipping sub-backbones). Default: nothing."""
+
+    @abstractmethod
+    def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        """The training message for device ``pid``."""
+
+    @abstractmethod
+    def aggregate_edge(self, server_round: int, edge: int, replies: dict[int, RecordDict]) -> None:
+        """Merge the validated train replies of one edge's devices (keyed by partition-id)."""
+
+    def aggregate_cloud(self, server_round: int) -> None:
+        """Cloud step every ``edge_rounds_per_cloud`` rounds. Default: nothing."""
+
+    def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
+                         config: ConfigRecord) -> RecordDict | None:
+        """The evaluation message for device ``pid`` (None: do not evaluate it)."""
+        return None
+
+    def validate_train_reply(self, pid: int, content: RecordDict) -> None:
+        """Raise :class:`ReplyRejected` if a train reply is malformed. Default: a metrics record must exist."""
+        if METRICS not in content.metric_records:
+            raise ReplyRejected(f"reply has no MetricRecord {METRICS!r}; keys: {list(content.keys())}")
+
+    def global_arrays(self) -> ArrayRecord | None:
+        """Arrays returned to ``Strategy.start`` after each round (None keeps the previous)."""
+        return None
+
+    # ------------------------------------------------------------------------------------------------- Strategy API
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._ensure_ready(grid)
+        self._round_started[server_round] = time.time()
+        return self._messages(server_round, "train", self.sample(server_round),
+                              lambda pid: self.train_content(server_round, pid, arrays, config), self.train_type)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        ok = self._accept(server_round, "train", replies, self.validate_train_reply)
+        for edge in range(self.topology.num_edges):
+            group = {pid: c for pid, c in ok.items() if self.topology.edge_of(pid) == edge}
+            if group:
+                self.aggregate_edge(server_round, edge, group)
+        if self.topology.is_cloud_round(server_round):
+            self.aggregate_cloud(server_round)
+        metrics = _mean_metrics(ok)
+        self._round_summary(server_round, "train", ok, metrics)
+        return self.global_arrays(), MetricRecord(metrics) if metrics else None
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        self._ensure_ready(grid)
+        return self._messages(server_round, "evaluate", sorted(self.node_of),
+                              lambda pid: self.evaluate_content(server_round, pid, arrays, config),
+                              self.evaluate_type)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        ok = self._accept(server_round, "evaluate", replies, lambda pid, c: None)
+        self.eval_history[server_round] = {pid: dict(c[METRICS]) for pid, c in ok.items() if METRICS in c}
+        metrics = _mean_metrics(ok)
+        self._round_summary(server_round, "evaluate", ok, metrics)
+        self.finalize()
+        return MetricRecord(metrics) if metrics else None
+
+    def summary(self) -> None:
+        """Log the strategy's set-up (Flower calls this at the start of ``start``)."""
+        logger.info("%s: %d edges over %d devices, cloud round every %d edge rounds, fraction_train=%.2f",
+                    self.record.name, self.topology.num_edges, self.topology.num_devices,
+                    self.topology.edge_rounds_per_cloud, self.fraction_train)
+
+    def finalize(self) -> dict[str, Any]:
+        """Bring this strategy's block of the results contract up to date (bytes, references, accuracy, failures);
+        called after every evaluation round, so ``record`` is current whenever ``start`` returns."""
+        totals = self.ledger.totals()
+        total = self.ledger.total()
+        rounds = max(self.eval_history, default=0) or max(self.ledger.per_round, default=0)
+        refs: dict[str, Any] = {}
+        if self.reference_params:
+            refs["fedavg_full"] = {"bytes": fedavg_full_bytes(self.reference_params, len(self.node_of), rounds),
+                                   "formula": FEDAVG_FORMULA, "params": self.reference_params, "rounds": rounds}
+        raw = sum(int(p.get("raw-train-bytes", 0)) for p in self.profiles.values())
+        if raw:
+            refs["centralized"] = {"bytes": raw, "formula": CENTRALIZED_FORMULA}
+        self.record.bytes = {**totals, "total": total, "references": refs,
+                             "per_device": {str(k): v for k, v in sorted(self.ledger.per_device.items())}}
+        self.record.accuracy = self._accuracy()
+        return self.record.to_dict()
+
+    # ------------------------------------------------------------------------------------------------- internals
+    def sample(self, server_round: int) -> list[int]:
+        """Partition-ids trained this round: all, or a seeded fraction (same seed → same devices)."""
+        pids = sorted(self.node_of)
+        k = max(1, int(round(self.fraction_train * len(pids))))
+        if k >= len(pids):
+            return pids
+        return sorted(random.Random(self.seed * 100_003 + server_round).sample(pids, k))
+
+    def _bind(self, pid: int, node: int, profile: dict[str, Any]) -> None:
+        self.node_of[pid] = node
+        self.pid_of[node] = pid
+        self.profiles[pid] = profile
+
+    def _ensure_ready(self, grid: Grid) -> None:
+        if not self._ready:
+            self.discover(grid)
+            if not self.node_of:
+                raise RuntimeError(f"{self.record.name}: no device answered discovery; is the ClientApp running?")
+            self.setup(grid)
+            self._ready = True
+
+    def _messages(self, server_round: int, phase: str, pids: list[int], build: Any, mtype: str) -> list[Message]:
+        out = []
+        sent: set[int] = set()
+        for pid in pids:
+            content = build(pid)
+            if content is None:
+                continue
+            self.ledger.add_message(server_round, "edge-device", "down", content, pid)
+            out.append(Message(content=content, dst_node_id=self.node_of[pid], message_type=mtype))
+            sent.add(pid)
+        self._sent[(server_round, phase)] = sent
+        return out
+
+    def _accept(self, server_round: int, phase: str, replies: Iterable[Message],
+                validate: Any) -> dict[int, RecordDict]:
+        """Validated replies keyed by partition-id; errors, rejects and missing replies become failures."""
+        ok: dict[int, RecordDict] = {}
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            pid = self.pid_of.get(node)
+            if pid is None:
+                self.record.add_failure(server_round, phase, str(node), "reply from a node that was never discovered")
+                continue
+            if msg.has_error():
+                reason = f"client error: {short_reason(msg.error.reason)}"
+                self.record.add_failure(server_round, phase, str(pid), reason)
+                continue
+            self.ledger.add_message(server_round, "edge-device", "up", msg.content, pid)
+            try:
+                validate(pid, msg.content)
+            except (ReplyRejected, ValueError, KeyError, TypeError) as exc:
+                self.record.add_failure(server_round, phase, str(pid), f"rejected: {exc}")
+                continue
+            ok[pid] = msg.content
+        for pid in sorted(self._sent.get((server_round, phase), set()) - set(ok)):
+            if not any(f["round"] == server_round and f["phase"] == phase and f["node"] == str(pid)
+                       for f in self.record.failures):
+                self.record.add_failure(server_round, phase, str(pid), "no reply (timeout or lost)")
+        return dict(sorted(ok.items()))
+
+    def _round_summary(self, server_round: int, phase: str, ok: dict[int, RecordDict],
+                       metrics: dict[str, float]) -> None:
+        wall = time.time() - self._round_started.get(server_round, time.time())
+        per_edge: dict[str, dict[str, float]] = {}
+        for edge in range(self.topology.num_edges):
+            group = {pid: c for pid, c in ok.items() if self.topology.edge_of(pid) == edge}
+            per_edge[str(edge)] = _mean_metrics(group)
+        if self.recorder is not None:
+            for pid, content in ok.items():
+                dev = self.ledger.per_round_device[(server_round, pid)]
+                self.recorder.log_row(strategy=self.record.name, round=server_round, phase=phase, tier="device",
+                                      id=pid, edge=self.topology.edge_of(pid), wall_time=round(wall, 3),
+                                      **dict(content.get(METRICS, {})), bytes_up=dev["up"], bytes_down=dev["down"])
+            for edge, m in per_edge.items():
+                self.recorder.log_row(strategy=self.record.name, round=server_round, phase=phase, tier="edge",
+                                      id=int(edge), wall_time=round(wall, 3), **m)
+            self.recorder.log_row(strategy=self.record.name, round=server_round, phase=phase, tier="cloud", id=0,
+                                  wall_time=round(wall, 3), **metrics,
+                                  **{f"bytes_{t}_{d}": v for t, dd in self.ledger.round_totals(server_round).items()
+                                     for d, v in dd.items()})
+        entry = next((r for r in self.record.rounds if r["round"] == server_round), None)
+        if entry is None:
+            entry = {"round": server_round}
+            self.record.rounds.append(entry)
+        entry[phase] = {"device": {str(pid): dict(c.get(METRICS, {})) for pid, c in ok.items()},
+                        "edge": per_edge, "cloud": metrics}
+        entry["bytes"] = self.ledger.round_totals(server_round)
+        entry["wall_time_s"] = round(wall, 3)
+
+    def _accuracy(self) -> dict[str, Any]:
+        """Personalized (and generic) accuracy at the round with the best mean validation accuracy."""
+        if not self.eval_history:
+            return {}
+        def mean_of(rnd: int, key: str) -> float:
+            vals = [m[key] for m in self.eval_history[rnd].values() if key in m]
+            return float(np.mean(vals)) if vals else float("-inf")
+        has_val = any("val-acc" in m for r in self.eval_history.values() for m in r.values())
+        chosen = max(self.eval_history, key=lambda r: (mean_of(r, "val-acc" if has_val else "test-acc"), r))
+        last = max(self.eval_history)
+        def stats(rnd: int, key: str) -> dict[str, Any]:
+            return accuracy_stats({pid: m[key] for pid, m in self.eval_history[rnd].items() if key in m})
+        out = {"chosen_round": chosen, "chosen_by": "val-acc" if has_val else "test-acc (no val-acc reported)",
+               "personalized": stats(chosen, "test-acc"), "final_round": stats(last, "test-acc")}
+        generic = stats(chosen, "generic-acc")
+        out["generic"] = generic if generic["mean"] is not None else None
+        return out
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+    """Poll until ``count`` nodes are connected (simulation registers them late) or ``timeout`` passes."""
+    deadline = time.time() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < count and time.time() < deadline:
+        time.sleep(0.5)
+        nodes = list(grid.get_node_ids())
+    if len(nodes) < count:
+        logger.warning("only %d of %d expected nodes connected after %.0f s", len(nodes), count, timeout)
+    return nodes
+
+
+def short_reason(reason: str, limit: int = 400) -> str:
+    """The informative tail of a client error (Ray wraps it in a long traceback)."""
+    tail = reason.rsplit("Message:", 1)[-1].strip().rstrip("'>").strip()
+    return tail[-limit:]
+
+
+def _mean_metrics(replies: dict[int, RecordDict]) -> dict[str, float]:
+    """Example-weighted means of the scalar metrics in the replies."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for content in replies.values():
+        if METRICS not in content:
+            continue
+        m = dict(content[METRICS])
+        w = float(m.get("num-examples", 1) or 1)
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and k not in {"num-examples", "partition-id"}:
+                sums[k] = sums.get(k, 0.0) + w * float(v)
+                weights[k] = weights.get(k, 0.0) + w
+    return {k: sums[k] / weights[k] for k in sums}

@@ -1,0 +1,118 @@
+"""AcmeProtocolStrategy: the shared harness of ACME and its baselines (same backbones, same devices, same bytes).
+
+It discovers devices with a profile query, ships each device its class's sub-backbone and warm header once
+(``query.acme_setup``, optionally collecting [CLS] feature statistics), and builds the per-device train/evaluate
+messages the ACME client handlers understand. Subclasses decide what travels each round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from acme_flwr import protocol as P
+from acme_flwr.deployment import Deployment
+from acme_flwr.results import RunRecorder
+from acme_flwr.topology import Topology
+
+from .base import EdgeTierStrategy, wait_for_nodes
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRAIN = {"lr": 1e-2, "momentum": 0.5, "weight-decay": 1e-4, "batch-size": 32, "local-epochs": 1,
+                 "accumulation": "mean"}
+
+
+class NotAcmeClients(RuntimeError):
+    """No node answered the ACME profile query: the ClientApp does not register the ACME handlers."""
+
+
+class AcmeProtocolStrategy(EdgeTierStrategy):
+    """Discovery + one-time deployment + per-device messages in the ACME protocol."""
+
+    train_type = P.TRAIN
+    evaluate_type = P.EVALUATE
+    feature_samples = 0  # > 0: collect [CLS] feature statistics during setup
+
+    def __init__(self, topology: Topology, deployment: Deployment | None, *, train_config: dict[str, Any] | None = None,
+                 recorder: RunRecorder | None = None, record_name: str | None = None, timeout: float = 600.0,
+                 **kwargs: Any) -> None:
+        super().__init__(topology, recorder=recorder, record_name=record_name,
+                         reference_params=deployment.full_params if deployment else 0, **kwargs)
+        self.deployment = deployment
+        self.train_config = {**DEFAULT_TRAIN, **(train_config or {})}
+        self.timeout = timeout
+        self.features: dict[int, Any] = {}
+        self.tag = self.record.name
+
+    # ------------------------------------------------------------------------------------------------- discovery
+    def discover(self, grid: Grid) -> None:
+        nodes = sorted(wait_for_nodes(grid, self.topology.num_devices, self.discovery_timeout))
+        msgs = [Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=P.PROFILE) for n in nodes]
+        replies = list(grid.send_and_receive(msgs, timeout=self.timeout))
+        errors = []
+        for r in replies:
+            if r.has_error():
+                errors.append(f"node {r.metadata.src_node_id}: {r.error.reason}")
+                continue
+            prof = dict(r.content[P.PROFILE_REC])
+            pid = int(prof["partition-id"])
+            if pid in self.node_of:
+                self.record.add_failure(0, "discover", str(pid), "two nodes claim this partition-id")
+                continue
+            self._bind(pid, r.metadata.src_node_id, prof)
+            self.ledger.add_message(0, "edge-device", "up", r.content, pid)
+        if not self.node_of:
+            raise NotAcmeClients("no node answered the ACME profile query; errors: " + "; ".join(errors[:3]))
+        for e in errors:
+            self.record.add_failure(0, "discover", e.split(":")[0], e)
+        logger.info("%s: discovered %d devices", self.record.name, len(self.node_of))
+
+    def setup(self, grid: Grid) -> None:
+        """Ship each device its sub-backbone + header (bytes counted on both tiers), collect features if asked."""
+        if self.deployment is None:
+            raise ValueError(f"{type(self).__name__} needs a Deployment (sub-backbones and headers) for ACME clients")
+        k = self.feature_samples and min([self.feature_samples, *(int(p["num-train"]) for p in self.profiles.values())])
+        msgs, shipped = [], set()
+        for pid in sorted(self.node_of):
+            pkg = self.deployment.for_class(str(self.profiles[pid]["device-class"]))
+            content = RecordDict({
+                P.BACKBONE: P.arrays_from_state(pkg.backbone.state_dict()),
+                P.HEADER: P.arrays_from_state(pkg.header.state_dict()),
+                P.CONFIG: ConfigRecord({"tag": self.tag, "backbone-arch": json.dumps(pkg.backbone.arch()),
+                                        "header-spec": json.dumps(pkg.header_spec), "feature-samples": int(k),
+                                        "seed": self.seed}),
+            })
+            n = self.ledger.add_message(0, "edge-device", "down", content, pid)
+            edge = self.topology.edge_of(pid)
+            if (edge, pkg.width, pkg.depth) not in shipped:  # the cloud sends each distinct package once per edge
+                shipped.add((edge, pkg.width, pkg.depth))
+                self.ledger.add(0, "cloud-edge", "down", n)
+            msgs.append(Message(content, dst_node_id=self.node_of[pid], message_type=P.SETUP))
+        self._sent[(0, "setup")] = set(self.node_of)
+        ok = self._accept(0, "setup", grid.send_and_receive(msgs, timeout=self.timeout), self._validate_setup)
+        for pid, content in ok.items():
+            if P.FEATURES in content.array_records:
+                self.features[pid] = P.vector_from_record(content[P.FEATURES], "cls")
+        for pid in set(self.node_of) - set(ok):  # a device that failed setup cannot take part
+            node = self.node_of.pop(pid)
+            self.pid_of.pop(node, None)
+
+    def _validate_setup(self, pid: int, content: RecordDict) -> None:
+        if self.feature_samples and P.FEATURES not in content.array_records:
+            raise ValueError("setup reply has no feature statistics")
+
+    # ------------------------------------------------------------------------------------------------- messages
+    def round_config(self, server_round: int, **extra: Any) -> ConfigRecord:
+        return ConfigRecord({**self.train_config, "tag": self.tag, "seed": self.seed, "server-round": server_round,
+                             **extra})
+
+    def content(self, server_round: int, arrays: dict[str, ArrayRecord] | None = None, **extra: Any) -> RecordDict:
+        rd = RecordDict({P.CONFIG: self.round_config(server_round, **extra)})
+        for key, rec in (arrays or {}).items():
+            rd[key] = rec
+        return rd

@@ -1,0 +1,53 @@
+"""Strategy factories by name: how a run's config becomes each strategy it compares (decorator registry)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flwr.serverapp.strategy import Strategy
+
+from acme_flwr.config import AcmeConfig
+from acme_flwr.deployment import Deployment
+from acme_flwr.registry import Registry
+from acme_flwr.results import RunRecorder
+from acme_flwr.topology import Topology
+
+from .acme import AcmeStrategy
+from .header_fedavg import HeaderFedAvg
+
+Factory = Callable[[AcmeConfig, Topology, Deployment, RunRecorder], Strategy]
+STRATEGIES: Registry[Factory] = Registry("strategy")
+
+
+def _common(cfg: AcmeConfig, recorder: RunRecorder, name: str) -> dict[str, Any]:
+    s = cfg.strategy
+    return {"recorder": recorder, "record_name": name, "seed": cfg.run.seed, "fraction_train": s.fraction_train,
+            "timeout": s.timeout,
+            "train_config": {"lr": s.lr, "momentum": s.momentum, "weight-decay": s.weight_decay,
+                             "batch-size": s.batch_size, "local-epochs": s.local_epochs,
+                             "accumulation": s.importance_accumulation}}
+
+
+@STRATEGIES.register("acme")
+def _acme(cfg: AcmeConfig, topology: Topology, deployment: Deployment, recorder: RunRecorder) -> Strategy:
+    s = cfg.strategy
+    return AcmeStrategy(topology, deployment, variant=s.variant, distance=s.distance, temperature=s.temperature,
+                        prune_per_iteration=s.prune_per_iteration, prune_max_fraction=s.prune_max_fraction,
+                        feature_samples=s.feature_samples, **_common(cfg, recorder, "acme"))
+
+
+def _header_baseline(name: str, share: str) -> Factory:
+    def factory(cfg: AcmeConfig, topology: Topology, deployment: Deployment, recorder: RunRecorder) -> Strategy:
+        return HeaderFedAvg(topology, deployment, share=share, **_common(cfg, recorder, name))
+
+    return factory
+
+
+for _name, _share in (("fedavg_header", "all"), ("fedper", "body"), ("local", "none")):
+    STRATEGIES.register(_name)(_header_baseline(_name, _share))
+
+
+def build_strategy(name: str, cfg: AcmeConfig, topology: Topology, deployment: Deployment,
+                   recorder: RunRecorder) -> Strategy:
+    return STRATEGIES.get(name)(cfg, topology, deployment, recorder)

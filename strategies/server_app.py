@@ -1,0 +1,60 @@
+"""The ServerApp of ``flwr run .``: cloud stage, then each configured strategy on the same devices, then results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from acme_flwr.config import AcmeConfig, ConfigError
+from acme_flwr.deployment import build_deployment
+from acme_flwr.results import RunRecorder, format_table
+from acme_flwr.runtime import cache_dir, input_shape, out_dir
+from acme_flwr.task import federated_data
+from acme_flwr.topology import Topology
+
+from .registry import STRATEGIES, build_strategy
+
+logger = logging.getLogger("acme_flwr")
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Validate config → cloud stage (cached) → every strategy in ``strategy.names`` → results contract."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    torch.set_num_threads(1)  # the cloud stage runs while the simulated clients wait; tiny models run best on one
+    cfg = AcmeConfig.from_flat(context.run_config)
+    for name in cfg.strategy_names:
+        if name not in STRATEGIES:
+            raise ConfigError(f"strategy.names contains {name!r}; allowed values: {STRATEGIES.names()}")
+    recorder = RunRecorder(out_dir(cfg), cfg.to_dict(), cfg.run.seed)
+    logger.info("results go to %s", recorder.out_dir)
+    started = time.time()
+    data = federated_data(cfg, *input_shape(cfg))
+    deployment = build_deployment(cfg, data, cache_dir(cfg), progress=False)
+    recorder.cloud = {"table": deployment.table, "picks": deployment.picks, "full_params": deployment.full_params,
+                      "stage_log": _brief(deployment.stage_log), "wall_time_s": round(time.time() - started, 2)}
+    topology = Topology(cfg.topology.num_devices, cfg.topology.num_edges, cfg.topology.assignment,
+                        cfg.topology.edge_rounds_per_cloud)
+    for name in cfg.strategy_names:
+        strategy = build_strategy(name, cfg, topology, deployment, recorder)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds,
+                       timeout=cfg.strategy.timeout)
+        strategy.finalize()
+        recorder.write_summary(primary=cfg.strategy_names[0])  # keep what is done even if a later strategy fails
+    path = recorder.write_summary(primary=cfg.strategy_names[0])
+    logger.info("results:\n%s", format_table(json.loads(Path(path).read_text())))
+    logger.info("summary written to %s", path)
+
+
+def _brief(stage_log: dict) -> dict:
+    """Stage log without bulky per-step loss lists."""
+    return {k: {kk: vv for kk, vv in v.items() if kk != "losses"} if isinstance(v, dict) else v
+            for k, v in stage_log.items()}

@@ -1,0 +1,71 @@
+"""An in-process Grid: routes each Message to a ClientApp with a per-node Context, no Ray, no SuperLink.
+
+Strategy tests use it to exercise configure/aggregate logic, faults and drop-in mode in milliseconds; the real
+Ray-backed `flwr run` path is covered by the end-to-end test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+Hook = Callable[[Message, int], Message | None]
+
+
+class InProcessGrid(Grid):
+    """Node ids are deliberately non-sequential (like Flower's random ids); partition-id i lives on node 1000+7i."""
+
+    def __init__(self, app: ClientApp, num_nodes: int, run_config: dict | None = None,
+                 intercept: Hook | None = None) -> None:
+        TaskIdentity.run_id = 1  # Message() reads the run id of the process it is built in
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 0
+        self.app = app
+        self.intercept = intercept
+        self.contexts = {
+            1000 + 7 * pid: Context(run_id=1, node_id=1000 + 7 * pid,
+                                    node_config={"partition-id": pid, "num-partitions": num_nodes},
+                                    state=RecordDict(), run_config=dict(run_config or {}))
+            for pid in range(num_nodes)
+        }
+        self.sent: list[Message] = []
+
+    def set_run(self, run) -> None:  # noqa: ANN001 - unused in tests
+        pass
+
+    @property
+    def run(self):  # noqa: ANN201
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        replies = []
+        for msg in messages:
+            self.sent.append(msg)
+            node = msg.metadata.dst_node_id
+            if self.intercept is not None:
+                override = self.intercept(msg, node)
+                if override is not None:
+                    replies.append(override)
+                    continue
+            try:
+                reply = self.app(msg, self.contexts[node])
+            except Exception as exc:  # a raising ClientApp becomes an error reply, as in Flower
+                reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            replies.append(reply)
+        return replies

@@ -1,0 +1,66 @@
+"""End to end: a real `flwr run .` (Ray simulation) and the public import from an installed wheel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.launch import launch
+
+from .conftest import SMOKE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.e2e
+def test_flwr_run_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    overrides = [f"{k}={v}" for k, v in SMOKE.items()] + [f"cloud.cache_dir={tmp_path / 'cache'}"]
+    summary_path = launch(out, 4, overrides, stream_to=subprocess.DEVNULL)
+    summary = json.loads(summary_path.read_text())
+    assert summary["strategy"] == "acme" and set(summary["strategies"]) == {"acme", "fedavg_header", "local"}
+    for name, block in summary["strategies"].items():
+        assert block["failures"]["count"] == 0, (name, block["failures"])
+        assert len(block["accuracy"]["personalized"]["per_device"]) == 4
+    chance = 1 / 10
+    assert summary["accuracy"]["personalized"]["mean"] > chance
+    assert summary["bytes"]["edge-device"]["up"] > 0 and summary["bytes"]["references"]["centralized"]["bytes"] > 0
+    assert summary["versions"]["flwr"].startswith("1.4") and summary["config"]["run"]["seed"] == 0
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert {r["tier"] for r in rows} == {"device", "edge", "cloud"}
+    assert (out / "summary.csv").read_text().count("\n") == 4  # header + 3 strategies
+    assert not _stray_superlinks(), "the launcher must stop the SuperLink it started"
+
+
+def _stray_superlinks() -> bool:
+    for cmd in Path("/proc").glob("*/cmdline"):
+        try:
+            if b"flower-superlink" in cmd.read_bytes() and b"acme-flwr-home" in cmd.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.e2e
+def test_public_import_from_an_installed_wheel_outside_the_repo(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(REPO)], check=True)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                    *map(str, wheels.glob("*.whl"))], check=True)
+    code = ("import acme_flwr, acme_flwr.strategies as s, acme_flwr.clients as c;"
+            "from acme_flwr import AcmeStrategy, AcmeClient, ElasticViT, create_model;"
+            "from acme_flwr.pfg import select_backbone;"
+            "assert all(m.__file__.startswith(r'%s') for m in (acme_flwr, s, c)), (acme_flwr.__file__, s.__file__);"
+            "print(AcmeStrategy.__module__, create_model('vit_micro_test').num_parameters())")
+    code = code.replace("%s", str(target))
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""},
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("acme_flwr.strategies.acme ")

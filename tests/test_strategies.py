@@ -1,0 +1,148 @@
+"""Strategies on an in-process grid: the ACME loop, baselines, drop-in mode, heterogeneous and bad replies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from acme_flwr import protocol as P
+from acme_flwr.clients.client_app import app as acme_client_app
+from acme_flwr.config import AcmeConfig
+from acme_flwr.deployment import build_deployment
+from acme_flwr.results import RunRecorder
+from acme_flwr.runtime import input_shape
+from acme_flwr.strategies import AcmeStrategy, HierarchicalFedAvg, build_strategy
+from acme_flwr.task import federated_data
+from acme_flwr.topology import Topology
+
+from .conftest import SMOKE
+from .inprocess import InProcessGrid
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    flat = dict(SMOKE)
+    cfg = AcmeConfig.from_flat(flat)
+    data = federated_data(cfg, *input_shape(cfg))
+    deployment = build_deployment(cfg, data, tmp_path_factory.mktemp("cache"), progress=False)
+    topo = Topology(4, 2, "round_robin", 2)
+    return flat, cfg, deployment, topo
+
+
+def _run(name: str, setup, tmp_path, intercept=None):  # noqa: ANN001, ANN202
+    flat, cfg, deployment, topo = setup
+    recorder = RunRecorder(tmp_path, cfg.to_dict(), cfg.run.seed)
+    strategy = build_strategy(name, cfg, topo, deployment, recorder)
+    grid = InProcessGrid(acme_client_app, 4, flat, intercept)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=2)
+    return strategy, strategy.finalize(), grid
+
+
+def test_acme_loop_exchanges_only_importance_and_personalises(setup, tmp_path) -> None:  # noqa: ANN001
+    strategy, block, grid = _run("acme", setup, tmp_path)
+    assert block["failures"]["count"] == 0
+    assert set(block["accuracy"]["personalized"]["per_device"]) == {"0", "1", "2", "3"}
+    # similarity weights per edge: rows are probability vectors over the edge's devices
+    for edge in block["similarity"].values():
+        w = np.array(edge["weights"])
+        assert np.allclose(w.sum(axis=1), 1.0) and (w > 0).all()
+    # uplink of a training round carries the importance vector and metrics, nothing else
+    train_replies_up = [r["bytes"]["edge-device"]["up"] for r in block["rounds"]]
+    gates = strategy.num_gates
+    assert all(4 * 4 * gates <= up <= 4 * (4 * gates + 400) + 2000 for up in train_replies_up)
+    # devices pruned with the edge's mix: prune_per_iteration=2 gates per round, two rounds
+    last = block["rounds"][-1]["evaluate"]["device"]
+    assert all(m["pruned-gates"] >= 4 for m in last.values())
+    sent_types = {m.metadata.message_type for m in grid.sent}
+    assert sent_types == {P.PROFILE, P.SETUP, P.TRAIN, P.EVALUATE}
+    assert block["bytes"]["references"]["fedavg_full"]["bytes"] > block["bytes"]["total"]
+
+
+@pytest.mark.parametrize("name", ["fedavg_header", "fedper", "local"])
+def test_baselines_run_on_the_same_harness(name: str, setup, tmp_path) -> None:  # noqa: ANN001
+    _, block, _ = _run(name, setup, tmp_path)
+    assert block["failures"]["count"] == 0
+    assert block["accuracy"]["personalized"]["mean"] is not None
+    cloud = block["bytes"]["cloud-edge"]
+    assert (cloud["up"] > 0) == (name != "local")  # round 2 is a cloud round for the averaging baselines
+
+
+def _corrupt(kind: str):  # noqa: ANN202
+    def intercept(msg: Message, node: int) -> Message | None:
+        if msg.metadata.message_type != P.TRAIN or node != 1007:
+            return None
+        if kind == "error":
+            return Message(Error(code=1, reason="device crashed"), reply_to=msg)
+        vec = {"nan": np.full(32, np.nan, np.float32), "shape": np.ones(7, np.float32),
+               "dtype": np.ones(32, np.int64)}[kind]
+        return Message(RecordDict({P.IMPORTANCE: ArrayRecord({"v": Array(vec)}),
+                                   P.METRICS: MetricRecord({P.NUM_EXAMPLES: 10})}), reply_to=msg)
+    return intercept
+
+
+@pytest.mark.parametrize("kind", ["error", "nan", "shape", "dtype"])
+def test_bad_device_reply_is_recorded_and_never_reaches_edge_state(kind: str, setup, tmp_path) -> None:  # noqa: ANN001
+    strategy, block, _ = _run("acme", setup, tmp_path, intercept=_corrupt(kind))
+    reasons = [f for f in block["failures"]["reasons"] if f["phase"] == "train"]
+    assert len(reasons) == 2 and all(f["node"] == "1" for f in reasons)  # device 1 (node 1007), both rounds
+    assert all(np.isfinite(v).all() and v.shape == (strategy.num_gates,) for v in strategy.mixed.values())
+    assert len(block["accuracy"]["personalized"]["per_device"]) == 4  # the round completed for everyone
+
+
+# ---------------------------------------------------------------------------------------------- drop-in mode
+def _quickstart_app() -> ClientApp:
+    """A Flower-quickstart-style ClientApp that knows nothing about ACME (standard arrays/metrics contract)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        state = msg.content["arrays"].to_torch_state_dict()
+        pid = int(context.node_config["partition-id"])
+        new = {k: v + (pid + 1) for k, v in state.items()}
+        return Message(RecordDict({"arrays": ArrayRecord(new),
+                                   "metrics": MetricRecord({"num-examples": 10 * (pid + 1), "train_loss": 1.0})}),
+                       reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        w = float(msg.content["arrays"].to_torch_state_dict()["w"].mean())
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "test-acc": 0.5, "w": w})}),
+                       reply_to=msg)
+
+    return app
+
+
+def test_drop_in_acme_strategy_runs_hierarchical_fedavg_on_a_plain_flower_app(tmp_path) -> None:  # noqa: ANN001
+    topo = Topology(num_devices=4, num_edges=2, edge_rounds_per_cloud=2)
+    strategy = AcmeStrategy(topo)  # no deployment: nothing ACME-specific is needed for plain clients
+    grid = InProcessGrid(_quickstart_app(), 4)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": torch.zeros(3)}), num_rounds=2)
+    block = strategy.finalize()
+    assert strategy.fallback is not None and block["mode"].startswith("drop-in")
+    assert block["failures"]["count"] == 0
+    # device p adds p+1 and reports 10(p+1) examples. Round 1: edge 0 = devices {0,2} -> (10*1 + 30*3)/40 = 2.5;
+    # edge 1 = {1,3} -> (20*2 + 40*4)/60 = 10/3. Round 2 adds the same again (5 and 20/3), then the cloud round
+    # averages the edges weighted by their examples (40 vs 60).
+    w = result.arrays.to_torch_state_dict()["w"]
+    expected = 0.4 * 5.0 + 0.6 * (20 / 3)
+    assert torch.allclose(w, torch.full((3,), expected))
+    assert block["bytes"]["edge-device"]["up"] > 0 and block["bytes"]["cloud-edge"]["down"] > 0
+
+
+def test_hierarchical_fedavg_rejects_mismatched_arrays(tmp_path) -> None:  # noqa: ANN001
+    app = _quickstart_app()
+
+    def intercept(msg: Message, node: int) -> Message | None:
+        if msg.metadata.message_type == "train" and node == 1000:
+            return Message(RecordDict({"arrays": ArrayRecord({"w": torch.zeros(5)}),
+                                       "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
+        return None
+
+    strategy = HierarchicalFedAvg(Topology(4, 2, edge_rounds_per_cloud=1))
+    strategy.start(grid=InProcessGrid(app, 4, intercept=intercept), initial_arrays=ArrayRecord({"w": torch.zeros(3)}),
+                   num_rounds=1)
+    block = strategy.finalize()
+    assert block["failures"]["count"] == 1 and "shape (5,)" in block["failures"]["reasons"][0]["reason"]
