@@ -84,14 +84,18 @@ def stop_superlink(flwr_home: Path, grace: float = 5.0) -> int:
 
 
 def launch(out: Path, num_supernodes: int, overrides: list[str], app_dir: Path = REPO,
-           stream_to: object = None) -> Path:
-    """Run one ``flwr run`` and return the path of its ``summary.json`` (raises if none was written)."""
+           stream_to: object = None, flwr_home: Path | None = None) -> Path:
+    """Run one ``flwr run`` and return the path of its ``summary.json`` (raises if none was written).
+
+    ``flwr_home``: the private FLWR_HOME to use (created if missing, removed afterwards); default: a new temp dir.
+    Every process the run starts carries it in its environment, which is how it is found and stopped."""
     out = out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary = out / "summary.json"
     if summary.exists():
         summary.unlink()
-    flwr_home = Path(tempfile.mkdtemp(prefix="acme-flwr-home-"))
+    flwr_home = Path(flwr_home) if flwr_home else Path(tempfile.mkdtemp(prefix="acme-flwr-home-"))
+    flwr_home.mkdir(parents=True, exist_ok=True)
     run_config = out / "run_config.toml"
     pairs = [f'"run.out_dir" = {json.dumps(str(out))}'] + [_toml_pair(o) for o in overrides]
     run_config.write_text("\n".join(pairs) + "\n")

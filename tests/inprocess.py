@@ -13,7 +13,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-Hook = Callable[[Message, int], Message | None]
+Hook = Callable[[Message, int], "Message | None | object"]
+DROP = object()  # an intercept returning DROP loses the reply, as a timed-out or vanished node does
 
 
 class InProcessGrid(Grid):
@@ -60,6 +61,8 @@ class InProcessGrid(Grid):
             node = msg.metadata.dst_node_id
             if self.intercept is not None:
                 override = self.intercept(msg, node)
+                if override is DROP:
+                    continue
                 if override is not None:
                     replies.append(override)
                     continue

@@ -19,7 +19,7 @@ from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
 from .conftest import SMOKE
-from .inprocess import InProcessGrid
+from .inprocess import DROP, InProcessGrid
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,19 @@ def test_bad_device_reply_is_recorded_and_never_reaches_edge_state(kind: str, se
     assert len(reasons) == 2 and all(f["node"] == "1" for f in reasons)  # device 1 (node 1007), both rounds
     assert all(np.isfinite(v).all() and v.shape == (strategy.num_gates,) for v in strategy.mixed.values())
     assert len(block["accuracy"]["personalized"]["per_device"]) == 4  # the round completed for everyone
+
+
+def test_a_device_that_times_out_is_a_failure_and_the_round_completes(setup, tmp_path) -> None:  # noqa: ANN001
+    def lose_device_2_in_round_1(msg: Message, node: int) -> object:
+        if msg.metadata.message_type != P.TRAIN or node != 1014:
+            return None
+        return DROP if msg.content[P.CONFIG]["server-round"] == 1 else None
+
+    strategy, block, _ = _run("acme", setup, tmp_path, intercept=lose_device_2_in_round_1)
+    assert [(f["round"], f["node"], f["reason"]) for f in block["failures"]["reasons"]] == [
+        (1, "2", "no reply (timeout or lost)")]
+    assert block["rounds"][0]["train"]["device"].keys() == {"0", "1", "3"}
+    assert block["rounds"][1]["train"]["device"].keys() == {"0", "1", "2", "3"}  # back in round 2
 
 
 # ---------------------------------------------------------------------------------------------- drop-in mode
