@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from acme_flwr.config import AcmeConfig, ConfigError
 from acme_flwr.deployment import build_deployment
+from acme_flwr.plots import plot_run
 from acme_flwr.results import RunRecorder, format_table
 from acme_flwr.runtime import cache_dir, input_shape, out_dir
 from acme_flwr.task import federated_data
@@ -50,6 +51,11 @@ def main(grid: Grid, context: Context) -> None:
         strategy.finalize()
         recorder.write_summary(primary=cfg.strategy_names[0])  # keep what is done even if a later strategy fails
     path = recorder.write_summary(primary=cfg.strategy_names[0])
+    try:
+        plots = plot_run(path)
+        logger.info("plots: %s", ", ".join(p.name for p in plots))
+    except Exception:  # noqa: BLE001 - a plot must never cost the run its results
+        logger.exception("plotting failed; summary.json is complete")
     logger.info("results:\n%s", format_table(json.loads(Path(path).read_text())))
     logger.info("summary written to %s", path)
 

@@ -30,3 +30,21 @@ def test_ledger_sums_per_tier_direction_round_and_device() -> None:
 
 def test_fedavg_reference_formula() -> None:
     assert fedavg_full_bytes(num_params=1000, num_devices=5, rounds=10) == 2 * 10 * 5 * 1000 * 4
+
+
+def test_plots_are_written_for_a_summary(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from acme_flwr.plots import plot_run
+
+    block = {"rounds": [{"round": 1, "evaluate": {"cloud": {"test-acc": 0.5}}},
+                        {"round": 2, "evaluate": {"cloud": {"test-acc": 0.6}}}],
+             "bytes": {"total": 1000}, "accuracy": {"personalized": {"mean": 0.6}},
+             "similarity": {"0": {"devices": [0, 2], "weights": [[0.6, 0.4], [0.3, 0.7]]}}}
+    summary = {"cloud": {"table": [[1.0, 1.0, 0.9], [1.0, 0.5, 0.8], [0.5, 1.0, 0.7], [0.5, 0.5, 0.6]]},
+               "strategies": {"acme": block}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    names = sorted(p.name for p in plot_run(tmp_path / "summary.json"))
+    assert names == ["accuracy_per_round.png", "accuracy_vs_bytes.png", "similarity_weights.png",
+                     "subnet_accuracy.png"]
+    assert all((tmp_path / n).stat().st_size > 1000 for n in names)
