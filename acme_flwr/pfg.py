@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .registry import Registry
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -455,24 +457,9 @@ def grid_front(grid: CandidateGrid, cells: int = 10, sigma: float = 1e-6) -> np.
 # --------------------------------------------------------------------------------------------------------------------
 
 Selector = Callable[[CandidateGrid, float, int], int]
-_SELECTORS: dict[str, Selector] = {}
-
-
-def register_selector(name: str) -> Callable[[Selector], Selector]:
-    """Register ``fn(grid, size_constraint, seed) -> candidate index`` under ``name``."""
-
-    def deco(fn: Selector) -> Selector:
-        if name in _SELECTORS:
-            raise ValueError(f"selector {name!r} is already registered")
-        _SELECTORS[name] = fn
-        return fn
-
-    return deco
-
-
-def list_selectors() -> list[str]:
-    """Names accepted by ``select_backbone(method=...)``."""
-    return sorted(_SELECTORS)
+SELECTORS: Registry[Selector] = Registry("backbone selection method")
+register_selector = SELECTORS.register  # ``fn(grid, size_constraint, seed) -> candidate index`` under a name
+list_selectors = SELECTORS.names  # names accepted by ``select_backbone(method=...)``
 
 
 def _feasible(grid: CandidateGrid, size_constraint: float) -> np.ndarray:
@@ -541,8 +528,7 @@ def select_backbone(
     ``accuracy_table`` is a list of ``(depth, width, accuracy)`` rows (as the original); ``size_constraint`` is the
     normalised-size bound in (0, 1]; ``method`` one of :func:`list_selectors`.
     """
-    if method not in _SELECTORS:
-        raise ValueError(f"unknown backbone selection method {method!r}; allowed: {list_selectors()}")
+    selector = SELECTORS.get(method)
     if (
         isinstance(size_constraint, bool)
         or not isinstance(size_constraint, numbers.Real)
@@ -550,7 +536,7 @@ def select_backbone(
     ):
         raise ValueError(f"size_constraint must be in (0, 1]; got {size_constraint!r}")
     grid = build_candidates(accuracy_table, cost_model, grid_points)
-    i = _SELECTORS[method](grid, float(size_constraint), seed)
+    i = selector(grid, float(size_constraint), seed)
     result: dict[str, float | int | str] = {**grid.row(i), "method": method}
     logger.info(
         "select_backbone(%s): w=%.4f d=%.4f Â=%.6f S̃=%.6f Ẽ=%.6f",

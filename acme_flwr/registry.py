@@ -14,6 +14,10 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class RegistryError(LookupError, ValueError):
+    """A name is unknown to, or already taken in, a registry; the message lists the registered names."""
+
+
 class Registry(Generic[T]):
     """A name → object table filled by a decorator."""
 
@@ -24,7 +28,7 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
             if name in self._items:
-                raise KeyError(f"{self.kind} {name!r} is already registered")
+                raise RegistryError(f"{self.kind} {name!r} is already registered")
             self._items[name] = obj
             return obj
 
@@ -34,7 +38,11 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; registered: {self.names()}") from None
+            raise RegistryError(f"unknown {self.kind} {name!r}; allowed: {self.names()}") from None
+
+    def unregister(self, name: str) -> T:
+        """Remove and return ``name`` (tests register temporary entries)."""
+        return self._items.pop(name)
 
     def names(self) -> list[str]:
         return sorted(self._items)

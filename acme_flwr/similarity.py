@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from .registry import Registry
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -35,26 +37,11 @@ __all__ = [
 ]
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
-_METRICS: dict[str, Metric] = {}
+METRICS: Registry[Metric] = Registry("similarity metric")
+register_metric = METRICS.register  # ``fn(F_k, F_j) -> similarity in (0, 1]`` under a name
+list_metrics = METRICS.names  # names accepted by :func:`similarity_matrix`
 
 JS_EPSILON = 1e-6
-
-
-def register_metric(name: str) -> Callable[[Metric], Metric]:
-    """Register ``fn(F_k, F_j) -> similarity in (0, 1]`` under ``name``."""
-
-    def deco(fn: Metric) -> Metric:
-        if name in _METRICS:
-            raise ValueError(f"similarity metric {name!r} is already registered")
-        _METRICS[name] = fn
-        return fn
-
-    return deco
-
-
-def list_metrics() -> list[str]:
-    """Names accepted by :func:`similarity_matrix`."""
-    return sorted(_METRICS)
 
 
 def _as_features(f: np.ndarray, name: str) -> np.ndarray:
@@ -119,8 +106,7 @@ def js_similarity(f_k: np.ndarray, f_j: np.ndarray) -> float:
 
 def similarity_matrix(features: Sequence[np.ndarray], metric: str = "emd") -> np.ndarray:
     """Pairwise ``S[k, j] = metric(F_k, F_j)`` for the devices in ``features`` (in the given order)."""
-    if metric not in _METRICS:
-        raise ValueError(f"unknown similarity metric {metric!r}; allowed: {list_metrics()}")
+    fn = METRICS.get(metric)
     if len(features) == 0:
         raise ValueError("features is empty: need one feature matrix per device")
     mats = [_as_features(f, f"features[{i}]") for i, f in enumerate(features)]
@@ -128,7 +114,6 @@ def similarity_matrix(features: Sequence[np.ndarray], metric: str = "emd") -> np
     if len(cols) > 1:
         shapes = [m.shape for m in mats]
         raise ValueError(f"feature matrices have different column counts: shapes {shapes}")
-    fn = _METRICS[metric]
     n = len(mats)
     s = np.empty((n, n))
     for k in range(n):

@@ -98,7 +98,7 @@ def test_registry_and_unknown_method() -> None:
     try:
         assert select_backbone(LINEAR, 0.8, method="smallest_for_test")["accuracy"] > 0
     finally:
-        pfg._SELECTORS.pop("smallest_for_test")
+        pfg.SELECTORS.unregister("smallest_for_test")
     with pytest.raises(ValueError, match="already registered"):
         register_selector("pfg")(_smallest)
 
