@@ -6,7 +6,8 @@
 - ``summary.json``: ``config``, ``seed``, ``versions``, ``strategy`` (the primary one), and for it at top level
   ``rounds`` (per round: metrics per tier), ``failures`` (count and reasons), ``bytes`` (``{tier: {up, down}}`` plus
   ``references``) and ``accuracy`` (``personalized``: mean, std, worst-10 %, per device; ``generic``); the same block
-  for every strategy of the run under ``strategies``; ``cloud`` (sub-net table and per-class picks) when it ran.
+  for every strategy of the run under ``strategies``; ``cloud`` (sub-net table and per-class picks) when it ran;
+  ``data`` (per-device label distribution of the training splits, split sizes).
 - ``summary.csv``: one row per strategy with the headline numbers.
 """
 
@@ -82,6 +83,7 @@ class RunRecorder:
         self.versions = package_versions()
         self.strategies: dict[str, StrategyRecord] = {}
         self.cloud: dict[str, Any] = {}
+        self.data: dict[str, Any] = {}
         self.started = time.time()
         self._jsonl = self.out_dir / "rounds.jsonl"
         self._jsonl.write_text("")
@@ -100,7 +102,7 @@ class RunRecorder:
             raise KeyError(f"no results for strategy {primary!r}; have {sorted(self.strategies)}")
         blocks = {name: rec.to_dict() for name, rec in self.strategies.items()}
         summary = {"config": self.config, "seed": self.seed, "versions": self.versions, "strategy": primary,
-                   **blocks[primary], "strategies": blocks, "cloud": self.cloud,
+                   **blocks[primary], "strategies": blocks, "cloud": self.cloud, "data": self.data,
                    "wall_time_s": round(time.time() - self.started, 2), "out_dir": str(self.out_dir)}
         path = self.out_dir / "summary.json"
         _write_json(path, summary)

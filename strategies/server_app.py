@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from acme_flwr.config import AcmeConfig, ConfigError
 from acme_flwr.deployment import build_deployment
+from acme_flwr.partition import format_label_report
 from acme_flwr.plots import plot_run
 from acme_flwr.results import RunRecorder, format_table
 from acme_flwr.runtime import cache_dir, input_shape, out_dir
@@ -39,6 +40,12 @@ def main(grid: Grid, context: Context) -> None:
     logger.info("results go to %s", recorder.out_dir)
     started = time.time()
     data = federated_data(cfg, *input_shape(cfg))
+    report = data.report()
+    recorder.data = {"dataset": cfg.data.name, "num_classes": data.num_classes, "label_report": report,
+                     "cloud_samples": int(len(data.cloud_indices)),
+                     "device_splits": [{"train": len(s.train), "val": len(s.val), "test": len(s.test)}
+                                       for s in data.splits]}
+    logger.info("per-device label distribution (training splits):\n%s", format_label_report(report))
     deployment = build_deployment(cfg, data, cache_dir(cfg), progress=False)
     recorder.cloud = {"table": deployment.table, "picks": deployment.picks, "full_params": deployment.full_params,
                       "stage_log": _brief(deployment.stage_log), "wall_time_s": round(time.time() - started, 2)}

@@ -30,6 +30,9 @@ def test_flwr_run_end_to_end(tmp_path: Path) -> None:
     assert summary["accuracy"]["personalized"]["mean"] > chance
     assert summary["bytes"]["edge-device"]["up"] > 0 and summary["bytes"]["references"]["centralized"]["bytes"] > 0
     assert summary["versions"]["flwr"].startswith("1.4") and summary["config"]["run"]["seed"] == 0
+    assert [r["partition_id"] for r in summary["data"]["label_report"]] == [0, 1, 2, 3]
+    assert sorted(p.name for p in out.glob("*.png")) == ["accuracy_per_round.png", "accuracy_vs_bytes.png",
+                                                         "similarity_weights.png", "subnet_accuracy.png"]
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert {r["tier"] for r in rows} == {"device", "edge", "cloud"}
     assert (out / "summary.csv").read_text().count("\n") == 4  # header + 3 strategies
