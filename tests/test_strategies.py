@@ -58,6 +58,10 @@ def test_acme_loop_exchanges_only_importance_and_personalises(setup, tmp_path) -
     assert all(m["pruned-gates"] >= 4 for m in last.values())
     sent_types = {m.metadata.message_type for m in grid.sent}
     assert sent_types == {P.PROFILE, P.SETUP, P.TRAIN, P.EVALUATE}
+    # heterogeneous devices: class "low" (devices 0, 3) got a smaller extracted sub-backbone than "mid"/"high"
+    backbone_sizes = {grid.sent.index(m): sum(a.numpy().size for a in m.content[P.BACKBONE].values())
+                      for m in grid.sent if m.metadata.message_type == P.SETUP}
+    assert len(set(backbone_sizes.values())) == 2
     assert block["bytes"]["references"]["fedavg_full"]["bytes"] > block["bytes"]["total"]
 
 
