@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import RecordDict
 from flwr.common.serde import recorddict_to_proto
@@ -56,6 +57,17 @@ class CommLedger:
         n = message_bytes(content)
         self.add(server_round, tier, direction, n, partition_id)
         return n
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"per_round": self.per_round, "per_device": dict(self.per_device),
+                "per_round_device": dict(self.per_round_device)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.per_round = dict(state["per_round"])
+        self.per_device.clear()
+        self.per_device.update(state["per_device"])
+        self.per_round_device.clear()
+        self.per_round_device.update(state["per_round_device"])
 
     def totals(self) -> dict[str, dict[str, int]]:
         out = {t: {"up": 0, "down": 0} for t in TIERS}

@@ -34,6 +34,7 @@ class RunSection:
     seed: int = 0
     out_dir: str = ""  # absolute path recommended: the ServerApp runs in the SuperLink's cwd
     name: str = "default"
+    resume: bool = False  # continue from the checkpoints in run.out_dir (same config) instead of starting over
 
 
 @dataclass

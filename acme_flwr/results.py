@@ -67,6 +67,12 @@ class StrategyRecord:
         logger.warning("%s round %d %s: node %s failed: %s", self.name, server_round, phase, node, reason)
         self.failures.append({"round": server_round, "phase": phase, "node": node, "reason": reason})
 
+    def to_state(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "failures": self.failures, "extra": self.extra}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.rounds, self.failures, self.extra = list(state["rounds"]), list(state["failures"]), dict(state["extra"])
+
     def to_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "failures": {"count": len(self.failures), "reasons": self.failures},
                 "bytes": self.bytes, "accuracy": self.accuracy, **self.extra}
@@ -75,7 +81,7 @@ class StrategyRecord:
 class RunRecorder:
     """Writes the results contract into ``out_dir`` as the run goes."""
 
-    def __init__(self, out_dir: str | Path, config: dict[str, Any], seed: int) -> None:
+    def __init__(self, out_dir: str | Path, config: dict[str, Any], seed: int, resume: bool = False) -> None:
         self.out_dir = Path(out_dir).expanduser().resolve()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.config = config
@@ -86,7 +92,10 @@ class RunRecorder:
         self.data: dict[str, Any] = {}
         self.started = time.time()
         self._jsonl = self.out_dir / "rounds.jsonl"
-        self._jsonl.write_text("")
+        self.rows: list[dict[str, Any]] = []
+        if resume and self._jsonl.exists():
+            self.rows = [json.loads(line) for line in self._jsonl.read_text().splitlines() if line.strip()]
+        self._rewrite_rows()
         _write_json(self.out_dir / "config.json", {"config": config, "seed": seed, "versions": self.versions})
 
     def strategy(self, name: str) -> StrategyRecord:
@@ -94,8 +103,21 @@ class RunRecorder:
 
     def log_row(self, **row: Any) -> None:
         """Append one line (strategy × round × tier × node) to rounds.jsonl."""
+        row = _jsonable(row)
+        self.rows.append(row)
         with self._jsonl.open("a") as fh:
-            fh.write(json.dumps(_jsonable(row), sort_keys=True) + "\n")
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def rows_of(self, strategy: str) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("strategy") == strategy]
+
+    def restore_rows(self, strategy: str, rows: list[dict[str, Any]]) -> None:
+        """Replace ``strategy``'s rows by a checkpoint's (rows of rounds after it are dropped) and rewrite the file."""
+        self.rows = [r for r in self.rows if r.get("strategy") != strategy] + list(rows)
+        self._rewrite_rows()
+
+    def _rewrite_rows(self) -> None:
+        self._jsonl.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
 
     def write_summary(self, primary: str) -> Path:
         if primary not in self.strategies:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 
 from acme_flwr.config import AcmeConfig
-from acme_flwr.runtime import input_shape
+from acme_flwr.runtime import input_shape, out_dir
 from acme_flwr.task import DeviceData, TensorSplit, federated_data
 from acme_flwr.topology import device_profile
 
@@ -41,4 +42,9 @@ def generic_test(context: Context) -> TensorSplit:
 
 # One ClientApp gets one CPU (Ray's num_cpus=1); more intra-op threads only oversubscribe the 2-core machines.
 torch.set_num_threads(1)
-app = AcmeClient(device_data, profile, generic_test).register(ClientApp())
+def checkpoints(context: Context) -> Path:
+    """Devices keep their state under ``<run.out_dir>/checkpoints/devices`` (one disk in simulation)."""
+    return out_dir(_cfg(context)) / "checkpoints" / "devices"
+
+
+app = AcmeClient(device_data, profile, generic_test, checkpoints).register(ClientApp())

@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,15 +39,22 @@ logger = logging.getLogger(__name__)
 DataFn = Callable[[Context], DeviceData]
 ProfileFn = Callable[[Context], dict[str, Any]]
 GenericFn = Callable[[Context], TensorSplit | None]
+CheckpointFn = Callable[[Context], Path | None]
 
 
 class AcmeClient:
-    """The ACME handler set; ``data_fn``/``profile_fn`` tell it the node's data and device profile."""
+    """The ACME handler set; ``data_fn``/``profile_fn`` tell it the node's data and device profile.
 
-    def __init__(self, data_fn: DataFn, profile_fn: ProfileFn, generic_fn: GenericFn | None = None) -> None:
+    ``checkpoint_fn`` (optional) gives the device's checkpoint directory: after every evaluation round the device
+    saves its header and pruner state there, and a resumed run restores them in setup.
+    """
+
+    def __init__(self, data_fn: DataFn, profile_fn: ProfileFn, generic_fn: GenericFn | None = None,
+                 checkpoint_fn: CheckpointFn | None = None) -> None:
         self.data_fn = data_fn
         self.profile_fn = profile_fn
         self.generic_fn = generic_fn
+        self.checkpoint_fn = checkpoint_fn
 
     def register(self, app: ClientApp) -> ClientApp:
         """Register the ACME actions on ``app`` and return it."""
@@ -73,6 +81,9 @@ class AcmeClient:
         context.state[f"{tag}.header"] = msg.content[P.HEADER]
         context.state[f"{tag}.setup"] = ConfigRecord({"arch": str(cfg["backbone-arch"]),
                                                       "header": str(cfg["header-spec"])})
+        resume_round = int(cfg.get("resume-round", 0))
+        if resume_round:
+            self._restore(context, tag, resume_round)
         reply = RecordDict({P.METRICS: MetricRecord({"setup": 1})})
         k = int(cfg.get("feature-samples", 0))
         if k > 0:
@@ -132,9 +143,47 @@ class AcmeClient:
         generic = self.generic_fn(context) if self.generic_fn else None
         if generic is not None:
             metrics["generic-acc"] = evaluate_header(backbone, header, generic)[1]
+        self._checkpoint(context, tag, int(cfg["server-round"]))
         return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
     # ------------------------------------------------------------------------------------------------- state
+    def _checkpoint_path(self, context: Context, tag: str, server_round: int) -> Path | None:
+        root = self.checkpoint_fn(context) if self.checkpoint_fn else None
+        if root is None:
+            return None
+        return Path(root) / tag / f"device-{int(context.node_config['partition-id'])}-round{server_round}.npz"
+
+    def _checkpoint(self, context: Context, tag: str, server_round: int) -> None:
+        """Save this device's state (header weights, pruner) at the end of ``server_round``."""
+        path = self._checkpoint_path(context, tag, server_round)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"header/{k}": v.numpy() for k, v in context.state[f"{tag}.header"].items()}
+        if f"{tag}.pruner" in context.state:
+            arrays.update({f"pruner/{k}": v.numpy() for k, v in context.state[f"{tag}.pruner"].items()})
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        old = self._checkpoint_path(context, tag, server_round - 2)  # keep the last two rounds only
+        if old is not None:
+            old.unlink(missing_ok=True)
+
+    def _restore(self, context: Context, tag: str, server_round: int) -> None:
+        """Put the state saved at the end of ``server_round`` back into ``context.state`` (resumed runs)."""
+        path = self._checkpoint_path(context, tag, server_round)
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"cannot resume: no device checkpoint for round {server_round} at {path}; "
+                                    "resume needs the same run.out_dir as the interrupted run")
+        with np.load(path) as saved:
+            parts = {"header": {}, "pruner": {}}
+            for key in saved.files:
+                kind, _, name = key.partition("/")
+                parts[kind][name] = saved[key]
+        context.state[f"{tag}.header"] = ArrayRecord({k: Array(v) for k, v in parts["header"].items()})
+        if parts["pruner"]:
+            context.state[f"{tag}.pruner"] = ArrayRecord({k: Array(v) for k, v in parts["pruner"].items()})
+
     def _models(self, context: Context, tag: str) -> tuple[ElasticViT, Header]:
         if f"{tag}.setup" not in context.state:
             raise RuntimeError(f"no setup for strategy tag {tag!r} on this node: the server must send {P.SETUP} first")

@@ -90,6 +90,13 @@ class AcmeStrategy(AcmeProtocolStrategy):
             sims[str(edge)] = {"devices": devs, "similarity": s.tolist(), "weights": w.tolist()}
         self.record.extra["similarity"] = sims
 
+    def extra_state(self) -> dict[str, Any]:
+        return {"mixed": self.mixed, "edge_weights": self.edge_weights}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.mixed = dict(state["mixed"])
+        self.edge_weights = dict(state["edge_weights"])
+
     @property
     def num_gates(self) -> int:
         return next(iter(self.deployment.packages.values())).header.num_gates if self.deployment else 0

@@ -16,10 +16,12 @@ recorded as a failure and never reaches edge state), per-round rows in ``rounds.
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 import time
 from abc import abstractmethod
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,8 +50,10 @@ class EdgeTierStrategy(Strategy):
 
     def __init__(self, topology: Topology, *, recorder: RunRecorder | None = None, record_name: str | None = None,
                  fraction_train: float = 1.0, seed: int = 0, discovery_timeout: float = 120.0,
-                 reference_params: int = 0) -> None:
+                 reference_params: int = 0, checkpoint_dir: str | Path | None = None) -> None:
         self.topology = topology
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.round_offset = 0  # rounds restored from a checkpoint; Flower's start() counts from 1 again
         self.fraction_train = fraction_train
         self.seed = seed
         self.discovery_timeout = discovery_timeout
@@ -103,6 +107,7 @@ class EdgeTierStrategy(Strategy):
     # ------------------------------------------------------------------------------------------------- Strategy API
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self._ensure_ready(grid)
         self._round_started[server_round] = time.time()
         return self._messages(server_round, "train", self.sample(server_round),
@@ -110,6 +115,7 @@ class EdgeTierStrategy(Strategy):
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         ok = self._accept(server_round, "train", replies, self.validate_train_reply)
         for edge in range(self.topology.num_edges):
             group = {pid: c for pid, c in ok.items() if self.topology.edge_of(pid) == edge}
@@ -123,18 +129,63 @@ class EdgeTierStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self._ensure_ready(grid)
         return self._messages(server_round, "evaluate", sorted(self.node_of),
                               lambda pid: self.evaluate_content(server_round, pid, arrays, config),
                               self.evaluate_type)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         ok = self._accept(server_round, "evaluate", replies, lambda pid, c: None)
         self.eval_history[server_round] = {pid: dict(c[METRICS]) for pid, c in ok.items() if METRICS in c}
         metrics = _mean_metrics(ok)
         self._round_summary(server_round, "evaluate", ok, metrics)
         self.finalize()
+        self.save_checkpoint(server_round)
         return MetricRecord(metrics) if metrics else None
+
+    # ------------------------------------------------------------------------------------------------- checkpoints
+    def extra_state(self) -> dict[str, Any]:
+        """Subclass state a resumed run needs (plain Python / numpy). Default: nothing."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`extra_state`."""
+
+    def state_dict(self, server_round: int) -> dict[str, Any]:
+        rows = self.recorder.rows_of(self.record.name) if self.recorder is not None else []
+        return {"round": server_round, "name": self.record.name, "eval_history": self.eval_history,
+                "ledger": self.ledger.state_dict(), "record": self.record.to_state(), "rows": rows,
+                "extra": self.extra_state()}
+
+    def save_checkpoint(self, server_round: int) -> Path | None:
+        """Write the strategy's state after a finished round (atomic replace); devices keep theirs themselves."""
+        if self.checkpoint_dir is None:
+            return None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"{self.record.name}.pkl"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(self.state_dict(server_round), fh)
+        tmp.replace(path)
+        return path
+
+    def restore(self, path: str | Path) -> int:
+        """Load a checkpoint written by :meth:`save_checkpoint`; returns the number of finished rounds."""
+        with Path(path).open("rb") as fh:
+            state = pickle.load(fh)  # noqa: S301 - our own file, written by save_checkpoint
+        if state.get("name") != self.record.name:
+            raise ValueError(f"checkpoint {path} belongs to strategy {state.get('name')!r}, not {self.record.name!r}")
+        self.eval_history = state["eval_history"]
+        self.ledger.load_state_dict(state["ledger"])
+        self.record.load_state(state["record"])
+        if self.recorder is not None:
+            self.recorder.restore_rows(self.record.name, state["rows"])
+        self.load_extra_state(state["extra"])
+        self.round_offset = int(state["round"])
+        logger.info("%s: resumed after round %d from %s", self.record.name, self.round_offset, path)
+        return self.round_offset
 
     def summary(self) -> None:
         """Log the strategy's set-up (Flower calls this at the start of ``start``)."""
@@ -175,12 +226,21 @@ class EdgeTierStrategy(Strategy):
         self.profiles[pid] = profile
 
     def _ensure_ready(self, grid: Grid) -> None:
-        if not self._ready:
+        if self._ready:
+            return
+        ledger = self.ledger
+        if self.round_offset:  # a resumed run discovers and ships again: count it apart from the reproduced totals
+            self.ledger = CommLedger()
+        try:
             self.discover(grid)
             if not self.node_of:
                 raise RuntimeError(f"{self.record.name}: no device answered discovery; is the ClientApp running?")
             self.setup(grid)
-            self._ready = True
+        finally:
+            if self.ledger is not ledger:
+                self.record.extra["resume_setup_bytes"] = self.ledger.total()
+                self.ledger = ledger
+        self._ready = True
 
     def _messages(self, server_round: int, phase: str, pids: list[int], build: Any, mtype: str) -> list[Message]:
         out = []

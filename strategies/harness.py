@@ -85,7 +85,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
                 P.HEADER: P.arrays_from_state(pkg.header.state_dict()),
                 P.CONFIG: ConfigRecord({"tag": self.tag, "backbone-arch": json.dumps(pkg.backbone.arch()),
                                         "header-spec": json.dumps(pkg.header_spec), "feature-samples": int(k),
-                                        "seed": self.seed}),
+                                        "seed": self.seed, "resume-round": self.round_offset}),
             })
             n = self.ledger.add_message(0, "edge-device", "down", content, pid)
             edge = self.topology.edge_of(pid)

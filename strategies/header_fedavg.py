@@ -22,7 +22,7 @@ from acme_flwr.topology import Topology
 
 from .base import ReplyRejected
 from .harness import AcmeProtocolStrategy
-from .utils import check_same_layout, weighted_average
+from .utils import check_same_layout, from_numpy, to_numpy, weighted_average
 
 SHARES = ("all", "body", "none")
 
@@ -40,6 +40,14 @@ class HeaderFedAvg(AcmeProtocolStrategy):
         self.share = share
         self.edge_models: dict[int, ArrayRecord] = {}
         self.edge_examples: dict[int, float] = {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"edge_models": {e: to_numpy(m) for e, m in self.edge_models.items()},
+                "edge_examples": self.edge_examples}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.edge_models = {e: from_numpy(m) for e, m in state["edge_models"].items()}
+        self.edge_examples = dict(state["edge_examples"])
 
     def _send(self) -> str:
         return {"all": "header", "body": "body", "none": "none"}[self.share]

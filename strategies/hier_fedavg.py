@@ -7,12 +7,14 @@ falls back to when the clients do not speak the ACME protocol (drop-in mode).
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from acme_flwr import protocol as P
 
 from .base import EdgeTierStrategy, ReplyRejected
-from .utils import check_same_layout, weighted_average
+from .utils import check_same_layout, from_numpy, to_numpy, weighted_average
 
 
 class HierarchicalFedAvg(EdgeTierStrategy):
@@ -25,6 +27,16 @@ class HierarchicalFedAvg(EdgeTierStrategy):
         self.global_model: ArrayRecord | None = None
         self.edge_models: dict[int, ArrayRecord] = {}
         self.edge_examples: dict[int, float] = {}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"global": None if self.global_model is None else to_numpy(self.global_model),
+                "edge_models": {e: to_numpy(m) for e, m in self.edge_models.items()},
+                "edge_examples": self.edge_examples}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.global_model = None if state["global"] is None else from_numpy(state["global"])
+        self.edge_models = {e: from_numpy(m) for e, m in state["edge_models"].items()}
+        self.edge_examples = dict(state["edge_examples"])
 
     def _model_for(self, pid: int, arrays: ArrayRecord) -> ArrayRecord:
         if self.global_model is None:

@@ -23,7 +23,7 @@ STRATEGIES: Registry[Factory] = Registry("strategy")
 def _common(cfg: AcmeConfig, recorder: RunRecorder, name: str) -> dict[str, Any]:
     s = cfg.strategy
     return {"recorder": recorder, "record_name": name, "seed": cfg.run.seed, "fraction_train": s.fraction_train,
-            "timeout": s.timeout,
+            "timeout": s.timeout, "checkpoint_dir": recorder.out_dir / "checkpoints",
             "train_config": {"lr": s.lr, "momentum": s.momentum, "weight-decay": s.weight_decay,
                              "batch-size": s.batch_size, "local-epochs": s.local_epochs,
                              "accumulation": s.importance_accumulation}}

@@ -36,7 +36,8 @@ def main(grid: Grid, context: Context) -> None:
     for name in cfg.strategy_names:
         if name not in STRATEGIES:
             raise ConfigError(f"strategy.names contains {name!r}; allowed values: {STRATEGIES.names()}")
-    recorder = RunRecorder(out_dir(cfg), cfg.to_dict(), cfg.run.seed)
+    recorder = RunRecorder(out_dir(cfg), cfg.to_dict(), cfg.run.seed, resume=cfg.run.resume)
+    check_resumable(cfg, recorder.out_dir / "checkpoints")
     logger.info("results go to %s", recorder.out_dir)
     started = time.time()
     data = federated_data(cfg, *input_shape(cfg))
@@ -53,8 +54,15 @@ def main(grid: Grid, context: Context) -> None:
                         cfg.topology.edge_rounds_per_cloud)
     for name in cfg.strategy_names:
         strategy = build_strategy(name, cfg, topology, deployment, recorder)
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds,
-                       timeout=cfg.strategy.timeout)
+        done = 0
+        checkpoint = recorder.out_dir / "checkpoints" / f"{name}.pkl"
+        if cfg.run.resume and checkpoint.exists():
+            done = strategy.restore(checkpoint)
+        elif not cfg.run.resume:
+            checkpoint.unlink(missing_ok=True)
+        if done < cfg.strategy.rounds:
+            strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds - done,
+                           timeout=cfg.strategy.timeout)
         strategy.finalize()
         recorder.write_summary(primary=cfg.strategy_names[0])  # keep what is done even if a later strategy fails
     path = recorder.write_summary(primary=cfg.strategy_names[0])
@@ -65,6 +73,20 @@ def main(grid: Grid, context: Context) -> None:
         logger.exception("plotting failed; summary.json is complete")
     logger.info("results:\n%s", format_table(json.loads(Path(path).read_text())))
     logger.info("summary written to %s", path)
+
+
+def check_resumable(cfg: AcmeConfig, checkpoint_dir: Path) -> None:
+    """Record the config next to the checkpoints; on resume, refuse checkpoints written under another config."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / "config.json"
+    current = {k: v for k, v in cfg.to_flat().items() if k != "run.resume"}
+    if cfg.run.resume and path.exists():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if changed:
+            raise ConfigError(f"run.resume=true but the checkpoints in {checkpoint_dir} were written with different "
+                              f"values of {changed}; resume with the same config or use a new run.out_dir")
+    path.write_text(json.dumps(current, indent=1, sort_keys=True))
 
 
 def _brief(stage_log: dict) -> dict:

@@ -27,6 +27,15 @@ def weighted_average(records: list[tuple[ArrayRecord, float]]) -> ArrayRecord:
     return ArrayRecord(out)
 
 
+def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ArrayRecord as plain numpy (what checkpoints store)."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def from_numpy(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
 def check_same_layout(record: ArrayRecord, reference: ArrayRecord, what: str) -> None:
     """Raise ValueError unless ``record`` has exactly ``reference``'s keys, shapes and a finite float payload."""
     if list(record.keys()) != list(reference.keys()):

@@ -163,3 +163,45 @@ def test_hierarchical_fedavg_rejects_mismatched_arrays(tmp_path) -> None:  # noq
                    num_rounds=1)
     block = strategy.finalize()
     assert block["failures"]["count"] == 1 and "shape (5,)" in block["failures"]["reasons"][0]["reason"]
+
+
+def test_resume_reproduces_the_uninterrupted_run(setup, tmp_path) -> None:  # noqa: ANN001
+    flat, cfg, deployment, topo = setup
+
+    def run(out, rounds: int, resume: bool = False):  # noqa: ANN001, ANN202
+        recorder = RunRecorder(out, cfg.to_dict(), cfg.run.seed, resume=resume)
+        strategy = build_strategy("acme", cfg, topo, deployment, recorder)
+        done = strategy.restore(out / "checkpoints" / "acme.pkl") if resume else 0
+        grid = InProcessGrid(acme_client_app, 4, {**flat, "run.out_dir": str(out)})  # fresh device contexts
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=rounds - done)
+        return strategy.finalize(), recorder
+
+    full, full_rec = run(tmp_path / "full", 3)
+    run(tmp_path / "cut", 2)  # the run stops after round 2 ...
+    resumed, resumed_rec = run(tmp_path / "cut", 3, resume=True)  # ... and a new run continues it
+    assert resumed["accuracy"] == full["accuracy"]
+    assert resumed["bytes"]["total"] == full["bytes"]["total"] and resumed["resume_setup_bytes"] > 0
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
+    strip = [{k: v for k, v in r.items() if k not in {"wall_time", "train-time-s"}} for r in full_rec.rows]
+    assert [{k: v for k, v in r.items() if k not in {"wall_time", "train-time-s"}} for r in resumed_rec.rows] == strip
+    assert len((tmp_path / "cut" / "rounds.jsonl").read_text().splitlines()) == len(full_rec.rows)
+
+
+def test_resume_refuses_to_restore_another_strategy(setup, tmp_path) -> None:  # noqa: ANN001
+    flat, cfg, deployment, topo = setup
+    recorder = RunRecorder(tmp_path, cfg.to_dict(), cfg.run.seed)
+    strategy = build_strategy("local", cfg, topo, deployment, recorder)
+    strategy.start(grid=InProcessGrid(acme_client_app, 4, flat), initial_arrays=ArrayRecord(), num_rounds=1)
+    other = build_strategy("acme", cfg, topo, deployment, recorder)
+    with pytest.raises(ValueError, match="belongs to strategy 'local'"):
+        other.restore(tmp_path / "checkpoints" / "local.pkl")
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path) -> None:  # noqa: ANN001
+    from acme_flwr.config import ConfigError
+    from acme_flwr.strategies.server_app import check_resumable
+
+    check_resumable(AcmeConfig(), tmp_path)
+    with pytest.raises(ConfigError, match=r"different values of \['partition.alpha'\]"):
+        check_resumable(AcmeConfig.from_flat({"run.resume": True, "partition.alpha": 0.1}), tmp_path)
+    check_resumable(AcmeConfig.from_flat({"run.resume": True}), tmp_path)  # same config: fine
