@@ -97,9 +97,8 @@ class AcmeStrategy(AcmeProtocolStrategy):
         self.mixed = dict(state["mixed"])
         self.edge_weights = dict(state["edge_weights"])
 
-    @property
-    def num_gates(self) -> int:
-        return next(iter(self.deployment.packages.values())).header.num_gates if self.deployment else 0
+    def num_gates(self, pid: int) -> int:
+        return self.package_of(pid).header.num_gates
 
     # ------------------------------------------------------------------------------------------------- rounds
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -141,27 +140,28 @@ class AcmeStrategy(AcmeProtocolStrategy):
         if self.variant.prunes:
             if P.IMPORTANCE not in content.array_records:
                 raise ValueError(f"reply has no {P.IMPORTANCE!r} vector")
-            validate_importance(P.vector_from_record(content[P.IMPORTANCE]), self.num_gates)
+            validate_importance(P.vector_from_record(content[P.IMPORTANCE]), self.num_gates(pid))
 
     def aggregate_edge(self, server_round: int, edge: int, replies: dict[int, RecordDict]) -> None:
+        """Per-device mixes over the edge's devices that share the device's header architecture."""
         if not self.variant.prunes:
             return
-        imps = {pid: validate_importance(P.vector_from_record(c[P.IMPORTANCE]), self.num_gates)
-                for pid, c in replies.items()}
-        examples = {pid: int(c[P.METRICS][P.NUM_EXAMPLES]) for pid, c in replies.items()}
-        similarity = None
-        if self.variant.name == "per":  # rows of the replying devices, renormalised over them
-            full = self.edge_weights[edge]
-            similarity = {k: {j: full[k][j] / sum(full[k][i] for i in imps) for j in imps} for k in imps}
-        weights = build_mixing_weights(self.variant_name, sorted(imps), num_examples=examples, similarity=similarity)
-        self.mixed.update(mix_importance(imps, weights))
+        for group in self.by_header_group(replies).values():
+            imps = {pid: validate_importance(P.vector_from_record(replies[pid][P.IMPORTANCE]), self.num_gates(pid))
+                    for pid in group}
+            examples = {pid: int(replies[pid][P.METRICS][P.NUM_EXAMPLES]) for pid in group}
+            similarity = None
+            if self.variant.name == "per":  # rows of the replying devices, renormalised over them
+                full = self.edge_weights[edge]
+                similarity = {k: {j: full[k][j] / sum(full[k][i] for i in imps) for j in imps} for k in imps}
+            weights = build_mixing_weights(self.variant_name, group, num_examples=examples, similarity=similarity)
+            self.mixed.update(mix_importance(imps, weights))
 
     def aggregate_cloud(self, server_round: int) -> None:
-        """Each edge reports its devices' mean personalised importance to the cloud (bytes counted)."""
+        """Each edge reports its devices' mean personalised importance (per header architecture) to the cloud."""
         for edge in range(self.topology.num_edges):
-            vecs = [self.mixed[p] for p in self.topology.devices_of(edge, sorted(self.mixed))]
-            if vecs:
-                report = RecordDict({P.IMPORTANCE: P.vector_record(np.mean(vecs, axis=0))})
+            for group in self.by_header_group(self.topology.devices_of(edge, sorted(self.mixed))).values():
+                report = RecordDict({P.IMPORTANCE: P.vector_record(np.mean([self.mixed[p] for p in group], axis=0))})
                 self.ledger.add_message(server_round, "cloud-edge", "up", report)
 
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
@@ -170,5 +170,5 @@ class AcmeStrategy(AcmeProtocolStrategy):
             return self.content(server_round)
         return self.content(server_round, {P.IMPORTANCE: P.vector_record(self.mixed[pid])},
                             **{"prune-per-iteration": self.prune_per_iteration,
-                               "prune-max": max(1, int(self.prune_max_fraction * self.num_gates)),
+                               "prune-max": max(1, int(self.prune_max_fraction * self.num_gates(pid))),
                                "prune-momentum": self.prune_momentum})

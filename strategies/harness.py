@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
-from acme_flwr.deployment import Deployment
+from acme_flwr.deployment import Deployment, Package
 from acme_flwr.results import RunRecorder
 from acme_flwr.topology import Topology
 
@@ -101,10 +102,28 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         for pid in set(self.node_of) - set(ok):  # a device that failed setup cannot take part
             node = self.node_of.pop(pid)
             self.pid_of.pop(node, None)
+        if self.deployment.nas_federated is not None and self.node_of:  # nas.reward=federated: search with devices
+            from .nas_search import federated_header_search
+
+            self.record.extra["nas"] = federated_header_search(self, grid)
 
     def _validate_setup(self, pid: int, content: RecordDict) -> None:
         if self.feature_samples and P.FEATURES not in content.array_records:
             raise ValueError("setup reply has no feature statistics")
+
+    # ------------------------------------------------------------------------------------------------- header groups
+    def package_of(self, pid: int) -> Package:
+        return self.deployment.for_class(str(self.profiles[pid]["device-class"]))
+
+    def header_group(self, pid: int) -> str:
+        """Devices whose headers share one architecture (same spec) can mix importance or average weights."""
+        return json.dumps(self.package_of(pid).header_spec, sort_keys=True)
+
+    def by_header_group(self, pids: Iterable[int]) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
+        for pid in sorted(pids):
+            groups.setdefault(self.header_group(pid), []).append(pid)
+        return groups
 
     # ------------------------------------------------------------------------------------------------- messages
     def round_config(self, server_round: int, **extra: Any) -> ConfigRecord:

@@ -38,8 +38,8 @@ class HeaderFedAvg(AcmeProtocolStrategy):
             raise ValueError(f"share={share!r}; allowed: {list(SHARES)}")
         super().__init__(topology, deployment, **kwargs)
         self.share = share
-        self.edge_models: dict[int, ArrayRecord] = {}
-        self.edge_examples: dict[int, float] = {}
+        self.edge_models: dict[tuple[int, str], ArrayRecord] = {}  # (edge, header group) -> model
+        self.edge_examples: dict[tuple[int, str], float] = {}
 
     def extra_state(self) -> dict[str, Any]:
         return {"edge_models": {e: to_numpy(m) for e, m in self.edge_models.items()},
@@ -53,7 +53,7 @@ class HeaderFedAvg(AcmeProtocolStrategy):
         return {"all": "header", "body": "body", "none": "none"}[self.share]
 
     def _edge_arrays(self, pid: int) -> dict[str, ArrayRecord]:
-        model = self.edge_models.get(self.topology.edge_of(pid))
+        model = self.edge_models.get((self.topology.edge_of(pid), self.header_group(pid)))
         return {} if model is None or self.share == "none" else {P.HEADER: model}
 
     def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
@@ -69,24 +69,30 @@ class HeaderFedAvg(AcmeProtocolStrategy):
             return
         if P.HEADER not in content.array_records:
             raise ReplyRejected(f"reply has no {P.HEADER!r} weights")
-        reference = next(iter(self.edge_models.values()), None)
+        group = self.header_group(pid)
+        reference = next((m for (_, g), m in self.edge_models.items() if g == group), None)
         if reference is not None:
             check_same_layout(content[P.HEADER], reference, f"device {pid} header")
 
     def aggregate_edge(self, server_round: int, edge: int, replies: dict[int, RecordDict]) -> None:
+        """Example-weighted average per header architecture (devices with different headers are never mixed)."""
         if self.share == "none":
             return
-        pairs = [(c[P.HEADER], float(c[P.METRICS][P.NUM_EXAMPLES])) for c in replies.values()]
-        self.edge_models[edge] = weighted_average(pairs)
-        self.edge_examples[edge] = sum(w for _, w in pairs)
+        for group, pids in self.by_header_group(replies).items():
+            pairs = [(replies[p][P.HEADER], float(replies[p][P.METRICS][P.NUM_EXAMPLES])) for p in pids]
+            self.edge_models[(edge, group)] = weighted_average(pairs)
+            self.edge_examples[(edge, group)] = sum(w for _, w in pairs)
 
     def aggregate_cloud(self, server_round: int) -> None:
-        if self.share == "none" or not self.edge_models:
+        """The cloud averages the edges' models of each header architecture and sends the result back."""
+        if self.share == "none":
             return
-        pairs = [(m, self.edge_examples[e]) for e, m in sorted(self.edge_models.items())]
-        for model, _ in pairs:
-            self.ledger.add_message(server_round, "cloud-edge", "up", RecordDict({P.HEADER: model}))
-        merged = weighted_average(pairs)
-        for e in sorted(self.edge_models):
-            self.edge_models[e] = merged
-            self.ledger.add_message(server_round, "cloud-edge", "down", RecordDict({P.HEADER: merged}))
+        for group in sorted({g for _, g in self.edge_models}):
+            keys = sorted(k for k in self.edge_models if k[1] == group)
+            pairs = [(self.edge_models[k], self.edge_examples[k]) for k in keys]
+            for model, _ in pairs:
+                self.ledger.add_message(server_round, "cloud-edge", "up", RecordDict({P.HEADER: model}))
+            merged = weighted_average(pairs)
+            for k in keys:
+                self.edge_models[k] = merged
+                self.ledger.add_message(server_round, "cloud-edge", "down", RecordDict({P.HEADER: merged}))

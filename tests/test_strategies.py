@@ -51,7 +51,7 @@ def test_acme_loop_exchanges_only_importance_and_personalises(setup, tmp_path) -
         assert np.allclose(w.sum(axis=1), 1.0) and (w > 0).all()
     # uplink of a training round carries the importance vector and metrics, nothing else
     train_replies_up = [r["bytes"]["edge-device"]["up"] for r in block["rounds"]]
-    gates = strategy.num_gates
+    gates = strategy.num_gates(0)
     assert all(4 * 4 * gates <= up <= 4 * (4 * gates + 400) + 2000 for up in train_replies_up)
     # devices pruned with the edge's mix: prune_per_iteration=2 gates per round, two rounds
     last = block["rounds"][-1]["evaluate"]["device"]
@@ -74,6 +74,29 @@ def test_baselines_run_on_the_same_harness(name: str, setup, tmp_path) -> None: 
     assert (cloud["up"] > 0) == (name != "local")  # round 2 is a cloud round for the averaging baselines
 
 
+@pytest.mark.parametrize("name", ["acme", "fedavg_header", "fedper"])
+def test_devices_with_different_header_architectures_are_never_mixed(name: str, setup, tmp_path) -> None:  # noqa: ANN001
+    import dataclasses
+
+    from acme_flwr.deployment import build_header
+
+    flat, cfg, deployment, topo = setup
+    low = deployment.packages["low"]
+    spec = {**low.header_spec, "channels": 4}  # class "low" (devices 0 and 3) gets a narrower header
+    packages = {**deployment.packages, "low": dataclasses.replace(low, header=build_header(spec), header_spec=spec)}
+    hetero = dataclasses.replace(deployment, packages=packages)
+    recorder = RunRecorder(tmp_path, cfg.to_dict(), cfg.run.seed)
+    strategy = build_strategy(name, cfg, topo, hetero, recorder)
+    strategy.start(grid=InProcessGrid(acme_client_app, 4, flat), initial_arrays=ArrayRecord(), num_rounds=2)
+    block = strategy.finalize()
+    assert block["failures"]["count"] == 0
+    assert len(strategy.by_header_group(range(4))) == 2
+    if name == "acme":
+        assert {p: v.size for p, v in strategy.mixed.items()} == {0: 16, 1: 32, 2: 32, 3: 16}
+    else:  # one model per (edge, header architecture): edge 0 = {0: narrow, 2: wide}, edge 1 = {1: wide, 3: narrow}
+        assert len(strategy.edge_models) == 4
+
+
 def _corrupt(kind: str):  # noqa: ANN202
     def intercept(msg: Message, node: int) -> Message | None:
         if msg.metadata.message_type != P.TRAIN or node != 1007:
@@ -92,7 +115,7 @@ def test_bad_device_reply_is_recorded_and_never_reaches_edge_state(kind: str, se
     strategy, block, _ = _run("acme", setup, tmp_path, intercept=_corrupt(kind))
     reasons = [f for f in block["failures"]["reasons"] if f["phase"] == "train"]
     assert len(reasons) == 2 and all(f["node"] == "1" for f in reasons)  # device 1 (node 1007), both rounds
-    assert all(np.isfinite(v).all() and v.shape == (strategy.num_gates,) for v in strategy.mixed.values())
+    assert all(np.isfinite(v).all() and v.shape == (strategy.num_gates(p),) for p, v in strategy.mixed.items())
     assert len(block["accuracy"]["personalized"]["per_device"]) == 4  # the round completed for everyone
 
 
