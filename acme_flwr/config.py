@@ -70,6 +70,9 @@ class ModelSection:
     pretrained_path: str = ""  # local save_pretrained directory of ViT weights
     header: str = field(default="gated_temp_cnn", metadata={"registry": "header"})
     header_channels: int = field(default=64, metadata=_range(1, None))
+    # where the pointwise channel gates of the gated headers sit: after their batch-statistics BN (a fix: before it
+    # they are normalised away and their Taylor importance is ~0) or before it, as the original TempCNN
+    gate_placement: str = field(default="after_bn", metadata=_choices("after_bn", "original"))
 
 
 @dataclass
@@ -132,6 +135,30 @@ class StrategySection:
     timeout: float = field(default=600.0, metadata=_range(1.0, None))
 
 
+@dataclass
+class NasSection:
+    """Edge tier header search (ENAS, spec §3): per distinct sub-backbone, search a header on the cloud's proxy data
+    (train split: child training; val split: rewards and arc selection), export it with gates and fine-tune it."""
+
+    enabled: bool = False
+    reward: str = field(default="edge-proxy", metadata=_choices("edge-proxy", "federated"))
+    # per_backbone: one search per distinct sub-backbone (header size by the §3.6 rule); shared: one search on the
+    # smallest, the arc fine-tuned on every other one (one header architecture: ACME can mix importance across classes)
+    scope: str = field(default="per_backbone", metadata=_choices("per_backbone", "shared"))
+    epochs: int = field(default=20, metadata=_range(1, None))
+    controller_steps: int = field(default=30, metadata=_range(0, None))
+    child_channels: int = field(default=32, metadata=_range(1, None))
+    batch_size: int = field(default=64, metadata=_range(1, None))
+    lr: float = field(default=0.05, metadata=_range(0.0, None, low_open=True))
+    finetune_epochs: int = field(default=10, metadata=_range(0, None))
+    header_rule_threshold: float = field(default=0.25, metadata=_range(0.0, 1.0))
+    # the searched header's cell BNs keep running statistics (calibrated, then fine-tuned); false = the child's batch
+    # statistics, which normalise away the class signal of a device's small non-IID evaluation batch
+    bn_running_stats: bool = True
+    # federated reward: local SGD steps (one sampled arc each) a device takes on the shared child per search epoch
+    device_steps: int = field(default=4, metadata=_range(1, None))
+
+
 _SECTIONS: dict[str, type] = {
     "run": RunSection,
     "data": DataSection,
@@ -141,6 +168,7 @@ _SECTIONS: dict[str, type] = {
     "topology": TopologySection,
     "profile": ProfileSection,
     "strategy": StrategySection,
+    "nas": NasSection,
 }
 
 
@@ -165,6 +193,7 @@ class AcmeConfig:
     topology: TopologySection = field(default_factory=TopologySection)
     profile: ProfileSection = field(default_factory=ProfileSection)
     strategy: StrategySection = field(default_factory=StrategySection)
+    nas: NasSection = field(default_factory=NasSection)
 
     # ----------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -214,6 +243,10 @@ class AcmeConfig:
                 f"topology.num_edges={self.topology.num_edges} exceeds topology.num_devices="
                 f"{self.topology.num_devices}; every edge needs at least one device"
             )
+        if self.model.header == "searched":
+            raise ConfigError("model.header='searched' cannot be built from the config alone (it needs a searched "
+                              "arc); set nas.enabled=true to search one per sub-backbone and keep model.header "
+                              "one of the fixed headers, e.g. 'gated_temp_cnn'")
         if self.partition.val_fraction + self.partition.test_fraction >= 0.9:
             raise ConfigError(
                 "partition.val_fraction + partition.test_fraction must be < 0.9 (devices need training data)")

@@ -3,12 +3,16 @@
 :func:`build_deployment` runs the cloud stage (elastic backbone, cached on disk), picks each device class's
 sub-backbone with PFG under that class's size constraint (snapped to a trained grid point), physically extracts it,
 and warms a header on the cloud's own training data for each distinct sub-backbone (the original trains its header
-centrally too, spec §3.8). Devices receive exactly these bytes once.
+centrally too, spec §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
+edge NAS on the cloud's proxy data (:func:`acme_flwr.nas.edge.search_header`: train split for the child, val split
+for rewards and arc selection), exported with gates and fine-tuned; its arc goes into ``picks[class]["header_arc"]``.
+Devices receive exactly these bytes once.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,8 @@ from .device import TrainHParams, backbone_grids, evaluate_header
 from .elastic_vit import ElasticViT, subnet_shape
 from .header import Header, create_header
 from .models import create_model
+from .nas.edge import EdgeSearch, adapt_header, edge_search_config, search_header
+from .nas.search import SearchConfig
 from .pfg import select_backbone, snap_to_grid
 from .pruning import train_header_epoch, trainable_parameters
 from .task import FederatedData, TensorSplit
@@ -53,6 +59,9 @@ class Deployment:
     table: list[tuple[float, float, float]] | None = None
     picks: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_log: dict[str, Any] = field(default_factory=dict)
+    #: ``nas.reward=federated``: what the strategy needs to search a header with its devices at setup time (search
+    #: config, child shape, gate placement); ``None`` once done (the searched header then replaced every package's)
+    nas_federated: dict[str, Any] | None = None
 
     def for_class(self, device_class: str) -> Package:
         if device_class not in self.packages:
@@ -62,7 +71,10 @@ class Deployment:
 
 def header_spec(cfg: AcmeConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
     """JSON-able recipe the device rebuilds its header from (``create_header(**spec)``)."""
-    kwargs = {"channels": cfg.model.header_channels} if cfg.model.header == "gated_temp_cnn" else {}
+    kwargs: dict[str, Any] = {}
+    if cfg.model.header == "gated_temp_cnn":
+        kwargs = {"channels": cfg.model.header_channels,
+                  "pw_gate_after_bn": cfg.model.gate_placement == "after_bn"}
     return {"name": cfg.model.header, "in_channels": in_channels, "num_classes": num_classes, **kwargs}
 
 
@@ -95,10 +107,9 @@ def build_deployment(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path
         model, table, stage_log = build_elastic_backbone(model, (train.x, train.y), (val.x, val.y),
                                                          cloud_stage_config(cfg), cache_dir, progress=progress)
     picks: dict[str, dict[str, Any]] = {}
-    packages: dict[str, Package] = {}
-    by_point: dict[tuple[float, float], Package] = {}
     spec = header_spec(cfg, model.config.hidden_size, data.num_classes)
     full_params += sum(p.numel() for p in build_header(spec).parameters())
+    point_of: dict[str, tuple[float, float]] = {}
     for name, budget in cfg.device_classes:
         if table is None:
             w, d, pick = 1.0, 1.0, {"method": "none (cloud.enabled=false)"}
@@ -113,15 +124,43 @@ def build_deployment(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path
                 logger.warning("device class %s: no trained (width, depth) fits size budget %.2f; using the smallest, "
                                "w=%.2f d=%.2f (add smaller values to cloud.widths/depths)", name, budget, w, d)
         picks[name] = {**pick, "size_constraint": budget, "grid_width": w, "grid_depth": d}
-        if (w, d) not in by_point:
-            sub = model.extract_subnet(w, d).eval()
-            for p in sub.parameters():
-                p.requires_grad_(False)
-            header = warm_header(sub, spec, train, val, cfg)
-            by_point[(w, d)] = Package(w, d, sub, header, spec)
-        packages[name] = by_point[(w, d)]
+        point_of[name] = (w, d)
         logger.info("device class %s (size budget %.2f): sub-backbone w=%.2f d=%.2f", name, budget, w, d)
-    return Deployment(packages, full_params, table, picks, stage_log)
+    subs: dict[tuple[float, float], ElasticViT] = {}
+    for point in dict.fromkeys(point_of.values()):  # distinct, in class order
+        sub = model.extract_subnet(*point).eval()
+        for p in sub.parameters():
+            p.requires_grad_(False)
+        subs[point] = sub
+    by_point: dict[tuple[float, float], Package] = {}
+    if cfg.nas.enabled and cfg.nas.reward == "edge-proxy":
+        for point, found in searched_headers(subs, train, val, data.num_classes, cfg, cache_dir, progress).items():
+            stage_log.setdefault("nas", {})[f"w{point[0]:g}_d{point[1]:g}"] = found.info
+            by_point[point] = Package(*point, subs[point], found.header, found.spec)
+        if len({json.dumps(pkg.header_spec, sort_keys=True) for pkg in by_point.values()}) > 1:
+            logger.warning("nas.scope=per_backbone gave device classes different header architectures (gate counts "
+                           "%s): strategies that mix importance or average headers across classes need "
+                           "nas.scope=shared", sorted({pkg.header.num_gates for pkg in by_point.values()}))
+    else:
+        for point, sub in subs.items():
+            by_point[point] = Package(*point, sub, warm_header(sub, spec, train, val, cfg), spec)
+    packages = {name: by_point[point] for name, point in point_of.items()}
+    nas_federated = None
+    if cfg.nas.enabled and cfg.nas.reward == "federated":  # the strategy searches with its devices (setup time)
+        base_point = min(subs, key=lambda p: (p[0] * p[1], p))
+        search_cfg = nas_search_config(cfg, *base_point)
+        search_cfg.arcs_per_reward_call = max(1, search_cfg.controller_steps)  # one device round per epoch
+        nas_federated = {"search": search_cfg.to_dict(), "device_steps": cfg.nas.device_steps,
+                         "pw_gate_after_bn": cfg.model.gate_placement == "after_bn",
+                         "bn_running_stats": cfg.nas.bn_running_stats,
+                         "in_channels": model.config.hidden_size, "num_classes": data.num_classes,
+                         "base_point": list(base_point)}
+    if cfg.nas.enabled and nas_federated is None:
+        for name, (w, d) in point_of.items():
+            info = stage_log["nas"][f"w{w:g}_d{d:g}"]
+            picks[name].update({"header": "searched", "header_arc": info["arc"], "header_arc_str": info["arc_str"],
+                                "header_val_acc": info["finetune_val_acc"]})
+    return Deployment(packages, full_params, table, picks, stage_log, nas_federated)
 
 
 def check_grid(model: ElasticViT, cfg: AcmeConfig) -> None:
@@ -133,6 +172,42 @@ def check_grid(model: ElasticViT, cfg: AcmeConfig) -> None:
             except ValueError as exc:
                 raise ConfigError(f"{key}={getattr(cfg.cloud, key.split('.')[1])!r} does not fit model "
                                   f"{cfg.model.name!r}: {exc}") from exc
+
+
+def nas_search_config(cfg: AcmeConfig, width: float, depth: float) -> SearchConfig:
+    """The edge search's configuration for the (width, depth) sub-backbone, from the ``nas`` section."""
+    n = cfg.nas
+    return edge_search_config(width, depth, epochs=n.epochs, controller_steps=n.controller_steps,
+                              channels=n.child_channels, batch_size=n.batch_size, lr=n.lr,
+                              finetune_epochs=n.finetune_epochs, threshold=n.header_rule_threshold, seed=cfg.run.seed)
+
+
+def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorSplit, val: TensorSplit,
+                     num_classes: int, cfg: AcmeConfig, cache_dir: str | Path | None,
+                     progress: bool) -> dict[tuple[float, float], EdgeSearch]:
+    """Edge-proxy header search on the cloud's train/val split (cached in ``cache_dir``).
+
+    ``nas.scope=per_backbone``: one search per distinct sub-backbone, header size by the §3.6 rule for it.
+    ``nas.scope=shared``: one search on the smallest sub-backbone (where the header matters most, §3.6), whose arc
+    and weights are then fine-tuned on every other sub-backbone, so all classes share one header architecture (same
+    gates: importance mixing and header averaging across classes stay meaningful).
+    """
+    if cfg.nas.reward != "edge-proxy":
+        raise ConfigError(f"nas.reward={cfg.nas.reward!r} is not implemented yet; allowed: 'edge-proxy'")
+    placement = cfg.model.gate_placement == "after_bn"
+    if cfg.nas.scope == "per_backbone":
+        return {point: search_header(sub, train, val, num_classes, nas_search_config(cfg, *point),
+                                     pw_gate_after_bn=placement, bn_running_stats=cfg.nas.bn_running_stats,
+                                     cache_dir=cache_dir, progress=progress)
+                for point, sub in subs.items()}
+    base_point = min(subs, key=lambda p: (p[0] * p[1], p))
+    base_cfg = nas_search_config(cfg, *base_point)
+    base = search_header(subs[base_point], train, val, num_classes, base_cfg, pw_gate_after_bn=placement,
+                         bn_running_stats=cfg.nas.bn_running_stats, cache_dir=cache_dir, progress=progress)
+    out = {}
+    for point, sub in subs.items():
+        out[point] = base if point == base_point else adapt_header(base, sub, train, val, base_cfg, progress=progress)
+    return out
 
 
 def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, val: TensorSplit,

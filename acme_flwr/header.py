@@ -6,6 +6,7 @@
   (4 × ``channels`` prunable units), then ReLU, global average pool, dropout (training only), linear classifier.
   Module names match the original so its ``classifier.*`` weights load into it.
 * :class:`LinearHead` — LayerNorm + Linear (the "Linear-EE"/"MLP-EE" baselines) on a pooled token.
+* ``"searched"`` — a header found by the edge NAS (:class:`acme_flwr.nas.SearchedHeader`), built from its arc.
 
 Headers are built by name through a decorator registry (:func:`register_header`, :func:`create_header`).
 """
@@ -32,13 +33,15 @@ __all__ = [
     "split_header_params",
 ]
 
-_HEADERS: dict[str, type[Header]] = {}
+HeaderFactory = Callable[..., "Header"]
+_HEADERS: dict[str, HeaderFactory] = {}
 
 
-def register_header(name: str) -> Callable[[type[Header]], type[Header]]:
-    """Class decorator registering a header constructor ``cls(in_channels, num_classes, **kw)`` under ``name``."""
+def register_header(name: str) -> Callable[[HeaderFactory], HeaderFactory]:
+    """Decorator registering a header constructor ``cls(in_channels, num_classes, **kw)`` (a class or a factory
+    function returning a :class:`Header`) under ``name``."""
 
-    def deco(cls: type[Header]) -> type[Header]:
+    def deco(cls: HeaderFactory) -> HeaderFactory:
         if name in _HEADERS:
             raise ValueError(f"header {name!r} is already registered")
         _HEADERS[name] = cls
@@ -88,22 +91,47 @@ class Header(nn.Module):
             )
 
 
-def _separable5(channels: int) -> nn.Sequential:
-    """ENAS separable-5×5 unit applied twice, a gate after every depthwise and pointwise conv (indices 2, 4, 8, 10)."""
-    return nn.Sequential(
-        nn.ReLU(),
-        nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
-        GateLayer(channels),
-        nn.Conv2d(channels, channels, 1, bias=False),
-        GateLayer(channels),
-        nn.BatchNorm2d(channels, track_running_stats=False),
-        nn.ReLU(),
-        nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
-        GateLayer(channels),
-        nn.Conv2d(channels, channels, 1, bias=False),
-        GateLayer(channels),
-        nn.BatchNorm2d(channels, track_running_stats=False),
-    )
+class _Separable5(nn.Sequential):
+    """ENAS separable-5×5 unit applied twice, a gate after every depthwise and pointwise conv (indices 2, 4, 8, 10).
+
+    Module indices (hence state-dict keys) are the original's whatever the placement; ``pw_gate_after_bn`` only
+    changes the order in which the pointwise gates (4, 10) and their BatchNorms (5, 11) run. A gate right before a
+    batch-statistics BN is normalised away by it (Taylor importance ~0; a "pruned" channel still emits the BN bias);
+    behind the BN it really switches the channel off.
+    """
+
+    def __init__(self, channels: int, pw_gate_after_bn: bool = True) -> None:
+        super().__init__(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
+            GateLayer(channels),
+            nn.Conv2d(channels, channels, 1, bias=False),
+            GateLayer(channels),
+            nn.BatchNorm2d(channels, track_running_stats=False),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
+            GateLayer(channels),
+            nn.Conv2d(channels, channels, 1, bias=False),
+            GateLayer(channels),
+            nn.BatchNorm2d(channels, track_running_stats=False),
+        )
+        self.pw_gate_after_bn = pw_gate_after_bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.pw_gate_after_bn:
+            return super().forward(x)
+        order = (0, 1, 2, 3, 5, 4, 6, 7, 8, 9, 11, 10)  # BN before its pointwise gate
+        for i in order:
+            x = self[i](x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"pw_gate_after_bn={self.pw_gate_after_bn}"
+
+
+def _separable5(channels: int, pw_gate_after_bn: bool = True) -> _Separable5:
+    """The gated separable-5×5 block of :class:`GatedTempCNN`."""
+    return _Separable5(channels, pw_gate_after_bn)
 
 
 @register_header("gated_temp_cnn")
@@ -113,18 +141,24 @@ class GatedTempCNN(Header):
     The ``five`` block's BatchNorms keep no running statistics (batch statistics also at evaluation, as the original);
     the stem BN does. Dropout2d(``dropout``) acts on the pooled ``(B, C, 1, 1)`` map in training mode only (the
     original's module form; the functional always-on dropout of the NAS child is not copied).
+
+    ``pw_gate_after_bn`` (default ``True``, a fix): the pointwise gates run after their batch-statistics BN, where they
+    really switch channels off; ``False`` is the original's placement (gate before BN: normalised away, Taylor
+    importance ~0). State-dict keys are the same either way, so the original's weights load into both.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1) -> None:
+    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1,
+                 pw_gate_after_bn: bool = True) -> None:
         super().__init__(in_channels)
         if channels < 1:
             raise ValueError(f"channels must be >= 1; got {channels}")
         self.channels = channels
+        self.pw_gate_after_bn = bool(pw_gate_after_bn)
         self.stem_conv = nn.Sequential(
             nn.Conv2d(in_channels, channels, kernel_size=1, bias=False),
             nn.BatchNorm2d(channels),
         )
-        self.five = _separable5(channels)
+        self.five = _separable5(channels, self.pw_gate_after_bn)
         self.max_pool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
         self.relu = nn.ReLU()
         self.adaptive_pool = nn.AdaptiveAvgPool2d(1)
@@ -164,6 +198,15 @@ class LinearHead(Header):
         else:
             v = x.mean(dim=(2, 3))
         return self.fc(self.norm(v))
+
+
+@register_header("searched")
+def _searched_header(in_channels: int, num_classes: int, **arch: object) -> Header:
+    """A header searched by the edge NAS (:class:`acme_flwr.nas.SearchedHeader`), rebuilt from its arch dict
+    (``arc``, ``channels``, ``num_layers``, ``dropout``, ``gated``, ``bn_running_stats``, ``pw_gate_after_bn``)."""
+    from acme_flwr.nas.export import SearchedHeader  # late: the NAS package imports this module
+
+    return SearchedHeader.from_arc({**arch, "in_channels": in_channels, "num_classes": num_classes})
 
 
 def split_header_params(header: Header) -> tuple[list[str], list[str]]:

@@ -7,6 +7,8 @@ handles (its own ``@app.train()`` stays untouched):
 - ``query.acme_setup``: receive the sub-backbone and initial header once; reply [CLS] feature statistics if asked;
 - ``train.acme``: load edge weights if sent, refine the header locally, reply importance and/or weights;
 - ``evaluate.acme``: prune with the edge's personalised importance if sent, evaluate on val/test (and generic).
+- ``query.acme_nas`` (``nas.reward=federated``): train the edge's shared NAS child on local training data, score arcs
+  on the local validation split, or install the searched header (replacing the one from setup).
 
 All device state (backbone, header, pruner) lives in ``context.state`` under the strategy's tag, never in module
 globals: Ray reuses worker processes across nodes.
@@ -28,9 +30,12 @@ from flwr.clientapp import ClientApp
 
 from acme_flwr import protocol as P
 from acme_flwr.deployment import build_header
-from acme_flwr.device import TrainHParams, cls_feature_matrix, evaluate_header, train_header
+from acme_flwr.device import TrainHParams, backbone_grids, cls_feature_matrix, evaluate_header, train_header
 from acme_flwr.elastic_vit import ElasticViT
 from acme_flwr.header import Header, split_header_params
+from acme_flwr.nas import ENASChild
+from acme_flwr.nas.edge import calibrate_bn
+from acme_flwr.nas.federated import CHILD, NAS_MESSAGE, device_evaluate_arcs, device_train_child
 from acme_flwr.pruning import GatePruner
 from acme_flwr.task import DeviceData, TensorSplit
 
@@ -62,6 +67,7 @@ class AcmeClient:
         app.query(P.SETUP.split(".")[1])(self.setup)
         app.train(P.TRAIN.split(".")[1])(self.train)
         app.evaluate(P.EVALUATE.split(".")[1])(self.evaluate)
+        app.query(NAS_MESSAGE.split(".")[1])(self.nas)
         return app
 
     # ------------------------------------------------------------------------------------------------- handlers
@@ -95,12 +101,7 @@ class AcmeClient:
 
     def train(self, msg: Message, context: Context) -> Message:
         started = time.perf_counter()
-        cfg = msg.content[P.CONFIG]
-        tag = str(cfg["tag"])
-        data = self.data_fn(context)
-        backbone, header = self._models(context, tag)
-        if P.HEADER in msg.content.array_records:
-            P.load_arrays(header, msg.content[P.HEADER], partial=True)
+        cfg, tag, data, backbone, header = self._begin(msg, context)
         hp = TrainHParams(lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
                           weight_decay=float(cfg["weight-decay"]), batch_size=int(cfg["batch-size"]),
                           local_epochs=int(cfg["local-epochs"]), accumulation=str(cfg["accumulation"]))
@@ -121,12 +122,7 @@ class AcmeClient:
         return Message(reply, reply_to=msg)
 
     def evaluate(self, msg: Message, context: Context) -> Message:
-        cfg = msg.content[P.CONFIG]
-        tag = str(cfg["tag"])
-        data = self.data_fn(context)
-        backbone, header = self._models(context, tag)
-        if P.HEADER in msg.content.array_records:
-            P.load_arrays(header, msg.content[P.HEADER], partial=True)
+        cfg, tag, data, backbone, header = self._begin(msg, context)
         pruned = 0
         if P.IMPORTANCE in msg.content.array_records:
             pruner = self._pruner(context, tag, header, cfg)
@@ -147,6 +143,16 @@ class AcmeClient:
         return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
     # ------------------------------------------------------------------------------------------------- state
+    def _begin(self, msg: Message, context: Context) -> tuple[ConfigRecord, str, DeviceData, ElasticViT, Header]:
+        """What every round message starts with: its config and tag, this node's data, its models with any header
+        weights the edge sent loaded (all of them, or the FedPer body)."""
+        cfg = msg.content[P.CONFIG]
+        tag = str(cfg["tag"])
+        backbone, header = self._models(context, tag)
+        if P.HEADER in msg.content.array_records:
+            P.load_arrays(header, msg.content[P.HEADER], partial=True)
+        return cfg, tag, self.data_fn(context), backbone, header
+
     def _checkpoint_path(self, context: Context, tag: str, server_round: int) -> Path | None:
         root = self.checkpoint_fn(context) if self.checkpoint_fn else None
         if root is None:
@@ -183,6 +189,44 @@ class AcmeClient:
         context.state[f"{tag}.header"] = ArrayRecord({k: Array(v) for k, v in parts["header"].items()})
         if parts["pruner"]:
             context.state[f"{tag}.pruner"] = ArrayRecord({k: Array(v) for k, v in parts["pruner"].items()})
+
+    def nas(self, msg: Message, context: Context) -> Message:
+        """Federated header search: "train" the shared child on local training data (one arc per step), "evaluate"
+        arcs on the local validation split (counts only), or "install" the searched header."""
+        cfg = msg.content[P.CONFIG]
+        tag, action = str(cfg["tag"]), str(cfg["action"])
+        if action == "install":
+            spec = str(cfg["header-spec"])
+            header = build_header(json.loads(spec))
+            P.load_arrays(header, msg.content[P.HEADER])  # check it fits before keeping it
+            backbone, _ = self._models(context, tag)
+            setup = context.state[f"{tag}.setup"]
+            context.state[f"{tag}.setup"] = ConfigRecord({"arch": str(setup["arch"]), "header": spec})
+            if bool(cfg.get("calibrate-bn", False)):  # running statistics from this device's own training data
+                calibrate_bn(header, backbone_grids(backbone, self.data_fn(context).train.x), 64)
+                context.state[f"{tag}.header"] = P.arrays_from_state(header.state_dict())
+            else:
+                context.state[f"{tag}.header"] = msg.content[P.HEADER]
+            return Message(RecordDict({P.METRICS: MetricRecord({"installed": 1})}), reply_to=msg)
+        data = self.data_fn(context)
+        backbone, _ = self._models(context, tag)
+        child = ENASChild(**json.loads(str(cfg["child"])))
+        P.load_arrays(child, msg.content[CHILD])
+        payload = json.loads(str(cfg["payload"]))
+        if action == "train":
+            seed = int(payload["seed"]) * 1_000_003 + data.partition_id
+            torch.manual_seed(seed)
+            m = device_train_child(child, payload["arcs"], backbone_grids(backbone, data.train.x), data.train.y,
+                                   lr=float(payload["lr"]), batch_size=int(payload["batch-size"]),
+                                   momentum=float(payload["momentum"]), weight_decay=float(payload["weight-decay"]),
+                                   seed=seed)
+            return Message(RecordDict({CHILD: P.arrays_from_state(child.state_dict()), P.METRICS: MetricRecord(
+                {P.NUM_EXAMPLES: int(m["num_examples"]), "acc": float(m["acc"])})}), reply_to=msg)
+        if action == "evaluate":
+            correct, total = device_evaluate_arcs(child, payload["arcs"], backbone_grids(backbone, data.val.x),
+                                                  data.val.y)
+            return Message(RecordDict({P.METRICS: MetricRecord({"correct": correct, "total": total})}), reply_to=msg)
+        raise ValueError(f"unknown NAS action {action!r}; allowed: train, evaluate, install")
 
     def _models(self, context: Context, tag: str) -> tuple[ElasticViT, Header]:
         if f"{tag}.setup" not in context.state:

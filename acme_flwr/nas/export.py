@@ -4,7 +4,9 @@
 uses, one copy per (layer, node, branch) as in the child. Every depthwise and pointwise conv of a separable op is
 followed by a :class:`~acme_flwr.gates.GateLayer` (the prunable units of Part III, like the original ``TempCNN``).
 With gates at 1 it computes the same function as the shared child running that arc. ``header.arch()`` is a plain,
-JSON-able dict and ``SearchedHeader.from_arc(arch)`` rebuilds the module.
+JSON-able dict and ``SearchedHeader.from_arc(arch)`` rebuilds the module. It is a
+:class:`~acme_flwr.header.Header` registered as ``"searched"``, so ``create_header("searched", in_channels,
+num_classes, arc=..., ...)`` (and a deployment's JSON header spec) rebuilds it too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from acme_flwr.header import Header
 from acme_flwr.nas.child import (
     OPS,
     ChildConfig,
@@ -58,13 +61,15 @@ class ArcLayer(nn.Module):
         return cell_forward(s0, s1, self.nodes, ops, self.loose, self.final_conv, self.bn)
 
 
-class SearchedHeader(nn.Module):
+class SearchedHeader(Header):
     """Standalone header for one arc on a ``(B, in_channels, gh, gw)`` patch-token grid; returns logits."""
+
+    classifier_name = "classifier"
 
     def __init__(self, arc: Sequence[int], in_channels: int, num_classes: int, channels: int = 256,
                  num_layers: int = 3, dropout: float = 0.1, gated: bool = True, bn_running_stats: bool = False,
                  pw_gate_after_bn: bool = False) -> None:
-        super().__init__()
+        super().__init__(int(in_channels))
         self.arc = validate_arc(arc)
         ChildConfig(in_channels, num_classes, channels, len(self.arc) // 4, num_layers, dropout)  # validates
         self.in_channels, self.num_classes, self.channels = int(in_channels), int(num_classes), int(channels)
@@ -78,6 +83,7 @@ class SearchedHeader(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_grid(x)
         s0 = s1 = self.stem(x)
         for layer in self.layers:
             s0, s1 = s1, layer(s0, s1)

@@ -151,7 +151,8 @@ class RewardSource(Protocol):
     """Where the search gets child training and rewards. Accuracies are fractions in [0, 1].
 
     Optionally a source may also define ``rewards(arcs) -> list[float]``; the loop then scores arcs through it, in
-    chunks of ``SearchConfig.arcs_per_reward_call`` (e.g. one federated round per chunk), instead of ``reward``.
+    chunks of ``SearchConfig.arcs_per_reward_call`` (e.g. one federated round per chunk), instead of ``reward``; and
+    ``validate_many(arcs) -> list[float]``, used to score all selection candidates at once instead of ``validate``.
     """
 
     def train_child(self, arc_sampler: ArcSampler, lr: float) -> dict[str, float]:
@@ -416,7 +417,10 @@ def search(reward_source: RewardSource, config: SearchConfig, controller: Contro
                 record["controller_baseline"] = updater.baseline
             if (epoch + 1) % config.eval_every == 0 or epoch == config.epochs - 1:
                 candidates = _candidates(controller, config.num_eval_arcs, eligible)
-                scored = [(reward_source.validate(arc), arc) for arc in candidates]
+                batched_val = getattr(reward_source, "validate_many", None)
+                scores = ([float(v) for v in batched_val(candidates)] if callable(batched_val) and candidates
+                          else [reward_source.validate(arc) for arc in candidates])
+                scored = list(zip(scores, candidates, strict=True))
                 record["val_candidates"] = len(scored)
                 if scored:
                     score, arc = max(scored, key=lambda s: s[0])
