@@ -59,7 +59,11 @@ def _hydra_groups() -> list[str]:
             for f in sorted(g.glob("*.yaml"))]
 
 
-@pytest.mark.parametrize("override", ["+experiment=smoke", "+experiment=acme_c2", *_hydra_groups()])
+def _presets() -> list[str]:
+    return [f"+experiment={f.stem}" for f in sorted((REPO / "conf" / "experiment").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("override", [*_presets(), *_hydra_groups()])
 def test_every_hydra_option_composes_into_a_valid_config(override: str) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
