@@ -107,11 +107,14 @@ class AcmeClient:
                           local_epochs=int(cfg["local-epochs"]), accumulation=str(cfg["accumulation"]))
         seed = int(cfg["seed"]) * 1_000_003 + data.partition_id * 1009 + int(cfg["server-round"])
         torch.manual_seed(seed)
+        compute_started = time.perf_counter()
         metrics, importance = train_header(backbone, header, data.train, hp, seed)
+        compute = time.perf_counter() - compute_started
         context.state[f"{tag}.header"] = P.arrays_from_state(header.state_dict())
         reply = RecordDict({P.METRICS: MetricRecord({
             P.NUM_EXAMPLES: int(metrics["num_examples"]), "train-loss": metrics["loss"],
-            "train-acc": metrics["accuracy"], "train-time-s": time.perf_counter() - started})})
+            "train-acc": metrics["accuracy"], "train-time-s": time.perf_counter() - started,
+            "train-compute-s": compute})})
         send = str(cfg.get("send", "importance"))
         if send == "importance":
             reply[P.IMPORTANCE] = P.vector_record(importance)
