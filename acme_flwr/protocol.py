@@ -5,12 +5,9 @@ Both sides import only this module for names, so a renamed key cannot silently d
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord
 
 # message types ("<category>.<action>")
 PROFILE = "query.acme_profile"   # learn partition-id and device profile
@@ -68,8 +65,3 @@ def vector_from_record(record: ArrayRecord, key: str = "v") -> np.ndarray:
     if key not in record:
         raise KeyError(f"array record has no {key!r}; keys: {list(record.keys())}")
     return record[key].numpy()
-
-
-def json_config(**values: Any) -> ConfigRecord:
-    """A ConfigRecord whose dict-valued entries travel as JSON strings (ConfigRecord holds scalars/lists only)."""
-    return ConfigRecord({k: json.dumps(v) if isinstance(v, dict) else v for k, v in values.items()})
