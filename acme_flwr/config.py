@@ -91,6 +91,9 @@ class CloudSection:
     faithful: bool = False
     selection: str = field(default="pfg", metadata=_choices("pfg", "highest_accuracy", "largest_size", "random",
                                                             "traverse", "worst"))
+    # what PFG's size/latency/energy axes measure: the original's constants, or this backbone's analytic
+    # parameter count or MACs (pfg.OriginalCostModel / ParamCountCostModel / MacsCostModel)
+    cost_model: str = field(default="original", metadata=_choices("original", "params", "macs"))
     cache_dir: str = ""
 
 

@@ -28,7 +28,15 @@ from .header import Header, create_header
 from .models import create_model
 from .nas.edge import EdgeSearch, adapt_header, edge_search_config, search_header
 from .nas.search import SearchConfig
-from .pfg import select_backbone, snap_to_grid
+from .pfg import (
+    CostModel,
+    MacsCostModel,
+    OriginalCostModel,
+    ParamCountCostModel,
+    ViTArch,
+    select_backbone,
+    snap_to_grid,
+)
 from .pruning import train_header_epoch, trainable_parameters
 from .task import FederatedData, TensorSplit
 
@@ -110,13 +118,14 @@ def build_deployment(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path
     spec = header_spec(cfg, model.config.hidden_size, data.num_classes)
     full_params += sum(p.numel() for p in build_header(spec).parameters())
     point_of: dict[str, tuple[float, float]] = {}
+    costs = cost_model(cfg, model)
     for name, budget in cfg.device_classes:
         if table is None:
             w, d, pick = 1.0, 1.0, {"method": "none (cloud.enabled=false)"}
         else:
-            pick = select_backbone(table, budget, method=cfg.cloud.selection, seed=cfg.run.seed)
+            pick = select_backbone(table, budget, method=cfg.cloud.selection, cost_model=costs, seed=cfg.run.seed)
             try:
-                snapped = snap_to_grid(pick, cfg.widths, cfg.depths, size_constraint=budget)
+                snapped = snap_to_grid(pick, cfg.widths, cfg.depths, size_constraint=budget, cost_model=costs)
                 w, d = float(snapped["width"]), float(snapped["depth"])
             except ValueError:  # no trained point is small enough: ship the smallest one and say so
                 w, d = min(cfg.widths), min(cfg.depths)
@@ -161,6 +170,21 @@ def build_deployment(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path
             picks[name].update({"header": "searched", "header_arc": info["arc"], "header_arc_str": info["arc_str"],
                                 "header_val_acc": info["finetune_val_acc"]})
     return Deployment(packages, full_params, table, picks, stage_log, nas_federated)
+
+
+_COST_MODELS: dict[str, Any] = {
+    "original": lambda arch: OriginalCostModel(),
+    "params": lambda arch: ParamCountCostModel(arch=arch),
+    "macs": lambda arch: MacsCostModel(arch=arch),
+}
+
+
+def cost_model(cfg: AcmeConfig, model: ElasticViT) -> CostModel:
+    """``cloud.cost_model`` for this backbone's geometry (the analytic models count its real parameters/MACs)."""
+    c = model.config
+    arch = ViTArch(hidden=c.hidden_size, num_heads=max(c.heads), ffn=max(c.ffn), num_layers=c.num_layers,
+                   image_size=c.image_size, patch_size=c.patch_size, in_chans=c.num_channels)
+    return _COST_MODELS[cfg.cloud.cost_model](arch)
 
 
 def check_grid(model: ElasticViT, cfg: AcmeConfig) -> None:
