@@ -101,20 +101,12 @@ class _Separable5(nn.Sequential):
     """
 
     def __init__(self, channels: int, pw_gate_after_bn: bool = True) -> None:
-        super().__init__(
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
-            GateLayer(channels),
-            nn.Conv2d(channels, channels, 1, bias=False),
-            GateLayer(channels),
-            nn.BatchNorm2d(channels, track_running_stats=False),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
-            GateLayer(channels),
-            nn.Conv2d(channels, channels, 1, bias=False),
-            GateLayer(channels),
-            nn.BatchNorm2d(channels, track_running_stats=False),
-        )
+        def unit() -> list[nn.Module]:  # ReLU, depthwise 5x5, gate, pointwise 1x1, gate, BN (batch statistics)
+            return [nn.ReLU(), nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
+                    GateLayer(channels), nn.Conv2d(channels, channels, 1, bias=False), GateLayer(channels),
+                    nn.BatchNorm2d(channels, track_running_stats=False)]
+
+        super().__init__(*unit(), *unit())
         self.pw_gate_after_bn = pw_gate_after_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
