@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,13 @@ from .handlers import AcmeClient
 
 
 def _cfg(context: Context) -> AcmeConfig:
-    return AcmeConfig.from_flat(context.run_config)
+    """The run's validated config; parsed once per worker and run config, not on every message (read-only cache)."""
+    return _parse(tuple(sorted(context.run_config.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse(items: tuple[tuple[str, Any], ...]) -> AcmeConfig:
+    return AcmeConfig.from_flat(dict(items))
 
 
 def device_data(context: Context) -> DeviceData:
