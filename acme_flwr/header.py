@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from acme_flwr.gates import GateLayer, gate_layers
+from acme_flwr.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -34,35 +35,19 @@ __all__ = [
 ]
 
 HeaderFactory = Callable[..., "Header"]
-_HEADERS: dict[str, HeaderFactory] = {}
-
-
-def register_header(name: str) -> Callable[[HeaderFactory], HeaderFactory]:
-    """Decorator registering a header constructor ``cls(in_channels, num_classes, **kw)`` (a class or a factory
-    function returning a :class:`Header`) under ``name``."""
-
-    def deco(cls: HeaderFactory) -> HeaderFactory:
-        if name in _HEADERS:
-            raise ValueError(f"header {name!r} is already registered")
-        _HEADERS[name] = cls
-        return cls
-
-    return deco
-
-
-def list_headers() -> list[str]:
-    """Names accepted by :func:`create_header`."""
-    return sorted(_HEADERS)
+# constructors ``cls(in_channels, num_classes, **kw)`` (a class or a factory returning a :class:`Header`) by name
+HEADERS: Registry[HeaderFactory] = Registry("header")
+register_header = HEADERS.register
+list_headers = HEADERS.names  # names accepted by :func:`create_header`
 
 
 def create_header(name: str, in_channels: int, num_classes: int, **kw: object) -> Header:
     """Build the header registered as ``name`` for a backbone of width ``in_channels``."""
-    if name not in _HEADERS:
-        raise ValueError(f"unknown header {name!r}; allowed: {list_headers()}")
+    factory = HEADERS.get(name)
     for arg, v in (("in_channels", in_channels), ("num_classes", num_classes)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{arg} must be a positive int; got {v!r}")
-    return _HEADERS[name](in_channels, num_classes, **kw)
+    return factory(in_channels, num_classes, **kw)
 
 
 class Header(nn.Module):
