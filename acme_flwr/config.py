@@ -14,9 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration key or value is invalid; the message names the key and what is allowed."""
+from acme_flwr.errors import ConfigError as ConfigError  # re-exported: the schema's error
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -92,7 +90,7 @@ class CloudSection:
     selection: str = field(default="pfg", metadata=_choices("pfg", "highest_accuracy", "largest_size", "random",
                                                             "traverse", "worst"))
     # what PFG's size/latency/energy axes measure: the original's constants, or this backbone's analytic
-    # parameter count or MACs (pfg.OriginalCostModel / ParamCountCostModel / MacsCostModel)
+    # parameter count or MACs (cost_models.OriginalCostModel / ParamCountCostModel / MacsCostModel)
     cost_model: str = field(default="original", metadata=_choices("original", "params", "macs"))
     cache_dir: str = ""
 
@@ -253,7 +251,7 @@ class AcmeConfig:
         if self.partition.val_fraction + self.partition.test_fraction >= 0.9:
             raise ConfigError(
                 "partition.val_fraction + partition.test_fraction must be < 0.9 (devices need training data)")
-        from .registry import check_registered  # late: registries import heavy modules
+        from acme_flwr.registry import check_registered  # late: registries import heavy modules
 
         for section_name in _SECTIONS:
             section = getattr(self, section_name)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .registry import Registry
+from acme_flwr.registry import Registry
 
 logger = logging.getLogger(__name__)
 

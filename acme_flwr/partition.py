@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .registry import Registry
+from acme_flwr.registry import Registry
 
 Partitioner = Callable[..., list[np.ndarray]]
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")

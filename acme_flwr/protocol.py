@@ -14,6 +14,7 @@ PROFILE = "query.acme_profile"   # learn partition-id and device profile
 SETUP = "query.acme_setup"       # ship sub-backbone + header once; reply with feature statistics
 TRAIN = "train.acme"             # local header training; reply importance (ACME) or weights (baselines)
 EVALUATE = "evaluate.acme"       # (prune with mixed importance, then) evaluate on val and test
+NAS_MESSAGE = "query.acme_nas"   # federated header search: train the shared child / score arcs on device data
 
 # record keys
 CONFIG = "config"
@@ -23,6 +24,7 @@ HEADER = "header"
 IMPORTANCE = "importance"
 FEATURES = "features"
 METRICS = "metrics"
+CHILD = "nas-child"              # the shared ENAS child's weights in a NAS message
 
 # standard Flower contract (drop-in mode)
 STD_ARRAYS = "arrays"

@@ -1,8 +1,9 @@
 """Decorator registries (timm-style) and the name checks config validation uses.
 
 Every pluggable family (data sets, partitioners, strategies) is a :class:`Registry`; models and headers keep their own
-registries in ``models.py`` / ``header.py``. Config validation asks :func:`check_registered` so that a bad name stops a
-run before any work, with the list of names that would have worked.
+registries in ``cloud/models.py`` / ``device/headers.py``. Config validation asks :func:`check_registered` so that a
+bad name stops a run before any work, with the list of names that would have worked (the providers are looked up by
+module name, so this plumbing module imports no tier).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from acme_flwr.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -55,8 +58,8 @@ class Registry(Generic[T]):
 _PROVIDERS: dict[str, tuple[str, str]] = {
     "dataset": ("acme_flwr.data", "list_datasets"),
     "partitioner": ("acme_flwr.partition", "list_partitioners"),
-    "model": ("acme_flwr.models", "list_models"),
-    "header": ("acme_flwr.header", "list_headers"),
+    "model": ("acme_flwr.cloud.models", "list_models"),
+    "header": ("acme_flwr.device.headers", "list_headers"),
 }
 
 
@@ -67,8 +70,6 @@ def registered_names(kind: str) -> list[str]:
 
 def check_registered(kind: str, key: str, name: str) -> None:
     """Raise ConfigError if ``name`` is not a registered ``kind``; the message names the key and the choices."""
-    from .config import ConfigError
-
     names = registered_names(kind)
     if name not in names:
         raise ConfigError(f"{key}={name!r} is not a registered {kind}; allowed values: {names}")

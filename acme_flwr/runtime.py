@@ -1,14 +1,14 @@
-"""Where a run reads and writes: output and cache directories, the model's input shape."""
+"""Where a run reads and writes (output and cache directories) and the fingerprints its caches are keyed by."""
 
 from __future__ import annotations
 
-import functools
-import json
+import hashlib
 import os
 from pathlib import Path
 
-from .config import AcmeConfig
-from .models import create_model
+import torch
+
+from acme_flwr.config import AcmeConfig
 
 
 def out_dir(cfg: AcmeConfig) -> Path:
@@ -25,19 +25,11 @@ def cache_dir(cfg: AcmeConfig) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=8)
-def _shape(name: str, pretrained_path: str) -> tuple[int, int]:
-    if pretrained_path:
-        cfg_file = Path(pretrained_path) / "config.json"
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"model.pretrained_path={pretrained_path!r} has no config.json; point it at a "
-                                    "save_pretrained directory (config.json + model.safetensors)")
-        hf = json.loads(cfg_file.read_text())
-        return int(hf.get("image_size", 224)), int(hf.get("num_channels", 3))
-    model = create_model(name)
-    return model.config.image_size, model.config.num_channels
-
-
-def input_shape(cfg: AcmeConfig) -> tuple[int, int]:
-    """(image_size, num_channels) the backbone expects."""
-    return _shape(cfg.model.name, cfg.model.pretrained_path)
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """SHA-256 over tensors' dtypes, shapes and bytes: the cache keys of the cloud stage and the edge search."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

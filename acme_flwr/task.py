@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import AcmeConfig
-from .data import ImageData, load_dataset, to_tensor
-from .partition import ClientSplit, label_report, partition, split_client
+from acme_flwr.config import AcmeConfig
+from acme_flwr.data import ImageData, load_dataset, to_tensor
+from acme_flwr.partition import ClientSplit, label_report, partition, split_client
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,9 @@ import torch
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 
+from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig
-from acme_flwr.runtime import input_shape, out_dir
+from acme_flwr.runtime import out_dir
 from acme_flwr.task import DeviceData, TensorSplit, federated_data
 from acme_flwr.topology import device_profile
 

@@ -29,14 +29,15 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from acme_flwr import protocol as P
-from acme_flwr.deployment import build_header
-from acme_flwr.device import TrainHParams, backbone_grids, cls_feature_matrix, evaluate_header, train_header
-from acme_flwr.elastic_vit import ElasticViT
-from acme_flwr.header import Header, split_header_params
-from acme_flwr.nas import ENASChild
-from acme_flwr.nas.edge import calibrate_bn
-from acme_flwr.nas.federated import CHILD, NAS_MESSAGE, device_evaluate_arcs, device_train_child
-from acme_flwr.pruning import GatePruner
+from acme_flwr.cloud.elastic_vit import ElasticViT
+from acme_flwr.device.headers import Header, split_header_params
+from acme_flwr.device.pruner import GatePruner
+from acme_flwr.device.training import TrainHParams, backbone_grids, cls_feature_matrix, evaluate_header, train_header
+from acme_flwr.edge.nas import ENASChild
+from acme_flwr.edge.nas.federated import device_evaluate_arcs, device_train_child
+from acme_flwr.edge.nas.header_search import calibrate_bn
+from acme_flwr.packages import build_header
+from acme_flwr.protocol import CHILD, NAS_MESSAGE
 from acme_flwr.task import DeviceData, TensorSplit
 
 logger = logging.getLogger(__name__)

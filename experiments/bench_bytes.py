@@ -22,9 +22,9 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from acme_flwr import protocol as P
+from acme_flwr.cloud.models import create_model
 from acme_flwr.comm import CENTRALIZED_FORMULA, FEDAVG_FORMULA, message_bytes
-from acme_flwr.header import create_header
-from acme_flwr.models import create_model
+from acme_flwr.device.headers import create_header
 
 from .launch import REPO, launch
 

@@ -39,9 +39,10 @@ def header_bytes(overrides: list[str]) -> dict[str, Any]:
     import torch
 
     from acme_flwr import protocol as P
+    from acme_flwr.cloud.models import input_shape
     from acme_flwr.config import AcmeConfig
-    from acme_flwr.deployment import build_deployment
-    from acme_flwr.runtime import cache_dir, input_shape
+    from acme_flwr.packages import build_packages
+    from acme_flwr.runtime import cache_dir
     from acme_flwr.task import federated_data
 
     from .launch import _toml_pair
@@ -49,7 +50,7 @@ def header_bytes(overrides: list[str]) -> dict[str, Any]:
     torch.set_num_threads(1)
     flat = tomllib.loads("\n".join(_toml_pair(o) for o in overrides))
     cfg = AcmeConfig.from_flat(flat)
-    dep = build_deployment(cfg, federated_data(cfg, *input_shape(cfg)), cache_dir(cfg), progress=False)
+    dep = build_packages(cfg, federated_data(cfg, *input_shape(cfg)), cache_dir(cfg), progress=False)
     out = {}
     for name, pkg in dep.packages.items():
         out[name] = {"params": sum(p.numel() for p in pkg.header.parameters()), "gates": pkg.header.num_gates,

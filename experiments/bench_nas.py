@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from acme_flwr.gates import gate_layers
-from acme_flwr.nas import Controller, ENASChild, ProxyReward, Reinforce, SearchConfig, export_header, search
+from acme_flwr.device.gates import gate_layers
+from acme_flwr.edge.nas import Controller, ENASChild, ProxyReward, Reinforce, SearchConfig, export_header, search
 
 
 def synthetic(n: int, hidden: int, side: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

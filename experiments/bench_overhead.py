@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
+from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig
-from acme_flwr.deployment import build_deployment
-from acme_flwr.device import TrainHParams, train_header
-from acme_flwr.runtime import cache_dir, input_shape
+from acme_flwr.device.training import TrainHParams, train_header
+from acme_flwr.packages import build_packages
+from acme_flwr.runtime import cache_dir
 from acme_flwr.task import federated_data
 from acme_flwr.topology import device_profile
 
@@ -50,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = AcmeConfig.from_dict(summary["config"])
     data = federated_data(cfg, *input_shape(cfg))
-    deployment = build_deployment(cfg, data, cache_dir(cfg), progress=False)
+    deployment = build_packages(cfg, data, cache_dir(cfg), progress=False)
     s = cfg.strategy
     hp = TrainHParams(lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, batch_size=s.batch_size,
                       local_epochs=s.local_epochs, accumulation=s.importance_accumulation)

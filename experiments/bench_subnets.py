@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from acme_flwr.elastic_vit import ElasticViT, count_macs_formula, count_params_formula
-from acme_flwr.models import create_model, list_models
+from acme_flwr.cloud.elastic_vit import ElasticViT, count_macs_formula, count_params_formula
+from acme_flwr.cloud.models import create_model, list_models
 
 
 def serialized_bytes(model: torch.nn.Module) -> int:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from acme_flwr.cloud import AccuracyTable, CloudStageConfig, build_elastic_backbone, subnet_accuracy_table
-from acme_flwr.models import create_model, list_models
+from acme_flwr.cloud.models import create_model, list_models
+from acme_flwr.cloud.stages import AccuracyTable, CloudStageConfig, build_elastic_backbone, subnet_accuracy_table
 
 logger = logging.getLogger("experiments.cloud")
 

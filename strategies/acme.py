@@ -24,9 +24,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
-from acme_flwr.deployment import Deployment
-from acme_flwr.pruning import build_mixing_weights, get_variant, mix_importance, validate_importance
-from acme_flwr.similarity import aggregation_weights, similarity_matrix
+from acme_flwr.edge.mixing import build_mixing_weights, get_variant, mix_importance, validate_importance
+from acme_flwr.edge.similarity import aggregation_weights, similarity_matrix
+from acme_flwr.packages import CloudPackages
 from acme_flwr.topology import Topology
 
 from .harness import AcmeProtocolStrategy, NotAcmeClients
@@ -40,7 +40,7 @@ class AcmeStrategy(AcmeProtocolStrategy):
 
     name = "acme"
 
-    def __init__(self, topology: Topology, deployment: Deployment | None = None, *, variant: str = "pruning_per",
+    def __init__(self, topology: Topology, deployment: CloudPackages | None = None, *, variant: str = "pruning_per",
                  distance: str = "emd", temperature: float = 1.0, prune_per_iteration: int = 10,
                  prune_max_fraction: float = 0.9, prune_momentum: float = 0.9, feature_samples: int = 200,
                  **kwargs: Any) -> None:

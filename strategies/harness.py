@@ -16,11 +16,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
-from acme_flwr.deployment import Deployment, Package
+from acme_flwr.packages import CloudPackages, Package
 from acme_flwr.results import RunRecorder
 from acme_flwr.topology import Topology
 
 from .base import EdgeTierStrategy, wait_for_nodes
+from .nas_search import federated_header_search
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
     evaluate_type = P.EVALUATE
     feature_samples = 0  # > 0: collect [CLS] feature statistics during setup
 
-    def __init__(self, topology: Topology, deployment: Deployment | None, *, train_config: dict[str, Any] | None = None,
+    def __init__(self, topology: Topology, deployment: CloudPackages | None, *,
+                 train_config: dict[str, Any] | None = None,
                  recorder: RunRecorder | None = None, record_name: str | None = None, timeout: float = 600.0,
                  **kwargs: Any) -> None:
         super().__init__(topology, recorder=recorder, record_name=record_name,
@@ -76,7 +78,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
     def setup(self, grid: Grid) -> None:
         """Ship each device its sub-backbone + header (bytes counted on both tiers), collect features if asked."""
         if self.deployment is None:
-            raise ValueError(f"{type(self).__name__} needs a Deployment (sub-backbones and headers) for ACME clients")
+            raise ValueError(f"{type(self).__name__} needs CloudPackages (sub-backbones and headers) for ACME clients")
         k = self.feature_samples and min([self.feature_samples, *(int(p["num-train"]) for p in self.profiles.values())])
         msgs, shipped = [], set()
         for pid in sorted(self.node_of):
@@ -103,8 +105,6 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
             node = self.node_of.pop(pid)
             self.pid_of.pop(node, None)
         if self.deployment.nas_federated is not None and self.node_of:  # nas.reward=federated: search with devices
-            from .nas_search import federated_header_search
-
             self.record.extra["nas"] = federated_header_search(self, grid)
 
     def _validate_setup(self, pid: int, content: RecordDict) -> None:

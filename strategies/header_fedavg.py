@@ -17,7 +17,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from acme_flwr import protocol as P
-from acme_flwr.deployment import Deployment
+from acme_flwr.packages import CloudPackages
 from acme_flwr.topology import Topology
 
 from .base import ReplyRejected
@@ -32,7 +32,7 @@ class HeaderFedAvg(AcmeProtocolStrategy):
 
     name = "fedavg_header"
 
-    def __init__(self, topology: Topology, deployment: Deployment | None, *, share: str = "all",
+    def __init__(self, topology: Topology, deployment: CloudPackages | None, *, share: str = "all",
                  **kwargs: Any) -> None:
         if share not in SHARES:
             raise ValueError(f"share={share!r}; allowed: {list(SHARES)}")

@@ -18,27 +18,45 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
-from acme_flwr.comm import message_bytes
-from acme_flwr.nas import ENASChild, SearchConfig, arc_to_str, export_header, search
-from acme_flwr.nas.federated import CHILD, NAS_MESSAGE, FederatedReward, average_states
-
-if TYPE_CHECKING:
-    from .harness import AcmeProtocolStrategy
+from acme_flwr.comm import CommLedger, message_bytes
+from acme_flwr.edge.nas import ENASChild, SearchConfig, arc_to_str, export_header, search
+from acme_flwr.edge.nas.federated import FederatedReward, average_states
+from acme_flwr.packages import CloudPackages
+from acme_flwr.protocol import CHILD, NAS_MESSAGE
+from acme_flwr.results import StrategyRecord
+from acme_flwr.topology import Topology
 
 logger = logging.getLogger(__name__)
 
 PHASE = "nas"
 
 
-def _send(strategy: AcmeProtocolStrategy, grid: Grid, build: Any) -> dict[int, RecordDict]:
+class SearchHost(Protocol):
+    """What the search needs from the strategy that runs it (the ACME harness), without importing the harness."""
+
+    deployment: CloudPackages
+    ledger: CommLedger
+    node_of: dict[int, int]
+    record: StrategyRecord
+    tag: str
+    timeout: float | None
+    topology: Topology
+    _sent: dict[tuple[int, str], set[int]]
+
+    def _accept(self, rnd: int, phase: str, replies: Any, validate: Callable[[int, RecordDict], None]
+                ) -> dict[int, RecordDict]: ...
+
+
+def _send(strategy: SearchHost, grid: Grid, build: Any) -> dict[int, RecordDict]:
     """One message per device (``build(pid) -> RecordDict``); bytes counted per tier; validated replies by pid."""
     msgs, per_edge_down = [], {}
     for pid in sorted(strategy.node_of):
@@ -52,7 +70,7 @@ def _send(strategy: AcmeProtocolStrategy, grid: Grid, build: Any) -> dict[int, R
     return strategy._accept(0, PHASE, grid.send_and_receive(msgs, timeout=strategy.timeout), lambda pid, c: None)
 
 
-def federated_header_search(strategy: AcmeProtocolStrategy, grid: Grid) -> dict[str, Any]:
+def federated_header_search(strategy: SearchHost, grid: Grid) -> dict[str, Any]:
     """Search, export and install a header with rewards from the devices; returns the record for the summary."""
     deployment = strategy.deployment
     spec = deployment.nas_federated

@@ -8,7 +8,7 @@ from typing import Any
 from flwr.serverapp.strategy import Strategy
 
 from acme_flwr.config import AcmeConfig
-from acme_flwr.deployment import Deployment
+from acme_flwr.packages import CloudPackages
 from acme_flwr.registry import Registry
 from acme_flwr.results import RunRecorder
 from acme_flwr.topology import Topology
@@ -16,7 +16,7 @@ from acme_flwr.topology import Topology
 from .acme import AcmeStrategy
 from .header_fedavg import HeaderFedAvg
 
-Factory = Callable[[AcmeConfig, Topology, Deployment, RunRecorder], Strategy]
+Factory = Callable[[AcmeConfig, Topology, CloudPackages, RunRecorder], Strategy]
 STRATEGIES: Registry[Factory] = Registry("strategy")
 
 
@@ -30,7 +30,7 @@ def _common(cfg: AcmeConfig, recorder: RunRecorder, name: str) -> dict[str, Any]
 
 
 @STRATEGIES.register("acme")
-def _acme(cfg: AcmeConfig, topology: Topology, deployment: Deployment, recorder: RunRecorder) -> Strategy:
+def _acme(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
     s = cfg.strategy
     return AcmeStrategy(topology, deployment, variant=s.variant, distance=s.distance, temperature=s.temperature,
                         prune_per_iteration=s.prune_per_iteration, prune_max_fraction=s.prune_max_fraction,
@@ -38,7 +38,7 @@ def _acme(cfg: AcmeConfig, topology: Topology, deployment: Deployment, recorder:
 
 
 def _header_baseline(name: str, share: str) -> Factory:
-    def factory(cfg: AcmeConfig, topology: Topology, deployment: Deployment, recorder: RunRecorder) -> Strategy:
+    def factory(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
         return HeaderFedAvg(topology, deployment, share=share, **_common(cfg, recorder, name))
 
     return factory
@@ -48,6 +48,6 @@ for _name, _share in (("fedavg_header", "all"), ("fedper", "body"), ("local", "n
     STRATEGIES.register(_name)(_header_baseline(_name, _share))
 
 
-def build_strategy(name: str, cfg: AcmeConfig, topology: Topology, deployment: Deployment,
+def build_strategy(name: str, cfg: AcmeConfig, topology: Topology, deployment: CloudPackages,
                    recorder: RunRecorder) -> Strategy:
     return STRATEGIES.get(name)(cfg, topology, deployment, recorder)

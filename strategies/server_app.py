@@ -11,12 +11,13 @@ import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig, ConfigError
-from acme_flwr.deployment import build_deployment
+from acme_flwr.packages import build_packages
 from acme_flwr.partition import format_label_report
 from acme_flwr.plots import plot_run
 from acme_flwr.results import RunRecorder, format_table
-from acme_flwr.runtime import cache_dir, input_shape, out_dir
+from acme_flwr.runtime import cache_dir, out_dir
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
@@ -47,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
                      "device_splits": [{"train": len(s.train), "val": len(s.val), "test": len(s.test)}
                                        for s in data.splits]}
     logger.info("per-device label distribution (training splits):\n%s", format_label_report(report))
-    deployment = build_deployment(cfg, data, cache_dir(cfg), progress=False)
+    deployment = build_packages(cfg, data, cache_dir(cfg), progress=False)
     recorder.cloud = {"table": deployment.table, "picks": deployment.picks, "full_params": deployment.full_params,
                       "stage_log": _brief(deployment.stage_log), "wall_time_s": round(time.time() - started, 2)}
     topology = Topology(cfg.topology.num_devices, cfg.topology.num_edges, cfg.topology.assignment,

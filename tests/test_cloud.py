@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from acme_flwr.cloud import (
+from acme_flwr.cloud.models import create_model
+from acme_flwr.cloud.stages import (
     CloudStageConfig,
     build_elastic_backbone,
     cache_meta,
@@ -19,7 +20,6 @@ from acme_flwr.cloud import (
     train_width_depth_stage,
     train_width_stage,
 )
-from acme_flwr.models import create_model
 
 
 def synthetic(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +103,7 @@ def test_build_caches_and_reuses(tmp_path, caplog) -> None:
     assert set(log) == {"teacher", "width", "depth"} and "importance" in log["width"]
     assert len(table) == 4 and all(0.0 <= a <= 1.0 for *_, a in table)
     assert len(list(tmp_path.glob("*.pt"))) == 1
-    with caplog.at_level(logging.INFO, logger="acme_flwr.cloud"):
+    with caplog.at_level(logging.INFO, logger="acme_flwr.cloud.stages"):
         again, table2, _ = build_elastic_backbone(micro(), train, val, cfg, cache_dir=tmp_path, progress=False)
     assert "cache hit" in caplog.text
     assert table2 == table

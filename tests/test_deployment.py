@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig, ConfigError
-from acme_flwr.deployment import build_deployment
-from acme_flwr.runtime import input_shape
+from acme_flwr.packages import build_packages
 from acme_flwr.task import federated_data
 
 from .conftest import SMOKE
@@ -17,7 +17,7 @@ from .conftest import SMOKE
 @pytest.mark.parametrize("costs", ["original", "params", "macs"])
 def test_each_device_class_gets_an_extracted_sub_backbone_within_its_budget(costs: str, tmp_path: Path) -> None:
     cfg = AcmeConfig.from_flat({**SMOKE, "cloud.cost_model": costs, "profile.size_constraints": "0.5,0.8,1.0"})
-    dep = build_deployment(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)
+    dep = build_packages(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)
     assert set(dep.packages) == {"low", "mid", "high"}
     for name, pick in dep.picks.items():
         pkg = dep.packages[name]
@@ -31,4 +31,4 @@ def test_each_device_class_gets_an_extracted_sub_backbone_within_its_budget(cost
 def test_a_grid_the_model_cannot_cut_is_refused_before_training(tmp_path: Path) -> None:
     cfg = AcmeConfig.from_flat({**SMOKE, "cloud.depths": "0.25,1.0"})  # vit_micro_test has 2 layers: 0.25 keeps 0
     with pytest.raises(ConfigError, match="cloud.depths"):
-        build_deployment(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)
+        build_packages(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)

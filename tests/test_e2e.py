@@ -59,7 +59,7 @@ def test_public_import_from_an_installed_wheel_outside_the_repo(tmp_path: Path) 
                     *map(str, wheels.glob("*.whl"))], check=True)
     code = ("import acme_flwr, acme_flwr.strategies as s, acme_flwr.clients as c;"
             "from acme_flwr import AcmeStrategy, AcmeClient, ElasticViT, create_model;"
-            "from acme_flwr.pfg import select_backbone;"
+            "from acme_flwr.cloud.pfg import select_backbone;"
             "assert all(m.__file__.startswith(r'%s') for m in (acme_flwr, s, c)), (acme_flwr.__file__, s.__file__);"
             "print(AcmeStrategy.__module__, create_model('vit_micro_test').num_parameters())")
     code = code.replace("%s", str(target))

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from acme_flwr.elastic_vit import (
+from acme_flwr.cloud.elastic_vit import (
     ElasticViT,
     ElasticViTConfig,
     count_macs_formula,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acme_flwr.gates import GateLayer
-from acme_flwr.header import (
+from acme_flwr.device.gates import GateLayer
+from acme_flwr.device.headers import (
     GatedTempCNN,
     LinearHead,
     create_header,

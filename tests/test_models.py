@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from acme_flwr import models
-from acme_flwr.elastic_vit import ElasticViT, count_params_formula
-from acme_flwr.models import create_model, list_models, register_model
+from acme_flwr.cloud import models
+from acme_flwr.cloud.elastic_vit import ElasticViT, count_params_formula
+from acme_flwr.cloud.models import create_model, list_models, register_model
 
 
 def test_registered_names() -> None:

@@ -9,8 +9,8 @@ from collections.abc import Iterator, Sequence
 import pytest
 import torch
 
-from acme_flwr.gates import gate_layers
-from acme_flwr.nas import (
+from acme_flwr.device.gates import gate_layers
+from acme_flwr.edge.nas import (
     NUM_BRANCHES,
     OPS,
     ChildConfig,

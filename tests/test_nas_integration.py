@@ -9,12 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig, ConfigError
-from acme_flwr.deployment import build_deployment, build_header, header_spec
-from acme_flwr.header import GatedTempCNN, create_header, list_headers
-from acme_flwr.nas import SearchedHeader, random_arc
-from acme_flwr.pruning import TaylorImportance, train_header_epoch, trainable_parameters
-from acme_flwr.runtime import input_shape
+from acme_flwr.device.headers import GatedTempCNN, create_header, list_headers
+from acme_flwr.device.importance import TaylorImportance
+from acme_flwr.device.training import train_header_epoch, trainable_parameters
+from acme_flwr.edge.nas import SearchedHeader, random_arc
+from acme_flwr.packages import build_header, build_packages, header_spec
 from acme_flwr.task import federated_data
 
 from .conftest import SMOKE
@@ -121,7 +122,7 @@ NAS_SMOKE = {**SMOKE, "cloud.teacher_epochs": 2, "cloud.header_epochs": 1, "nas.
 def test_build_deployment_with_nas_ships_searched_gated_headers_and_caches(tmp_path, caplog) -> None:  # noqa: ANN001
     cfg = AcmeConfig.from_flat(NAS_SMOKE)
     data = federated_data(cfg, *input_shape(cfg))
-    dep = build_deployment(cfg, data, tmp_path, progress=False)
+    dep = build_packages(cfg, data, tmp_path, progress=False)
     assert dep.stage_log["nas"] and all(i["cache"] == "miss" for i in dep.stage_log["nas"].values())
     for name, pkg in dep.packages.items():
         assert isinstance(pkg.header, SearchedHeader) and pkg.header.num_gates > 0
@@ -137,8 +138,8 @@ def test_build_deployment_with_nas_ships_searched_gated_headers_and_caches(tmp_p
         assert pkg.header.bn_running_stats is True
         assert torch.allclose(pkg.header(grid[:1]), pkg.header(grid)[:1], atol=1e-5)
     json.dumps(dep.picks)  # summary.json must be able to hold the picks
-    with caplog.at_level(logging.INFO, logger="acme_flwr.nas.edge"):
-        again = build_deployment(cfg, data, tmp_path, progress=False)
+    with caplog.at_level(logging.INFO, logger="acme_flwr.edge.nas.header_search"):
+        again = build_packages(cfg, data, tmp_path, progress=False)
     assert all(i["cache"] == "hit" for i in again.stage_log["nas"].values())
     assert "NAS cache hit" in caplog.text
     for name in dep.packages:
@@ -159,7 +160,7 @@ def test_shared_scope_gives_every_class_one_header_architecture_and_the_acme_loo
     flat = {**NAS_SMOKE, "nas.scope": "shared"}
     cfg = AcmeConfig.from_flat(flat)
     data = federated_data(cfg, *input_shape(cfg))
-    dep = build_deployment(cfg, data, tmp_path / "cache", progress=False)
+    dep = build_packages(cfg, data, tmp_path / "cache", progress=False)
     specs = {json.dumps({k: v for k, v in p.header_spec.items()}, sort_keys=True) for p in dep.packages.values()}
     assert len(specs) == 1
     assert len({p.header.num_gates for p in dep.packages.values()}) == 1
@@ -178,7 +179,7 @@ def test_shared_scope_gives_every_class_one_header_architecture_and_the_acme_loo
 
 
 def test_average_states_weights_floats_and_keeps_int_buffers() -> None:
-    from acme_flwr.nas.federated import average_states
+    from acme_flwr.edge.nas.federated import average_states
 
     a = {"w": torch.tensor([0.0, 2.0]), "n": torch.tensor(3)}
     b = {"w": torch.tensor([4.0, 6.0]), "n": torch.tensor(9)}
@@ -187,8 +188,8 @@ def test_average_states_weights_floats_and_keeps_int_buffers() -> None:
 
 
 def test_federated_reward_search_runs_end_to_end_on_in_memory_devices() -> None:
-    from acme_flwr.nas import ENASChild, SearchConfig, search, validate_arc
-    from acme_flwr.nas.federated import FederatedReward, device_evaluate_arcs, device_train_child
+    from acme_flwr.edge.nas import ENASChild, SearchConfig, search, validate_arc
+    from acme_flwr.edge.nas.federated import FederatedReward, device_evaluate_arcs, device_train_child
 
     gen = torch.Generator().manual_seed(0)
     means = torch.randn(3, 6, 2, 2, generator=gen) * 2
@@ -232,7 +233,7 @@ def test_federated_reward_search_over_the_grid_installs_a_searched_header(tmp_pa
     from flwr.app import ArrayRecord
 
     from acme_flwr.clients.client_app import app as acme_client_app
-    from acme_flwr.nas.federated import NAS_MESSAGE
+    from acme_flwr.protocol import NAS_MESSAGE
     from acme_flwr.results import RunRecorder
     from acme_flwr.strategies import build_strategy
     from acme_flwr.topology import Topology
@@ -242,7 +243,7 @@ def test_federated_reward_search_over_the_grid_installs_a_searched_header(tmp_pa
     flat = {**NAS_SMOKE, "nas.reward": "federated", "nas.controller_steps": 2, "nas.device_steps": 2}
     cfg = AcmeConfig.from_flat(flat)
     data = federated_data(cfg, *input_shape(cfg))
-    dep = build_deployment(cfg, data, tmp_path / "cache", progress=False)
+    dep = build_packages(cfg, data, tmp_path / "cache", progress=False)
     assert dep.nas_federated is not None and "nas" not in dep.stage_log  # nothing searched on the cloud's data
     topo = Topology(4, 2, "round_robin", 2)
     blocks = {}

@@ -5,14 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from acme_flwr import pfg
-from acme_flwr.pfg import (
-    CandidateGrid,
+from acme_flwr.cloud import pfg
+from acme_flwr.cloud.cost_models import (
     MacsCostModel,
     MeasuredLatencyCostModel,
     OriginalCostModel,
     ParamCountCostModel,
     ViTArch,
+    vit_macs,
+    vit_param_count,
+)
+from acme_flwr.cloud.pfg import (
+    CandidateGrid,
     build_candidates,
     fit_accuracy_surface,
     grid_front,
@@ -21,8 +25,6 @@ from acme_flwr.pfg import (
     select_backbone,
     size_constraint_for_profile,
     snap_to_grid,
-    vit_macs,
-    vit_param_count,
 )
 
 # The 16-point "Linear" table of spec §6.1 == eval_PFG.py:existing_data, rows (depth, width, accuracy).

@@ -7,20 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from acme_flwr.gates import GateLayer
-from acme_flwr.header import create_header
-from acme_flwr.pruning import (
-    GatePruner,
-    TaylorImportance,
-    build_mixing_weights,
-    get_variant,
-    list_accumulation_modes,
-    list_variants,
-    mix_importance,
-    train_header_epoch,
-    trainable_parameters,
-    validate_importance,
-)
+from acme_flwr.device.gates import GateLayer
+from acme_flwr.device.headers import create_header
+from acme_flwr.device.importance import TaylorImportance, list_accumulation_modes
+from acme_flwr.device.pruner import GatePruner
+from acme_flwr.device.training import train_header_epoch, trainable_parameters
+from acme_flwr.edge.mixing import build_mixing_weights, get_variant, list_variants, mix_importance, validate_importance
 
 
 @pytest.fixture(autouse=True)

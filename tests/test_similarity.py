@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from acme_flwr.similarity import (
+from acme_flwr.edge.similarity import (
     aggregation_weights,
     emd_similarity,
     js_similarity,

@@ -10,10 +10,10 @@ from flwr.clientapp import ClientApp
 
 from acme_flwr import protocol as P
 from acme_flwr.clients.client_app import app as acme_client_app
+from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig
-from acme_flwr.deployment import build_deployment
+from acme_flwr.packages import build_packages
 from acme_flwr.results import RunRecorder
-from acme_flwr.runtime import input_shape
 from acme_flwr.strategies import AcmeStrategy, HierarchicalFedAvg, build_strategy
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
@@ -27,7 +27,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     flat = dict(SMOKE)
     cfg = AcmeConfig.from_flat(flat)
     data = federated_data(cfg, *input_shape(cfg))
-    deployment = build_deployment(cfg, data, tmp_path_factory.mktemp("cache"), progress=False)
+    deployment = build_packages(cfg, data, tmp_path_factory.mktemp("cache"), progress=False)
     topo = Topology(4, 2, "round_robin", 2)
     return flat, cfg, deployment, topo
 
@@ -78,7 +78,7 @@ def test_baselines_run_on_the_same_harness(name: str, setup, tmp_path) -> None: 
 def test_devices_with_different_header_architectures_are_never_mixed(name: str, setup, tmp_path) -> None:  # noqa: ANN001
     import dataclasses
 
-    from acme_flwr.deployment import build_header
+    from acme_flwr.packages import build_header
 
     flat, cfg, deployment, topo = setup
     low = deployment.packages["low"]

@@ -1,12 +1,13 @@
-"""The cloud's output for the lower tiers: per device class, an extracted sub-backbone and a warm header.
+"""Each device class's package, the one module that ties the tiers: an extracted sub-backbone and a warm header.
 
-:func:`build_deployment` runs the cloud stage (elastic backbone, cached on disk), picks each device class's
+:func:`build_packages` runs the cloud stage (elastic backbone, cached on disk), picks each device class's
 sub-backbone with PFG under that class's size constraint (snapped to a trained grid point), physically extracts it,
 and warms a header on the cloud's own training data for each distinct sub-backbone (the original trains its header
 centrally too, spec §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
-edge NAS on the cloud's proxy data (:func:`acme_flwr.nas.edge.search_header`: train split for the child, val split
-for rewards and arc selection), exported with gates and fine-tuned; its arc goes into ``picks[class]["header_arc"]``.
-Devices receive exactly these bytes once.
+edge NAS on the cloud's proxy data (:func:`acme_flwr.edge.nas.header_search.search_header`: train split for the
+child, val split for rewards and arc selection), exported with gates and fine-tuned; its arc goes into
+``picks[class]["header_arc"]``. Devices receive exactly these bytes once. (Not to be confused with Flower's
+Deployment Engine: this module builds what is shipped, not how it is run.)
 """
 
 from __future__ import annotations
@@ -20,25 +21,23 @@ from typing import Any
 
 import torch
 
-from .cloud import CloudStageConfig, build_elastic_backbone
-from .config import AcmeConfig, ConfigError
-from .device import TrainHParams, backbone_grids, evaluate_header
-from .elastic_vit import ElasticViT, subnet_shape
-from .header import Header, create_header
-from .models import create_model
-from .nas.edge import EdgeSearch, adapt_header, edge_search_config, search_header
-from .nas.search import SearchConfig
-from .pfg import (
-    CostModel,
-    MacsCostModel,
-    OriginalCostModel,
-    ParamCountCostModel,
-    ViTArch,
-    select_backbone,
-    snap_to_grid,
+from acme_flwr.cloud.cost_models import CostModel, MacsCostModel, OriginalCostModel, ParamCountCostModel, ViTArch
+from acme_flwr.cloud.elastic_vit import ElasticViT, subnet_shape
+from acme_flwr.cloud.models import create_model
+from acme_flwr.cloud.pfg import select_backbone, snap_to_grid
+from acme_flwr.cloud.stages import CloudStageConfig, build_elastic_backbone
+from acme_flwr.config import AcmeConfig, ConfigError
+from acme_flwr.device.headers import Header, create_header
+from acme_flwr.device.training import (
+    TrainHParams,
+    backbone_grids,
+    evaluate_header,
+    train_header_epoch,
+    trainable_parameters,
 )
-from .pruning import train_header_epoch, trainable_parameters
-from .task import FederatedData, TensorSplit
+from acme_flwr.edge.nas.header_search import EdgeSearch, adapt_header, edge_search_config, search_header
+from acme_flwr.edge.nas.search import SearchConfig
+from acme_flwr.task import FederatedData, TensorSplit
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ class Package:
 
 
 @dataclass
-class Deployment:
+class CloudPackages:
     """Per device class: a :class:`Package`; plus the full model size for the FedAvg reference."""
 
     packages: dict[str, Package]
@@ -98,8 +97,8 @@ def cloud_stage_config(cfg: AcmeConfig) -> CloudStageConfig:
                             lr=c.lr, teacher_lr=c.lr, batch_size=c.batch_size, faithful=c.faithful, seed=cfg.run.seed)
 
 
-def build_deployment(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None,
-                     progress: bool = True) -> Deployment:
+def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None,
+                     progress: bool = True) -> CloudPackages:
     """Cloud stage → PFG pick per device class → extracted sub-backbones and warm headers."""
     torch.manual_seed(cfg.run.seed)
     overrides: dict[str, Any] = {"num_labels": data.num_classes}
@@ -169,7 +168,7 @@ def build_deployment(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path
             info = stage_log["nas"][f"w{w:g}_d{d:g}"]
             picks[name].update({"header": "searched", "header_arc": info["arc"], "header_arc_str": info["arc_str"],
                                 "header_val_acc": info["finetune_val_acc"]})
-    return Deployment(packages, full_params, table, picks, stage_log, nas_federated)
+    return CloudPackages(packages, full_params, table, picks, stage_log, nas_federated)
 
 
 _COST_MODELS: dict[str, Any] = {

@@ -7,6 +7,8 @@ their gradients are read to compute Taylor importance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -39,3 +41,12 @@ class GateLayer(nn.Module):
 def gate_layers(module: nn.Module) -> list[GateLayer]:
     """All gate layers of ``module`` in registration order (the order importance vectors use)."""
     return [m for m in module.modules() if isinstance(m, GateLayer)]
+
+
+def gates_of(gates: nn.Module | Sequence[GateLayer]) -> list[GateLayer]:
+    """The GateLayers of a module, or a checked non-empty sequence of them."""
+    found = gate_layers(gates) if isinstance(gates, nn.Module) else list(gates)
+    if not found or not all(isinstance(g, GateLayer) for g in found):
+        raise ValueError("expected a module containing GateLayers or a non-empty sequence of GateLayers")
+    return found
+

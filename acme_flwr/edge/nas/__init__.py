@@ -1,14 +1,15 @@
 """Edge NAS library (ACME Part II): ENAS micro search of a header on a sub-backbone's patch-token grid.
 
-Pure torch, no Flower imports. ``child`` holds the search space and the weight-shared child, ``controller`` the LSTM
-controller, ``search`` the REINFORCE loop with pluggable reward sources, ``export`` the standalone gated header.
+Pure torch, no Flower imports. ``child`` holds the weight-shared child (its cell vocabulary is
+:mod:`acme_flwr.device.cell`), ``controller`` the LSTM controller, ``search`` the REINFORCE loop with pluggable reward
+sources, ``export`` the copy of one arc into a device's gated header, ``header_search`` the search on the edge's proxy
+data and ``federated`` the same search with rewards from the devices.
 """
 
-from acme_flwr.nas.child import (
+from acme_flwr.device.cell import (
     NUM_BRANCHES,
     OPS,
     ChildConfig,
-    ENASChild,
     Node,
     OpSpec,
     SepConv,
@@ -20,9 +21,11 @@ from acme_flwr.nas.child import (
     tokens_to_grid,
     validate_arc,
 )
-from acme_flwr.nas.controller import Controller, ControllerSample
-from acme_flwr.nas.export import SearchedHeader, export_header
-from acme_flwr.nas.search import (
+from acme_flwr.device.searched_header import SearchedHeader
+from acme_flwr.edge.nas.child import ENASChild
+from acme_flwr.edge.nas.controller import Controller, ControllerSample
+from acme_flwr.edge.nas.export import export_header
+from acme_flwr.edge.nas.search import (
     ProxyReward,
     Reinforce,
     RewardSource,

@@ -1,4 +1,4 @@
-"""Device-tier logic (no Flower): a frozen sub-backbone feeding a gated header, trained on local data.
+"""Local header training and evaluation on a device (no Flower): a frozen sub-backbone feeding a gated header.
 
 The device never updates its sub-backbone (it is the cloud's elastic weights, shipped once); it refines the header on
 its own training split, accumulating Taylor importance of the header's channel gates, and evaluates on its own
@@ -9,16 +9,20 @@ this is exactly the same computation as running it inside every step, at a fract
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .elastic_vit import ElasticViT
-from .header import Header
-from .pruning import TaylorImportance, train_header_epoch, trainable_parameters
-from .task import TensorSplit
+from acme_flwr.cloud.elastic_vit import ElasticViT
+from acme_flwr.task import TensorSplit
+
+from .gates import GateLayer, gate_layers
+from .headers import Header
+from .importance import TaylorImportance
 
 logger = logging.getLogger(__name__)
 
@@ -81,3 +85,71 @@ def cls_feature_matrix(backbone: ElasticViT, data: TensorSplit, k: int, seed: in
     idx = torch.randperm(len(data), generator=gen)[: min(k, len(data))]
     idx = idx[torch.argsort(data.y[idx], stable=True)]
     return backbone.forward_features(data.x[idx]).cls.double().numpy().astype(np.float32)
+
+
+def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Parameters to hand to the optimizer: everything that requires grad except gate weights (never trained)."""
+    gate_ids = {id(g.weight) for g in gate_layers(module)}
+    return [p for p in module.parameters() if p.requires_grad and id(p) not in gate_ids]
+
+
+@torch.no_grad()
+def _rezero(gates: Sequence[GateLayer]) -> None:
+    for g in gates:
+        g.weight.mul_(g.mask)
+
+
+def train_header_epoch(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    importance: TaylorImportance | None = None,
+    gates: Sequence[GateLayer] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """One local epoch: per batch forward, cross-entropy, backward, step, re-zero pruned gates, update importance.
+
+    ``model`` maps inputs to logits (a header on precomputed token grids, or backbone + header); ``batches`` yields
+    ``(inputs, labels)``. The optimizer must not contain gate weights (:func:`trainable_parameters`). Gates come from
+    ``gates``, else ``importance.gates``, else the model's gate layers. Returns ``loss``, ``accuracy`` (example-weighted
+    means), ``num_examples`` and ``num_batches``.
+    """
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    if gates is None:
+        gates = (
+            importance.gates if importance is not None else (gate_layers(model) if isinstance(model, nn.Module) else [])
+        )
+    gate_params = {id(g.weight) for g in gates}
+    if any(id(p) in gate_params for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError("optimizer contains gate weights; build it from trainable_parameters(model)")
+    if isinstance(model, nn.Module):
+        model.train()
+    total_loss, correct, seen, steps = 0.0, 0, 0, 0
+    for inputs, labels in batches:
+        optimizer.zero_grad(set_to_none=True)
+        for g in gates:  # gates are outside the optimizer: clear their gradients ourselves
+            g.weight.grad = None
+        logits = model(inputs)
+        loss = loss_fn(logits, labels)
+        loss.backward()
+        optimizer.step()
+        _rezero(gates)
+        if importance is not None:
+            importance.update()
+        n = int(labels.shape[0])
+        total_loss += float(loss.detach()) * n
+        correct += int((logits.detach().argmax(dim=1) == labels).sum())
+        seen += n
+        steps += 1
+    if importance is not None:
+        importance.end_epoch()
+    if steps == 0:
+        logger.warning("train_header_epoch: no batches")
+    return {
+        "loss": total_loss / max(seen, 1),
+        "accuracy": correct / max(seen, 1),
+        "num_examples": float(seen),
+        "num_batches": float(steps),
+    }
+
+

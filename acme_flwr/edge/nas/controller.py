@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acme_flwr.nas.child import NUM_BRANCHES, validate_arc
+from acme_flwr.device.cell import NUM_BRANCHES, validate_arc
 
 __all__ = ["Controller", "ControllerSample"]
 

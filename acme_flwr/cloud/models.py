@@ -1,4 +1,4 @@
-"""Model registry (timm style): ``@register_model`` functions build an ``ElasticViT``; ``create_model(name, **kw)``.
+"""Backbone registry (timm style): ``@register_model`` functions build an ``ElasticViT``; ``create_model(name, **kw)``.
 
 Each registered function takes keyword overrides of ``ElasticViTConfig`` fields (``num_labels``, ``num_channels``,
 ``image_size``, ...) so configs and experiments pick models by name, never by an if/elif on names.
@@ -6,15 +6,20 @@ Each registered function takes keyword overrides of ``ElasticViTConfig`` fields 
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from acme_flwr.config import AcmeConfig
 
 from .elastic_vit import ElasticViT, ElasticViTConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "input_shape", "list_models", "register_model"]
 
 ModelFn = Callable[..., ElasticViT]
 _REGISTRY: dict[str, ModelFn] = {}
@@ -80,3 +85,21 @@ def vit_b16(pretrained_path: str | None = None, **overrides: Any) -> ElasticViT:
         return ElasticViT.from_pretrained(pretrained_path, num_labels=overrides.get("num_labels"))
     defaults = {"image_size": 224, "patch_size": 16, "num_channels": 3, "num_labels": 1000}
     return _uniform(12, 12, 3072, 768, defaults, overrides)
+
+
+@functools.lru_cache(maxsize=8)
+def _shape(name: str, pretrained_path: str) -> tuple[int, int]:
+    if pretrained_path:
+        cfg_file = Path(pretrained_path) / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"model.pretrained_path={pretrained_path!r} has no config.json; point it at a "
+                                    "save_pretrained directory (config.json + model.safetensors)")
+        hf = json.loads(cfg_file.read_text())
+        return int(hf.get("image_size", 224)), int(hf.get("num_channels", 3))
+    model = create_model(name)
+    return model.config.image_size, model.config.num_channels
+
+
+def input_shape(cfg: AcmeConfig) -> tuple[int, int]:
+    """(image_size, num_channels) the backbone expects."""
+    return _shape(cfg.model.name, cfg.model.pretrained_path)

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from acme_flwr.nas.child import ENASChild, arc_to_str, has_separable_op, seeded, validate_arc
-from acme_flwr.nas.controller import Controller
+from acme_flwr.device.cell import arc_to_str, has_separable_op, seeded, validate_arc
+from acme_flwr.edge.nas.child import ENASChild
+from acme_flwr.edge.nas.controller import Controller
 
 __all__ = [
     "ProxyReward",

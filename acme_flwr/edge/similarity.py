@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .registry import Registry
+from acme_flwr.registry import Registry
 
 logger = logging.getLogger(__name__)
 

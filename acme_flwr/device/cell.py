@@ -1,12 +1,11 @@
-"""ENAS micro search space on a patch-token grid and its weight-shared child network (ACME Part II, spec §3.2).
+"""The ENAS cell vocabulary a searched header is built from: ops, arcs, the cell forward pass (spec §3.2).
 
 An *arc* is one normal cell with ``B`` nodes, written as a flat list of ``4B`` ints ``[x_id, x_op, y_id, y_op]`` per
 node. Node ``i`` reads two states with ids ``< i + 2`` (ids 0 and 1 are the two layer inputs, ``k >= 2`` is node
 ``k - 2``), applies one op from :data:`OPS` to each and sums them. States never read by a node ("loose ends") are
-concatenated, passed through ReLU, a 1×1 conv built from per-layer ``final_conv`` rows, and BN.
-
-The child stacks ``L + 2`` such layers after a 1×1 stem; every layer runs the same arc. Conv ops own weights per
-(layer, node, branch, input index, op), the standard ENAS weight sharing: every arc is a sub-graph of one super-net.
+concatenated, passed through ReLU, a 1×1 conv, and BN. Both the edge's weight-shared child
+(:mod:`acme_flwr.edge.nas.child`) and the device's :class:`~acme_flwr.device.searched_header.SearchedHeader` run
+cells through these pieces, so a header found at the edge computes on the device exactly what the child computed.
 Differences from the original, on purpose: dropout only in training (spec §7.16); average pooling excludes padding
 (as TF ENAS "SAME" pooling).
 """
@@ -16,20 +15,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from acme_flwr.gates import GateLayer
+from .gates import GateLayer
 
 __all__ = [
     "NUM_BRANCHES",
     "OPS",
     "ChildConfig",
-    "ENASChild",
     "Node",
     "OpSpec",
     "SepConv",
@@ -238,10 +236,6 @@ def seeded(seed: int | None) -> Iterator[None]:
         yield
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# the weight-shared child
-
-
 @dataclass(frozen=True)
 class ChildConfig:
     """Shape of a child/header: input channels (backbone hidden size), cell width C, B cells, L (+2) layers."""
@@ -275,65 +269,3 @@ class ChildConfig:
             raise ValueError(f"not an ENASChild state dict (missing/odd key: {err})") from err
 
 
-class SharedCellLayer(nn.Module):
-    """One normal layer of the child: weights for every (node, branch, input, weighted op), per-layer ``final_conv``."""
-
-    def __init__(self, num_cells: int, channels: int) -> None:
-        super().__init__()
-        self.num_cells = num_cells
-        self.branch_ops = nn.ModuleDict({
-            self.key(node, branch, inp, op): spec.build(channels)
-            for node in range(num_cells) for branch in range(2) for inp in range(node + 2)
-            for op, spec in enumerate(OPS) if spec.weighted
-        })
-        self.free_ops = nn.ModuleDict({str(op): spec.build(channels)
-                                       for op, spec in enumerate(OPS) if not spec.weighted})
-        # row k: the (C_out, C_in) block applied to loose end k
-        self.final_conv = nn.Parameter(torch.randn(num_cells + 2, channels, channels) * 0.01)
-        self.bn = nn.BatchNorm2d(channels, track_running_stats=False)
-
-    @staticmethod
-    def key(node: int, branch: int, inp: int, op: int) -> str:
-        """ModuleDict key of a weighted op."""
-        return f"n{node}_b{branch}_i{inp}_{OPS[op].name}"
-
-    def op(self, node: int, branch: int, inp: int, op: int) -> nn.Module:
-        """The module used for ``op`` on branch ``branch`` (0 = x, 1 = y) of ``node`` reading state ``inp``."""
-        return self.branch_ops[self.key(node, branch, inp, op)] if OPS[op].weighted else self.free_ops[str(op)]
-
-    def loose_weight(self, loose: Sequence[int]) -> torch.Tensor:
-        """1×1 conv weight ``(C, len(loose)·C, 1, 1)`` from the selected ``final_conv`` rows."""
-        return torch.cat([self.final_conv[k] for k in loose], dim=1)[:, :, None, None]
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, arc: Sequence[int]) -> torch.Tensor:
-        nodes = arc_nodes(arc)
-        ops = [(self.op(i, 0, n.x_id, n.x_op), self.op(i, 1, n.y_id, n.y_op)) for i, n in enumerate(nodes)]
-        loose = loose_ends(arc)
-        return cell_forward(s0, s1, nodes, ops, loose, self.loose_weight(loose), self.bn)
-
-
-class ENASChild(nn.Module):
-    """Weight-shared ENAS micro child on a ``(B, in_channels, gh, gw)`` grid; ``forward(x, arc)`` runs one arc."""
-
-    def __init__(self, in_channels: int, num_classes: int, channels: int = 256, num_cells: int = 3,
-                 num_layers: int = 3, dropout: float = 0.1, seed: int | None = None) -> None:
-        super().__init__()
-        self.config = ChildConfig(in_channels, num_classes, channels, num_cells, num_layers, dropout)
-        with seeded(seed):
-            self.stem = make_stem(in_channels, channels)
-            self.layers = nn.ModuleList(SharedCellLayer(num_cells, channels) for _ in range(num_layers + 2))
-            self.dropout = nn.Dropout(dropout)
-            self.classifier = nn.Linear(channels, num_classes)
-            init_weights(self)
-
-    @classmethod
-    def from_config(cls, config: ChildConfig, seed: int | None = None) -> ENASChild:
-        """Build from a :class:`ChildConfig`."""
-        return cls(**asdict(config), seed=seed)
-
-    def forward(self, x: torch.Tensor, arc: Sequence[int]) -> torch.Tensor:
-        arc = validate_arc(arc, self.config.num_cells)
-        s0 = s1 = self.stem(x)
-        for layer in self.layers:
-            s0, s1 = s1, layer(s0, s1, arc)
-        return classify(s1, self.dropout, self.classifier)

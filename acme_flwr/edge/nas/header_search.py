@@ -3,8 +3,8 @@
 :func:`search_header` turns a frozen sub-backbone and the cloud's proxy data into the header its devices use:
 patch-token grids of the train split train the shared ENAS child, the val split gives the controller's rewards and
 picks the best arc (never any device's test data), the best arc (required to have gates) is exported as a gated
-:class:`~acme_flwr.nas.export.SearchedHeader` and fine-tuned on the train split keeping the best val epoch.
-The header size follows :func:`~acme_flwr.nas.search.header_size_for` (spec §3.6). The result is stored under
+:class:`~acme_flwr.edge.nas.export.SearchedHeader` and fine-tuned on the train split keeping the best val epoch.
+The header size follows :func:`~acme_flwr.edge.nas.search.header_size_for` (spec §3.6). The result is stored under
 ``sha256(backbone arch + weights, data, search config, gate placement)``; an identical call loads it.
 """
 
@@ -23,13 +23,14 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from acme_flwr.cloud import _fingerprint
-from acme_flwr.device import backbone_grids
-from acme_flwr.elastic_vit import ElasticViT
-from acme_flwr.nas.child import ENASChild, arc_to_str
-from acme_flwr.nas.export import SearchedHeader, export_header
-from acme_flwr.nas.search import ProxyReward, SearchConfig, header_size_for, search, sgdr_lr
-from acme_flwr.pruning import train_header_epoch, trainable_parameters
+from acme_flwr.cloud.elastic_vit import ElasticViT
+from acme_flwr.device.cell import arc_to_str
+from acme_flwr.device.searched_header import SearchedHeader
+from acme_flwr.device.training import backbone_grids, train_header_epoch, trainable_parameters
+from acme_flwr.edge.nas.child import ENASChild
+from acme_flwr.edge.nas.export import export_header
+from acme_flwr.edge.nas.search import ProxyReward, SearchConfig, header_size_for, search, sgdr_lr
+from acme_flwr.runtime import fingerprint
 from acme_flwr.task import TensorSplit
 
 __all__ = ["CACHE_FORMAT", "EdgeSearch", "adapt_header", "calibrate_bn", "edge_search_config", "grid_accuracy",
@@ -121,8 +122,8 @@ def search_header(backbone: ElasticViT, train: TensorSplit, val: TensorSplit, nu
     exactly the class signal (measured: personalized accuracy 0.70 vs 0.92 for the default header on digits α=0.1).
     """
     meta = {"format": CACHE_FORMAT, "backbone": backbone.arch(),
-            "weights": _fingerprint(*backbone.state_dict().values()), "train": _fingerprint(train.x, train.y),
-            "val": _fingerprint(val.x, val.y), "num_classes": int(num_classes), "search": cfg.to_dict(),
+            "weights": fingerprint(*backbone.state_dict().values()), "train": fingerprint(train.x, train.y),
+            "val": fingerprint(val.x, val.y), "num_classes": int(num_classes), "search": cfg.to_dict(),
             "pw_gate_after_bn": bool(pw_gate_after_bn), "bn_running_stats": bool(bn_running_stats)}
     key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     path = Path(cache_dir).expanduser() / "nas" / f"{key}.pt" if cache_dir else None

@@ -6,7 +6,7 @@
   (4 × ``channels`` prunable units), then ReLU, global average pool, dropout (training only), linear classifier.
   Module names match the original so its ``classifier.*`` weights load into it.
 * :class:`LinearHead` — LayerNorm + Linear (the "Linear-EE"/"MLP-EE" baselines) on a pooled token.
-* ``"searched"`` — a header found by the edge NAS (:class:`acme_flwr.nas.SearchedHeader`), built from its arc.
+* ``"searched"`` — a header found by the edge NAS (:class:`acme_flwr.edge.nas.SearchedHeader`), built from its arc.
 
 Headers are built by name through a decorator registry (:func:`register_header`, :func:`create_header`).
 """
@@ -19,8 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from acme_flwr.gates import GateLayer, gate_layers
 from acme_flwr.registry import Registry
+
+from .gates import GateLayer, gate_layers
 
 logger = logging.getLogger(__name__)
 
@@ -175,15 +176,6 @@ class LinearHead(Header):
         else:
             v = x.mean(dim=(2, 3))
         return self.fc(self.norm(v))
-
-
-@register_header("searched")
-def _searched_header(in_channels: int, num_classes: int, **arch: object) -> Header:
-    """A header searched by the edge NAS (:class:`acme_flwr.nas.SearchedHeader`), rebuilt from its arch dict
-    (``arc``, ``channels``, ``num_layers``, ``dropout``, ``gated``, ``bn_running_stats``, ``pw_gate_after_bn``)."""
-    from acme_flwr.nas.export import SearchedHeader  # late: the NAS package imports this module
-
-    return SearchedHeader.from_arc({**arch, "in_channels": in_channels, "num_classes": num_classes})
 
 
 def split_header_params(header: Header) -> tuple[list[str], list[str]]:

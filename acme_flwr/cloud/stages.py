@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from acme_flwr.runtime import fingerprint
+
 from .elastic_vit import ElasticViT, kept_layers
 
 logger = logging.getLogger(__name__)
@@ -370,23 +372,14 @@ _STAGES: dict[str, Callable[[_Run], dict[str, Any]]] = {
 }
 
 
-def _fingerprint(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def cache_meta(model: ElasticViT, train: Data, val: Data, cfg: CloudStageConfig) -> dict[str, Any]:
     """Everything that determines the result: arch, initial weights, data, config (and the cache format)."""
     return {
         "format": CACHE_FORMAT,
         "arch": model.arch(),
-        "init_weights": _fingerprint(*model.state_dict().values()),
-        "train": _fingerprint(*train),
-        "val": _fingerprint(*val),
+        "init_weights": fingerprint(*model.state_dict().values()),
+        "train": fingerprint(*train),
+        "val": fingerprint(*val),
         "cfg": cfg.to_dict(),
     }
 

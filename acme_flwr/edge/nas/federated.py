@@ -21,8 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from acme_flwr.nas.child import ENASChild
-from acme_flwr.nas.search import ArcSampler, SearchConfig
+from acme_flwr.edge.nas.child import ENASChild
+from acme_flwr.edge.nas.search import ArcSampler, SearchConfig
 
 __all__ = ["FederatedReward", "Transport", "average_states", "device_evaluate_arcs", "device_train_child"]
 
@@ -85,7 +85,7 @@ def average_states(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequen
 
 
 class FederatedReward:
-    """A :class:`~acme_flwr.nas.search.RewardSource` whose child training and rewards happen on devices.
+    """A :class:`~acme_flwr.edge.nas.search.RewardSource` whose child training and rewards happen on devices.
 
     ``steps_per_round`` arcs are sampled per ``train_child`` call (each device takes that many local SGD steps).
     Rewards and selection both use the devices' validation splits (their test splits are never touched).
@@ -134,12 +134,3 @@ class FederatedReward:
     def validate_many(self, arcs: Sequence[Sequence[int]]) -> list[float]:
         """All selection candidates in one round."""
         return self.rewards(arcs)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# wire format shared by the strategy (edge) and the device handler (Flower records built in strategies/ and clients/)
-
-#: message type of the federated NAS exchange (actions "train", "evaluate", "install")
-NAS_MESSAGE = "query.acme_nas"
-#: ArrayRecord key of the shared child's weights
-CHILD = "nas-child"

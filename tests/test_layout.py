@@ -1,0 +1,205 @@
+"""The layout's import rules (DESIGN §3), read from the source: tiers in folders, no import circles anywhere.
+
+Every ``import``/``from ... import`` statement counts, including ones inside functions and ``TYPE_CHECKING`` blocks:
+a late import hides a dependency from the reader, it does not remove it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# source folder -> the module name it installs as
+PACKAGES = {"acme_flwr": "acme_flwr", "strategies": "acme_flwr.strategies", "clients": "acme_flwr.clients"}
+TIERS = ("cloud", "edge", "device")
+# the one model class the lower tiers may use from the cloud tier
+CLOUD_MODEL = "acme_flwr.cloud.elastic_vit"
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    parts[0] = PACKAGES[parts[0]]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for folder in PACKAGES:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found[_module_name(path)] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _canonical(name: str) -> str:
+    """Top-level ``strategies``/``clients`` (the ``flwr run`` path) are the installed sub-packages."""
+    head, _, rest = name.partition(".")
+    if head in ("strategies", "clients"):
+        return f"acme_flwr.{head}" + (f".{rest}" if rest else "")
+    return name
+
+
+def _resolve(base: str, is_package: bool, level: int, module: str | None) -> str:
+    parts = base.split(".")
+    if not is_package:
+        parts = parts[:-1]
+    if level > 1:
+        parts = parts[: len(parts) - (level - 1)]
+    return ".".join(parts + ([module] if module else []))
+
+
+def imports_of(name: str) -> set[str]:
+    """Project modules ``name`` imports (a ``from pkg import sub`` of a submodule counts as importing ``pkg.sub``)."""
+    path = MODULES[name]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [_canonical(a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (_resolve(name, path.name == "__init__.py", node.level, node.module) if node.level
+                    else _canonical(node.module or ""))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in MODULES:  # `import acme_flwr.cloud.models.x` -> the module part
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                out.add(target)
+    return out
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def _tier(name: str) -> str | None:
+    parts = name.split(".")
+    if parts[0] != "acme_flwr" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in TIERS else None
+
+
+def _is_core(name: str) -> bool:
+    return name.startswith("acme_flwr") and not name.startswith(("acme_flwr.strategies", "acme_flwr.clients"))
+
+
+def _plumbing(name: str) -> bool:
+    return _is_core(name) and name.count(".") == 1 and _tier(name) is None and name != "acme_flwr.packages"
+
+
+def _violations(rule) -> list[str]:  # noqa: ANN001 - rule(src, dst) -> bool (True = forbidden)
+    return sorted(f"{src} imports {dst}" for src, dsts in GRAPH.items() for dst in dsts if rule(src, dst))
+
+
+def test_the_graph_sees_the_known_edges() -> None:
+    """Guard against a parser that finds nothing (and so lets every rule pass)."""
+    assert "acme_flwr.cloud.elastic_vit" in GRAPH["acme_flwr.cloud.models"]
+    assert "acme_flwr.device.gates" in GRAPH["acme_flwr.device.headers"]
+    assert "acme_flwr.strategies.base" in GRAPH["acme_flwr.strategies.harness"]
+    assert "acme_flwr.protocol" in GRAPH["acme_flwr.clients.handlers"]
+    assert len(MODULES) > 40
+
+
+def test_core_never_imports_strategies_or_clients() -> None:
+    assert _violations(lambda s, d: _is_core(s) and not _is_core(d)) == []
+
+
+def test_strategies_and_clients_never_import_each_other() -> None:
+    def crosses(s: str, d: str) -> bool:
+        pair = {s.split(".")[1] if s.count(".") else "", d.split(".")[1] if d.count(".") else ""}
+        return not _is_core(s) and not _is_core(d) and pair == {"strategies", "clients"}
+
+    assert _violations(crosses) == []
+
+
+def test_plumbing_imports_no_tier() -> None:
+    assert _violations(lambda s, d: _plumbing(s) and _tier(d) is not None) == []
+
+
+@pytest.mark.parametrize(("tier", "allowed"), [
+    ("cloud", set()),
+    ("edge", {"device", "cloud-model"}),
+    ("device", {"cloud-model"}),
+])
+def test_tier_rules(tier: str, allowed: set[str]) -> None:
+    def forbidden(s: str, d: str) -> bool:
+        if _tier(s) != tier or _tier(d) in (None, tier):
+            return False
+        if d == CLOUD_MODEL:
+            return "cloud-model" not in allowed
+        return _tier(d) not in allowed
+
+    assert _violations(forbidden) == []
+
+
+def test_only_packages_ties_the_tiers_together() -> None:
+    """Outside the tiers, the one core module that imports more than one tier is ``acme_flwr.packages``."""
+    mixed = [s for s in GRAPH if _is_core(s) and _tier(s) is None and s != "acme_flwr.packages"
+             and len({_tier(d) for d in GRAPH[s]} - {None}) > 1]
+    assert mixed == []
+
+
+def _cycles() -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles() -> None:
+    assert _cycles() == []
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    """The check above can fail: a two-module loop injected into the graph is reported."""
+    a, b = "acme_flwr.config", "acme_flwr.registry"
+    saved = {a: set(GRAPH[a]), b: set(GRAPH[b])}
+    try:
+        GRAPH[a].add(b)
+        GRAPH[b].add(a)
+        assert [a, b] in _cycles()
+    finally:
+        GRAPH.update(saved)
+
+
+def test_every_module_says_what_it_is_for() -> None:
+    missing = [name for name, path in MODULES.items()
+               if not ast.get_docstring(ast.parse(path.read_text())) and path.stat().st_size > 0]
+    assert missing == []
