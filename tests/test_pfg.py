@@ -23,7 +23,6 @@ from acme_flwr.cloud.pfg import (
     list_selectors,
     register_selector,
     select_backbone,
-    size_constraint_for_profile,
     snap_to_grid,
 )
 
@@ -81,11 +80,112 @@ def test_baselines_reproduce_published_numbers() -> None:
     assert trade["pfg"] / trade["hi"] - 1 == pytest.approx(0.289, abs=2e-3)
 
 
-@pytest.mark.parametrize("method", ["pfg", "highest_accuracy", "largest_size", "random", "traverse", "worst"])
-def test_every_method_respects_constraint(method: str) -> None:
-    r = select_backbone(LINEAR, 0.5, method=method, seed=3)
-    assert r["size"] <= 0.5 and r["method"] == method
-    assert select_backbone(LINEAR, 0.5, method=method, seed=3) == r  # deterministic
+CONSTRAINTS = [0.3, 0.5, 0.6, 0.8, 0.9]
+METHODS = ["pfg", "highest_accuracy", "largest_size", "random", "traverse", "worst"]
+BETA = [-0.46675, 1.92620, 1.05886, -0.98480, -0.055776, -0.54160]  # spec §2.8
+
+
+def beta_surface(d: float, w: float) -> float:
+    """Â(d, w) from the spec's rounded coefficients."""
+    return float(np.dot(BETA, [1, d, w, d * d, d * w, w * w]))
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_respects_constraint(method: str, constraint: float) -> None:
+    r = select_backbone(LINEAR, constraint, method=method, seed=3)
+    assert r["method"] == method and r["size"] <= constraint
+    # the reported S̃ is the pick's own normalised size under the default (original) cost model
+    heads, layers = int(12 * r["width"] + 1e-9), int(12 * r["depth"] + 1e-9)
+    assert (r["heads"], r["layers"]) == (heads, layers)
+    assert r["size"] == pytest.approx((768 * heads + 3_060_000 * layers) / (12 * 768 + 12 * 3_060_000), abs=1e-12)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_infeasible_constraint_behaves_as_documented(method: str) -> None:
+    for bad in (0.0, -0.1, 1.01, float("nan"), True):
+        with pytest.raises(ValueError, match="size_constraint must be in"):
+            select_backbone(LINEAR, bad, method=method)
+    # S̃ <= 1e-4 admits only 0 layers and <= 4 heads: no PFG front point (those need >= 1 of each, S̃ >= 0.0834) and
+    # no candidate with Â > 0, so pfg and worst raise; the other baselines still fit (w = d = 0 has S̃ = 0)
+    tiny = 1e-4
+    if method == "pfg":
+        with pytest.raises(ValueError, match="no PFG front point"):
+            select_backbone(LINEAR, tiny, method=method)
+    elif method == "worst":
+        with pytest.raises(ValueError, match="predicted accuracy > 0"):
+            select_backbone(LINEAR, tiny, method=method)
+    else:
+        assert select_backbone(LINEAR, tiny, method=method)["size"] <= tiny
+    assert OriginalCostModel().size(np.array([0.0]), np.array([0.0]))[0] == 0
+
+
+# largest_size on the LINEAR table (original costs, linspace(0, 1, 20)): the largest (heads, layers) whose
+# S̃ = (768·n_w + 3.06e6·n_d) / (12·768 + 12·3.06e6) fits, worked out by hand, and the ratios that truncate to it
+# (k/19 → int(12k/19)). Several ratios share a size at 0.3, 0.5 and 0.9: the pick is the one with the higher Â.
+LARGEST = {  # constraint: ((heads, layers), tied (w·19, d·19) candidates, expected (w·19, d·19))
+    0.3: ((12, 3), [(19, 5), (19, 6)], (19, 6)),
+    0.5: ((6, 6), [(10, 10), (10, 11), (11, 10), (11, 11)], (11, 11)),
+    0.6: ((12, 7), [(19, 12)], (19, 12)),
+    0.8: ((12, 9), [(19, 15)], (19, 15)),
+    0.9: ((12, 10), [(19, 16), (19, 17)], (19, 17)),
+}
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+def test_largest_size_breaks_ties_toward_higher_accuracy(constraint: float) -> None:
+    (heads, layers), tied, (w19, d19) = LARGEST[constraint]
+    r = select_backbone(LINEAR, constraint, method="largest_size")
+    assert (r["heads"], r["layers"]) == (heads, layers)
+    assert (r["width"], r["depth"]) == pytest.approx((w19 / 19, d19 / 19))
+    assert r["accuracy"] == pytest.approx(beta_surface(d19 / 19, w19 / 19), abs=2e-5)
+    assert r["accuracy"] == pytest.approx(max(beta_surface(d / 19, w / 19) for w, d in tied), abs=2e-5)
+    grid = build_candidates(LINEAR)
+    same = np.flatnonzero(grid.size == r["size"])
+    assert sorted((round(grid.width[i] * 19), round(grid.depth[i] * 19)) for i in same) == tied
+    if constraint == 0.8:  # the spec's published pick (no tie there)
+        assert r["accuracy"] == pytest.approx(0.913366, abs=1e-6) and r["size"] == pytest.approx(0.750063, abs=1e-6)
+
+
+def _hand_grid(size: list[float], accuracy: list[float]) -> CandidateGrid:
+    n = len(size)
+    zeros = np.zeros(n)
+    return CandidateGrid(width=np.linspace(0.1, 1, n), depth=np.linspace(0.1, 1, n), accuracy=np.array(accuracy),
+                         size=np.array(size), latency=zeros, energy=zeros, heads=np.ones(n, int),
+                         layers=np.ones(n, int))
+
+
+def test_tie_breaking_on_a_hand_made_grid() -> None:
+    # candidates 1 and 2 tie on the largest feasible size; 2 predicts more: it wins, wherever it sits in the order
+    grid = _hand_grid([0.2, 0.5, 0.5, 0.9], [0.9, 0.4, 0.6, 0.95])
+    assert pfg.SELECTORS.get("largest_size")(grid, 0.6, 0) == 2
+    grid = _hand_grid([0.2, 0.5, 0.5, 0.9], [0.9, 0.6, 0.4, 0.95])
+    assert pfg.SELECTORS.get("largest_size")(grid, 0.6, 0) == 1
+    # full tie (same size, same Â): the first candidate, as the original's idxmax
+    grid = _hand_grid([0.5, 0.5], [0.7, 0.7])
+    assert pfg.SELECTORS.get("largest_size")(grid, 0.6, 0) == 0
+    # traverse (min Ẽ + S̃ − Â): candidates 0 and 1 tie on the score (exactly 0); 1 predicts more and wins
+    grid = _hand_grid([0.25, 0.5, 0.5], [0.25, 0.5, 0.3])
+    assert pfg.SELECTORS.get("traverse")(grid, 0.6, 0) == 1
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+def test_selectors_pick_the_best_feasible_candidate(constraint: float) -> None:
+    grid = build_candidates(LINEAR)
+    feasible = np.flatnonzero(grid.size <= constraint)
+    pick = {m: pfg.SELECTORS.get(m)(grid, constraint, 0) for m in METHODS}
+    assert all(grid.size[i] <= constraint for i in pick.values())
+    assert grid.accuracy[pick["highest_accuracy"]] == grid.accuracy[feasible].max()
+    big = pick["largest_size"]
+    assert grid.size[big] == grid.size[feasible].max()
+    assert grid.accuracy[big] == grid.accuracy[feasible[grid.size[feasible] == grid.size[big]]].max()
+    front = grid_front(grid)
+    front = front[grid.size[front] <= constraint]
+    assert pick["pfg"] in front and grid.accuracy[pick["pfg"]] == grid.accuracy[front].max()
+    score = grid.energy + grid.size - grid.accuracy
+    assert score[pick["traverse"]] == score[feasible].min()
+    positive = feasible[grid.accuracy[feasible] > 0]
+    assert grid.accuracy[pick["worst"]] == grid.accuracy[positive].min()
 
 
 def test_registry_and_unknown_method() -> None:
@@ -164,14 +264,3 @@ def test_snap_to_grid_respects_constraint() -> None:
     with pytest.raises(ValueError, match="no trained grid point"):
         snap_to_grid(pick, GRID, GRID, size_constraint=0.01)
 
-
-def test_size_constraint_for_profile() -> None:
-    assert size_constraint_for_profile(50e6, 100e6) == pytest.approx(0.5)
-    assert size_constraint_for_profile(500e6, 100e6) == 1.0
-    assert size_constraint_for_profile(60e6, 100e6, min_model_bytes=20e6) == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="no room"):
-        size_constraint_for_profile(10e6, 100e6, min_model_bytes=20e6)
-    with pytest.raises(ValueError, match="memory_budget_bytes"):
-        size_constraint_for_profile(-1, 100e6)
-    assert 0 < size_constraint_for_profile(30e6, 100e6) <= 1
-    assert OriginalCostModel().size(np.array([0.0]), np.array([0.0]))[0] == 0

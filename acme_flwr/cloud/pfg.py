@@ -11,14 +11,15 @@ The cloud holds a measured accuracy table of the trained (depth, width) sub-netw
 5. returns the front candidate with the highest Â among those with normalised size S̃ ≤ ``size_constraint``.
 
 The original baselines (highest accuracy, largest size, random, traverse, worst) are selectors in the same registry.
-With :class:`OriginalCostModel` (the default) the published numbers of spec §2.8 / §6.8 are reproduced exactly. The
-pick is a point of the continuous candidate grid; :func:`snap_to_grid` maps it to a trained grid point.
+Where several candidates tie on the quantity a selector optimises (``largest_size``: the unit counts are integers, so
+several (w, d) share one size), the tie goes to the higher Â, then to the first candidate in grid order. With
+:class:`OriginalCostModel` (the default) the published numbers of spec §2.8 / §6.8 are reproduced exactly. The pick
+is a point of the continuous candidate grid; :func:`snap_to_grid` maps it to a trained grid point.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,6 @@ __all__ = [
     "list_selectors",
     "register_selector",
     "select_backbone",
-    "size_constraint_for_profile",
     "snap_to_grid",
 ]
 
@@ -196,6 +196,15 @@ def _first_argmax(idx: np.ndarray, key: np.ndarray) -> int:
     return int(idx[np.argmax(key[idx])])
 
 
+def _argmax_then_accuracy(idx: np.ndarray, key: np.ndarray, grid: CandidateGrid) -> int:
+    """Candidate of ``idx`` with the largest ``key``; exact ties go to the higher Â, then to the first in grid order.
+
+    Ties are common: the unit counts are integers, so several ratios share one (heads, layers) and the same cost.
+    """
+    best = idx[key[idx] == key[idx].max()]
+    return _first_argmax(best, grid.accuracy)
+
+
 @register_selector("pfg")
 def _select_pfg(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
     front = grid_front(grid)
@@ -212,7 +221,7 @@ def _select_highest_accuracy(grid: CandidateGrid, size_constraint: float, seed: 
 
 @register_selector("largest_size")
 def _select_largest_size(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
-    return _first_argmax(_feasible(grid, size_constraint), grid.size)
+    return _argmax_then_accuracy(_feasible(grid, size_constraint), grid.size, grid)
 
 
 @register_selector("random")
@@ -225,7 +234,7 @@ def _select_random(grid: CandidateGrid, size_constraint: float, seed: int) -> in
 @register_selector("traverse")
 def _select_traverse(grid: CandidateGrid, size_constraint: float, seed: int) -> int:
     idx = _feasible(grid, size_constraint)
-    return int(idx[np.argmin(grid.energy[idx] + grid.size[idx] - grid.accuracy[idx])])
+    return _argmax_then_accuracy(idx, -(grid.energy + grid.size - grid.accuracy), grid)  # min Ẽ + S̃ − Â
 
 
 @register_selector("worst")
@@ -249,7 +258,9 @@ def select_backbone(
     """Pick a sub-backbone; returns ``width, depth, accuracy (Â), size (S̃), energy (Ẽ), latency (T̃), heads, layers``.
 
     ``accuracy_table`` is a list of ``(depth, width, accuracy)`` rows (as the original); ``size_constraint`` is the
-    normalised-size bound in (0, 1]; ``method`` one of :func:`list_selectors`.
+    normalised-size bound in (0, 1]; ``method`` one of :func:`list_selectors`. Raises ``ValueError`` for a bound
+    outside (0, 1] or when nothing the method may pick fits it (``pfg``: no front point, ``worst``: no candidate with
+    Â > 0; the baselines always fit, since the smallest candidate has S̃ = 0).
     """
     selector = SELECTORS.get(method)
     if (
@@ -325,27 +336,3 @@ def snap_to_grid(
     i = int(order[0])
     return {"width": float(gw[i]), "depth": float(gd[i]), "distance": float(dist[i]), "size": float(sizes[i])}
 
-
-def size_constraint_for_profile(
-    memory_budget_bytes: float, full_model_bytes: float, min_model_bytes: float = 0.0
-) -> float:
-    """Map a device's memory budget to PFG's normalised size constraint ``(budget − min) / (full − min)`` in (0, 1].
-
-    ``full_model_bytes``/``min_model_bytes`` are the largest/smallest candidate sizes (the min-max range PFG
-    normalises over; 0 for :class:`OriginalCostModel`, the embeddings-only size for the analytic ones). A budget at or
-    above the full model gives 1.0; one at or below the smallest candidate raises (nothing fits).
-    """
-    for name, v in (
-        ("memory_budget_bytes", memory_budget_bytes),
-        ("full_model_bytes", full_model_bytes),
-        ("min_model_bytes", min_model_bytes),
-    ):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite non-negative number; got {v!r}")
-    if full_model_bytes <= min_model_bytes:
-        raise ValueError(f"full_model_bytes ({full_model_bytes}) must exceed min_model_bytes ({min_model_bytes})")
-    if memory_budget_bytes <= min_model_bytes:
-        raise ValueError(
-            f"memory_budget_bytes={memory_budget_bytes} leaves no room for any sub-backbone (min {min_model_bytes})"
-        )
-    return float(min(1.0, (memory_budget_bytes - min_model_bytes) / (full_model_bytes - min_model_bytes)))
