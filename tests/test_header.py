@@ -54,14 +54,29 @@ def test_dropout_only_in_training() -> None:
         assert not torch.equal(h(x), h(x))
 
 
-def test_pruned_gate_silences_channel() -> None:
-    h = GatedTempCNN(32, 5, channels=8).eval()
+@pytest.mark.parametrize("after_bn", [True, False])
+@pytest.mark.parametrize("layer", [0, 1, 2, 3])
+def test_pruned_gate_silences_channel(layer: int, after_bn: bool) -> None:
+    h = GatedTempCNN(32, 5, channels=8, pw_gate_after_bn=after_bn).eval()
     x = torch.randn(2, 32, 4, 4)
     mask = torch.ones(8)
     mask[3] = 0
-    h.gate_layers()[1].apply_mask(mask)
-    assert h.gate_layers()[1].weight[3] == 0
-    assert h(x).shape == (2, 5)
+    gate = h.gate_layers()[layer]
+    gate.apply_mask(mask)
+    with torch.no_grad():
+        gate.weight.fill_(2.0)  # an update to the gate weights must not revive the pruned channel: the mask persists
+    seen: list[torch.Tensor] = []
+    handle = gate.register_forward_hook(lambda _m, _i, out: seen.append(out.detach().clone()))
+    try:
+        with torch.no_grad():
+            assert h(x).shape == (2, 5)
+    finally:
+        handle.remove()
+    assert len(seen) == 2  # the `five` block runs twice (n1 and n2)
+    for out in seen:
+        assert torch.count_nonzero(out[:, 3]) == 0  # exactly zero right after the gate
+        kept = torch.cat([out[:, :3], out[:, 4:]], dim=1)
+        assert torch.count_nonzero(kept) > 0.9 * kept.numel()  # the other channels still pass
 
 
 def test_linear_head_mean_token_and_cls() -> None:
