@@ -5,7 +5,8 @@ class's sub-backbone and header once; for ``pruning_per`` it also sends [CLS] fe
 builds the similarity matrix (EMD or JS) and row-softmax weights. Every round devices train their gated header and
 send **only importance**; the edge returns each device its personalised mix ``Ĩ_k = Σ_j W_kj Î_j`` with the evaluate
 message; the device prunes with it (criteria momentum, prune-per-iteration) and evaluates. Weights are never averaged.
-Every ``edge_rounds_per_cloud`` rounds each edge reports its mean importance to the cloud.
+Importance is mixed only among the devices of an edge that received the same package (:meth:`header_group`), and a
+device that did not train in a round gets no new mix (it never prunes again on an old one).
 
 Variants are configs of this one strategy: ``wo_pruning``, ``pruning_alone``, ``pruning_avg``, ``pruning_per``.
 
@@ -55,6 +56,7 @@ class AcmeStrategy(AcmeProtocolStrategy):
         self.feature_samples = feature_samples if self.variant.name == "per" else 0
         self.edge_weights: dict[int, dict[int, dict[int, float]]] = {}
         self.mixed: dict[int, np.ndarray] = {}
+        self.mixed_round: dict[int, int] = {}  # the round each device's mix was computed in
         self.fallback: HierarchicalFedAvg | None = None
         self._kwargs = kwargs
 
@@ -79,22 +81,26 @@ class AcmeStrategy(AcmeProtocolStrategy):
         super().setup(grid)
         if self.variant.name != "per":
             return
-        sims = {}
-        for edge in range(self.topology.num_edges):
-            devs = [p for p in self.topology.devices_of(edge, sorted(self.node_of)) if p in self.features]
-            if not devs:
-                continue
-            s = similarity_matrix([self.features[p] for p in devs], metric=self.distance)
-            w = aggregation_weights(s, temperature=self.temperature)
-            self.edge_weights[edge] = {k: {j: float(w[a, b]) for b, j in enumerate(devs)} for a, k in enumerate(devs)}
-            sims[str(edge)] = {"devices": devs, "similarity": s.tolist(), "weights": w.tolist()}
+        sims: dict[str, dict[str, Any]] = {}
+        for edge, groups in self.mixing_groups().items():  # similarity only within a mixing group (same package)
+            for group, pids in groups.items():
+                devs = [p for p in pids if p in self.features]
+                if not devs:
+                    continue
+                s = similarity_matrix([self.features[p] for p in devs], metric=self.distance)
+                w = aggregation_weights(s, temperature=self.temperature)
+                rows = {k: {j: float(w[a, b]) for b, j in enumerate(devs)} for a, k in enumerate(devs)}
+                self.edge_weights.setdefault(int(edge), {}).update(rows)
+                sims[f"{edge}/{group}"] = {"edge": int(edge), "group": group, "devices": devs,
+                                           "similarity": s.tolist(), "weights": w.tolist()}
         self.record.extra["similarity"] = sims
 
     def extra_state(self) -> dict[str, Any]:
-        return {"mixed": self.mixed, "edge_weights": self.edge_weights}
+        return {"mixed": self.mixed, "mixed_round": self.mixed_round, "edge_weights": self.edge_weights}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.mixed = dict(state["mixed"])
+        self.mixed_round = dict(state.get("mixed_round", {}))
         self.edge_weights = dict(state["edge_weights"])
 
     def num_gates(self, pid: int) -> int:
@@ -155,19 +161,17 @@ class AcmeStrategy(AcmeProtocolStrategy):
                 full = self.edge_weights[edge]
                 similarity = {k: {j: full[k][j] / sum(full[k][i] for i in imps) for j in imps} for k in imps}
             weights = build_mixing_weights(self.variant_name, group, num_examples=examples, similarity=similarity)
-            self.mixed.update(mix_importance(imps, weights))
+            mixes = mix_importance(imps, weights)
+            self.mixed.update(mixes)
+            self.mixed_round.update(dict.fromkeys(mixes, server_round))
 
-    def aggregate_cloud(self, server_round: int) -> None:
-        """Each edge reports its devices' mean personalised importance (per header architecture) to the cloud."""
-        for edge in range(self.topology.num_edges):
-            for group in self.by_header_group(self.topology.devices_of(edge, sorted(self.mixed))).values():
-                report = RecordDict({P.IMPORTANCE: P.vector_record(np.mean([self.mixed[p] for p in group], axis=0))})
-                self.ledger.add_message(server_round, "cloud-edge", "up", report)
+    # No aggregate_cloud: in the personalization phase nothing the cloud would receive is used (spec §4: importance is
+    # exchanged between an edge and its devices only), so nothing is sent and nothing is counted.
 
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
                          config: ConfigRecord) -> RecordDict:
-        if not (self.variant.prunes and pid in self.mixed):
-            return self.content(server_round)
+        if not (self.variant.prunes and self.mixed_round.get(pid) == server_round):
+            return self.content(server_round)  # not trained this round (not sampled, or failed): no stale re-prune
         return self.content(server_round, {P.IMPORTANCE: P.vector_record(self.mixed[pid])},
                             **{"prune-per-iteration": self.prune_per_iteration,
                                "prune-max": max(1, int(self.prune_max_fraction * self.num_gates(pid))),

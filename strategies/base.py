@@ -319,11 +319,12 @@ class EdgeTierStrategy(Strategy):
             vals = [m[key] for m in self.eval_history[rnd].values() if key in m]
             return float(np.mean(vals)) if vals else float("-inf")
         has_val = any("val-acc" in m for r in self.eval_history.values() for m in r.values())
-        chosen = max(self.eval_history, key=lambda r: (mean_of(r, "val-acc" if has_val else "test-acc"), r))
         last = max(self.eval_history)
+        # never select on test: without a validation metric the final round is reported
+        chosen = max(self.eval_history, key=lambda r: (mean_of(r, "val-acc"), r)) if has_val else last
         def stats(rnd: int, key: str) -> dict[str, Any]:
             return accuracy_stats({pid: m[key] for pid, m in self.eval_history[rnd].items() if key in m})
-        out = {"chosen_round": chosen, "chosen_by": "val-acc" if has_val else "test-acc (no val-acc reported)",
+        out = {"chosen_round": chosen, "chosen_by": "val-acc" if has_val else "final round (no val-acc reported)",
                "personalized": stats(chosen, "test-acc"), "final_round": stats(last, "test-acc")}
         generic = stats(chosen, "generic-acc")
         out["generic"] = generic if generic["mean"] is not None else None

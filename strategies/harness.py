@@ -7,6 +7,7 @@ messages the ACME client handlers understand. Subclasses decide what travels eac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterable
@@ -16,8 +17,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
+from acme_flwr.comm import message_bytes
 from acme_flwr.packages import CloudPackages, Package
 from acme_flwr.results import RunRecorder
+from acme_flwr.runtime import fingerprint
 from acme_flwr.topology import Topology
 
 from .base import EdgeTierStrategy, wait_for_nodes
@@ -51,12 +54,15 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         self.timeout = timeout
         self.features: dict[int, Any] = {}
         self.tag = self.record.name
+        self._group_names: dict[int, str] = {}
 
     # ------------------------------------------------------------------------------------------------- discovery
     def discover(self, grid: Grid) -> None:
         nodes = sorted(wait_for_nodes(grid, self.topology.num_devices, self.discovery_timeout))
-        msgs = [Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=n, message_type=P.PROFILE) for n in nodes]
+        query = RecordDict({P.CONFIG: ConfigRecord({})})
+        msgs = [Message(query, dst_node_id=n, message_type=P.PROFILE) for n in nodes]
         replies = list(grid.send_and_receive(msgs, timeout=self.timeout))
+        query_bytes = message_bytes(query)
         errors = []
         for r in replies:
             if r.has_error():
@@ -68,7 +74,12 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
                 self.record.add_failure(0, "discover", str(pid), "two nodes claim this partition-id")
                 continue
             self._bind(pid, r.metadata.src_node_id, prof)
-            self.ledger.add_message(0, "edge-device", "up", r.content, pid)
+            n = self.ledger.add_message(0, "edge-device", "up", r.content, pid)
+            self.ledger.add(0, "cloud-edge", "up", n)  # the edge forwards the profile: the cloud picks the package
+        for pid in self.node_of:  # the query each device received (the cloud sends it through the device's edge)
+            self.ledger.add(0, "edge-device", "down", query_bytes, pid)
+        for _ in range(len({self.topology.edge_of(pid) for pid in self.node_of})):
+            self.ledger.add(0, "cloud-edge", "down", query_bytes)
         if not self.node_of:
             raise NotAcmeClients("no node answered the ACME profile query; errors: " + "; ".join(errors[:3]))
         for e in errors:
@@ -79,7 +90,12 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         """Ship each device its sub-backbone + header (bytes counted on both tiers), collect features if asked."""
         if self.deployment is None:
             raise ValueError(f"{type(self).__name__} needs CloudPackages (sub-backbones and headers) for ACME clients")
-        k = self.feature_samples and min([self.feature_samples, *(int(p["num-train"]) for p in self.profiles.values())])
+        k = int(self.feature_samples)
+        short = {str(pid): int(p["num-train"]) for pid, p in sorted(self.profiles.items()) if int(p["num-train"]) < k}
+        if k and short:  # such a device sends all its rows; the similarity compares distributions, not row counts
+            self.record.extra["feature_samples_short"] = {"requested": k, "devices": short}
+            logger.warning("%s: %d devices have fewer than %d training samples for feature statistics: %s",
+                           self.record.name, len(short), k, short)
         msgs, shipped = [], set()
         for pid in sorted(self.node_of):
             pkg = self.deployment.for_class(str(self.profiles[pid]["device-class"]))
@@ -106,6 +122,12 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
             self.pid_of.pop(node, None)
         if self.deployment.nas_federated is not None and self.node_of:  # nas.reward=federated: search with devices
             self.record.extra["nas"] = federated_header_search(self, grid)
+        groups = self.mixing_groups()
+        self.record.extra["mixing_groups"] = groups
+        small = {f"edge {e}/{g}": pids for e, gs in groups.items() for g, pids in gs.items() if len(pids) < 3}
+        if small:
+            logger.warning("%s: mixing groups with fewer than 3 devices (a group of one only ever sees itself): %s",
+                           self.record.name, small)
 
     def _validate_setup(self, pid: int, content: RecordDict) -> None:
         if self.feature_samples and P.FEATURES not in content.array_records:
@@ -116,14 +138,30 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         return self.deployment.for_class(str(self.profiles[pid]["device-class"]))
 
     def header_group(self, pid: int) -> str:
-        """Devices whose headers share one architecture (same spec) can mix importance or average weights."""
-        return json.dumps(self.package_of(pid).header_spec, sort_keys=True)
+        """The mixing group of a device: devices that received the same package (the same extracted sub-backbone and
+        the same warmed header), the only ones whose gates mean the same thing and whose headers can be averaged.
+
+        Named ``w<width>-d<depth>-<header fingerprint>``; a header warmed on another sub-backbone is another group
+        even when its architecture is the same."""
+        pkg = self.package_of(pid)
+        key = id(pkg)
+        if key not in self._group_names:
+            spec = json.dumps(pkg.header_spec, sort_keys=True)
+            digest = fingerprint(*pkg.header.state_dict().values(), *pkg.backbone.state_dict().values())
+            short = hashlib.sha256((spec + digest).encode()).hexdigest()[:8]
+            self._group_names[key] = f"w{pkg.width:g}-d{pkg.depth:g}-{short}"
+        return self._group_names[key]
 
     def by_header_group(self, pids: Iterable[int]) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {}
         for pid in sorted(pids):
             groups.setdefault(self.header_group(pid), []).append(pid)
         return groups
+
+    def mixing_groups(self) -> dict[str, dict[str, list[int]]]:
+        """``{edge: {group: [partition-ids]}}`` over the devices that completed setup (reported in the summary)."""
+        return {str(edge): self.by_header_group(self.topology.devices_of(edge, sorted(self.node_of)))
+                for edge in range(self.topology.num_edges)}
 
     # ------------------------------------------------------------------------------------------------- messages
     def round_config(self, server_round: int, **extra: Any) -> ConfigRecord:

@@ -40,21 +40,33 @@ class HeaderFedAvg(AcmeProtocolStrategy):
         self.share = share
         self.edge_models: dict[tuple[int, str], ArrayRecord] = {}  # (edge, header group) -> model
         self.edge_examples: dict[tuple[int, str], float] = {}
+        self.versions: dict[tuple[int, str], int] = {}  # bumped whenever an edge model changes
+        self.delivered: dict[int, int] = {}  # partition-id -> version of its edge model it already holds
 
     def extra_state(self) -> dict[str, Any]:
         return {"edge_models": {e: to_numpy(m) for e, m in self.edge_models.items()},
-                "edge_examples": self.edge_examples}
+                "edge_examples": self.edge_examples, "versions": self.versions, "delivered": self.delivered}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.edge_models = {e: from_numpy(m) for e, m in state["edge_models"].items()}
         self.edge_examples = dict(state["edge_examples"])
+        self.versions = dict(state.get("versions", {}))
+        self.delivered = dict(state.get("delivered", {}))
 
     def _send(self) -> str:
         return {"all": "header", "body": "body", "none": "none"}[self.share]
 
     def _edge_arrays(self, pid: int) -> dict[str, ArrayRecord]:
-        model = self.edge_models.get((self.topology.edge_of(pid), self.header_group(pid)))
-        return {} if model is None or self.share == "none" else {P.HEADER: model}
+        """The device's edge model, unless the device already holds this version of it.
+
+        A device keeps the model it last received (the evaluate message of round r carries the model aggregated in
+        round r, and the device trains from it in round r + 1), so a real deployment sends each version once."""
+        key = (self.topology.edge_of(pid), self.header_group(pid))
+        model = self.edge_models.get(key)
+        if model is None or self.share == "none" or self.delivered.get(pid) == self.versions.get(key):
+            return {}
+        self.delivered[pid] = self.versions[key]
+        return {P.HEADER: model}
 
     def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
         return self.content(server_round, self._edge_arrays(pid), send=self._send())
@@ -62,6 +74,17 @@ class HeaderFedAvg(AcmeProtocolStrategy):
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
                          config: ConfigRecord) -> RecordDict:
         return self.content(server_round, self._edge_arrays(pid))
+
+    def _accept(self, server_round: int, phase: str, replies: Any, validate: Any) -> dict[int, RecordDict]:
+        """A device whose reply is missing may not have received its model: send it again next time."""
+        ok = super()._accept(server_round, phase, replies, validate)
+        for pid in self._sent.get((server_round, phase), set()) - set(ok):
+            self.delivered.pop(pid, None)
+        return ok
+
+    def _update(self, key: tuple[int, str], model: ArrayRecord) -> None:
+        self.edge_models[key] = model
+        self.versions[key] = self.versions.get(key, 0) + 1
 
     def validate_train_reply(self, pid: int, content: RecordDict) -> None:
         super().validate_train_reply(pid, content)
@@ -80,7 +103,7 @@ class HeaderFedAvg(AcmeProtocolStrategy):
             return
         for group, pids in self.by_header_group(replies).items():
             pairs = [(replies[p][P.HEADER], float(replies[p][P.METRICS][P.NUM_EXAMPLES])) for p in pids]
-            self.edge_models[(edge, group)] = weighted_average(pairs)
+            self._update((edge, group), weighted_average(pairs))
             self.edge_examples[(edge, group)] = sum(w for _, w in pairs)
 
     def aggregate_cloud(self, server_round: int) -> None:
@@ -94,5 +117,5 @@ class HeaderFedAvg(AcmeProtocolStrategy):
                 self.ledger.add_message(server_round, "cloud-edge", "up", RecordDict({P.HEADER: model}))
             merged = weighted_average(pairs)
             for k in keys:
-                self.edge_models[k] = merged
+                self._update(k, merged)
                 self.ledger.add_message(server_round, "cloud-edge", "down", RecordDict({P.HEADER: merged}))

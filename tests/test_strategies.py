@@ -67,11 +67,12 @@ def test_acme_loop_exchanges_only_importance_and_personalises(setup, tmp_path) -
 
 @pytest.mark.parametrize("name", ["fedavg_header", "fedper", "local"])
 def test_baselines_run_on_the_same_harness(name: str, setup, tmp_path) -> None:  # noqa: ANN001
+    """They finish on the same devices and packages as ACME (what they average is checked below)."""
     _, block, _ = _run(name, setup, tmp_path)
     assert block["failures"]["count"] == 0
     assert block["accuracy"]["personalized"]["mean"] is not None
-    cloud = block["bytes"]["cloud-edge"]
-    assert (cloud["up"] > 0) == (name != "local")  # round 2 is a cloud round for the averaging baselines
+    cloud_up = sum(r["bytes"]["cloud-edge"]["up"] for r in block["rounds"])  # rounds 1.., not the setup
+    assert (cloud_up > 0) == (name != "local")  # round 2 is a cloud round for the averaging baselines
 
 
 @pytest.mark.parametrize("name", ["acme", "fedavg_header", "fedper"])
@@ -232,3 +233,156 @@ def test_resume_with_a_changed_config_is_refused(tmp_path) -> None:  # noqa: ANN
     with pytest.raises(ConfigError, match=r"different values of \['partition.alpha'\]"):
         check_resumable(AcmeConfig.from_flat({"run.resume": True, "partition.alpha": 0.1}), tmp_path)
     check_resumable(AcmeConfig.from_flat({"run.resume": True}), tmp_path)  # same config: fine
+
+
+# ---------------------------------------------------------------------------------------------- fairness (issue 10)
+class RecordingGrid(InProcessGrid):
+    """Also keeps every reply, so tests can recompute what the edge should have done."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.replies: list[tuple[Message, Message]] = []
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
+        messages = list(messages)
+        by_id = {m.metadata.message_id: m for m in messages}
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        self.replies += [(by_id.get(r.metadata.reply_to_message_id), r) for r in replies]
+        return replies
+
+
+def _recorded(name: str, setup, tmp_path, topo: Topology, rounds: int = 2, intercept=None):  # noqa: ANN001, ANN202
+    flat, cfg, deployment, _ = setup
+    recorder = RunRecorder(tmp_path, cfg.to_dict(), cfg.run.seed)
+    strategy = build_strategy(name, cfg, topo, deployment, recorder)
+    grid = RecordingGrid(acme_client_app, 4, flat, intercept)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=rounds)
+    return strategy, strategy.finalize(), grid
+
+
+def _round_of(msg: Message) -> int:
+    return int(msg.content[P.CONFIG]["server-round"])
+
+
+def test_mix_is_the_renormalised_similarity_row_over_the_devices_package_group(setup, tmp_path) -> None:  # noqa: ANN001
+    """One edge, two packages ("low" = devices 0, 3; "mid"/"high" share one = devices 1, 2): a device's mix is
+    Σ_j W_kj Î_j over its own group only, with the row renormalised over the devices that replied; a device that
+    did not train in a round (device 1, lost in round 2) gets no mix and does not prune again."""
+    def lose_device_1_in_round_2(msg: Message, node: int) -> object:
+        return DROP if msg.metadata.message_type == P.TRAIN and node == 1007 and _round_of(msg) == 2 else None
+
+    strategy, block, grid = _recorded("acme", setup, tmp_path, Topology(4, 1, "round_robin", 1),
+                                      intercept=lose_device_1_in_round_2)
+    groups = block["mixing_groups"]["0"]
+    assert sorted(groups.values()) == [[0, 3], [1, 2]]
+    assert {len(s["devices"]) for s in block["similarity"].values()} == {2}  # similarity per group, not per edge
+    group_of = {pid: tuple(pids) for pids in groups.values() for pid in pids}
+    checked = 0
+    for rnd in (1, 2):
+        imps = {strategy.pid_of[r.metadata.src_node_id]: P.vector_from_record(r.content[P.IMPORTANCE])
+                for q, r in grid.replies if q.metadata.message_type == P.TRAIN and _round_of(q) == rnd}
+        for msg in grid.sent:
+            if msg.metadata.message_type != P.EVALUATE or _round_of(msg) != rnd:
+                continue
+            k = strategy.pid_of[msg.metadata.dst_node_id]
+            if k not in imps:  # lost this round: no (stale) mix
+                assert P.IMPORTANCE not in msg.content.array_records
+                checked += 1
+                continue
+            row = {j: strategy.edge_weights[0][k][j] for j in group_of[k] if j in imps}
+            total = sum(row.values())
+            expected = sum(w / total * imps[j].astype(np.float64) for j, w in row.items())
+            np.testing.assert_allclose(P.vector_from_record(msg.content[P.IMPORTANCE]), expected, rtol=1e-6)
+            checked += 1
+    assert checked == 8
+    assert (2, "1") in {(f["round"], f["node"]) for f in block["failures"]["reasons"]}
+
+
+@pytest.mark.parametrize("name", ["acme", "fedavg_header", "fedper", "local"])
+def test_every_message_reaches_the_ledger_once(name: str, setup, tmp_path) -> None:  # noqa: ANN001
+    from acme_flwr.comm import message_bytes
+
+    strategy, block, grid = _recorded(name, setup, tmp_path, Topology(4, 2, "round_robin", 2))
+    down = sum(message_bytes(m.content) for m in grid.sent)
+    up = sum(message_bytes(r.content) for _, r in grid.replies if not r.has_error())
+    assert block["bytes"]["edge-device"] == {"down": down, "up": up}
+    per_device = block["bytes"]["per_device"]
+    for pid in range(4):
+        node = strategy.node_of[pid]
+        assert per_device[str(pid)]["down"] == sum(message_bytes(m.content) for m in grid.sent
+                                                   if m.metadata.dst_node_id == node)
+
+
+def test_fedavg_header_sends_each_edge_model_once(setup, tmp_path) -> None:  # noqa: ANN001
+    """The evaluate message of round r carries round r's edge model; the device trains from it in round r + 1, so the
+    train message of round r + 1 carries no header (before the fix it was sent twice: 2x the downlink)."""
+    strategy, block, grid = _recorded("fedavg_header", setup, tmp_path, Topology(4, 2, "round_robin", 2), rounds=3)
+    headers = [(m.metadata.message_type, _round_of(m)) for m in grid.sent
+               if m.metadata.message_type in (P.TRAIN, P.EVALUATE) and P.HEADER in m.content.array_records]
+    assert sorted(set(headers)) == [(P.EVALUATE, 1), (P.EVALUATE, 2), (P.EVALUATE, 3)]
+    assert len(headers) == 3 * 4
+    for rnd in (2, 3):  # per device and round, down ≈ up (one header each way)
+        r = block["rounds"][rnd - 1]["bytes"]["edge-device"]
+        assert 0.8 < r["down"] / r["up"] < 1.25
+
+
+@pytest.mark.parametrize("name", ["fedavg_header", "fedper"])
+def test_baselines_average_exactly_what_their_devices_sent(name: str, setup, tmp_path) -> None:  # noqa: ANN001
+    """Edge model = example-weighted mean of its group's replies; at a cloud round, the edges' models of a group are
+    averaged again weighted by the edges' examples (checked by hand against the replies of the last round)."""
+    strategy, block, grid = _recorded(name, setup, tmp_path, Topology(4, 2, "round_robin", 2), rounds=2)
+    last = [(strategy.pid_of[r.metadata.src_node_id], r.content) for q, r in grid.replies
+            if q.metadata.message_type == P.TRAIN and _round_of(q) == 2]
+    assert len(last) == 4
+    edge_avg: dict[tuple[int, str], tuple[dict[str, np.ndarray], float]] = {}
+    for (edge, group) in {(strategy.topology.edge_of(p), strategy.header_group(p)) for p, _ in last}:
+        mine = [(c[P.HEADER], float(c[P.METRICS][P.NUM_EXAMPLES])) for p, c in last
+                if strategy.topology.edge_of(p) == edge and strategy.header_group(p) == group]
+        n = sum(w for _, w in mine)
+        keys = list(mine[0][0].keys())
+        if name == "fedper":
+            assert not any(k.startswith("final_fc.") for k in keys)  # FedPer keeps the classifier local
+        edge_avg[(edge, group)] = ({k: sum(r[k].numpy().astype(np.float64) * w / n for r, w in mine)
+                                    for k in keys if mine[0][0][k].numpy().dtype.kind == "f"}, n)
+    for group in {g for _, g in edge_avg}:
+        parts = [v for (e, g), v in edge_avg.items() if g == group]
+        n = sum(w for _, w in parts)
+        expected = {k: sum(m[k] * w / n for m, w in parts) for k in parts[0][0]}
+        for (_, g), model in strategy.edge_models.items():
+            if g != group:
+                continue
+            for k, v in expected.items():
+                np.testing.assert_allclose(model[k].numpy(), v, rtol=1e-5, atol=1e-6)
+
+
+def test_local_sends_no_weights(setup, tmp_path) -> None:  # noqa: ANN001
+    strategy, block, grid = _recorded("local", setup, tmp_path, Topology(4, 2, "round_robin", 2))
+    assert not strategy.edge_models
+    assert not [m for m in grid.sent if m.metadata.message_type in (P.TRAIN, P.EVALUATE)
+                and P.HEADER in m.content.array_records]
+    assert not [r for _, r in grid.replies if not r.has_error() and P.HEADER in r.content.array_records]
+    assert all(r["bytes"]["cloud-edge"]["up"] == 0 for r in block["rounds"])  # after discovery nothing goes up
+
+
+def test_acme_sends_nothing_to_the_cloud_after_setup(setup, tmp_path) -> None:  # noqa: ANN001
+    _, block, _ = _recorded("acme", setup, tmp_path, Topology(4, 2, "round_robin", 1))
+    assert all(r["bytes"]["cloud-edge"] == {"up": 0, "down": 0} for r in block["rounds"])
+
+
+def test_feature_statistics_use_the_configured_rows_per_device(setup, tmp_path) -> None:  # noqa: ANN001
+    flat, cfg, deployment, topo = setup
+    sizes = {pid: len(federated_data(cfg, *input_shape(cfg)).device(pid).train) for pid in range(4)}
+    k = sorted(sizes.values())[1]  # more than the smallest device has, fewer than the others
+    strategy = AcmeStrategy(topo, deployment, feature_samples=k)
+    strategy.start(grid=InProcessGrid(acme_client_app, 4, flat), initial_arrays=ArrayRecord(), num_rounds=1)
+    assert {p: f.shape[0] for p, f in strategy.features.items()} == {p: min(k, n) for p, n in sizes.items()}
+    short = strategy.finalize()["feature_samples_short"]
+    assert short == {"requested": k, "devices": {str(p): n for p, n in sizes.items() if n < k}}
+
+
+def test_drop_in_never_selects_a_round_on_test_accuracy(tmp_path) -> None:  # noqa: ANN001
+    strategy = AcmeStrategy(Topology(num_devices=4, num_edges=1))
+    strategy.start(grid=InProcessGrid(_quickstart_app(), 4), initial_arrays=ArrayRecord({"w": torch.zeros(3)}),
+                   num_rounds=3)
+    acc = strategy.finalize()["accuracy"]
+    assert acc["chosen_round"] == 3 and acc["chosen_by"].startswith("final round")

@@ -86,11 +86,11 @@ class _Separable5(nn.Sequential):
     behind the BN it really switches the channel off.
     """
 
-    def __init__(self, channels: int, pw_gate_after_bn: bool = True) -> None:
-        def unit() -> list[nn.Module]:  # ReLU, depthwise 5x5, gate, pointwise 1x1, gate, BN (batch statistics)
+    def __init__(self, channels: int, pw_gate_after_bn: bool = True, bn_running_stats: bool = True) -> None:
+        def unit() -> list[nn.Module]:  # ReLU, depthwise 5x5, gate, pointwise 1x1, gate, BN
             return [nn.ReLU(), nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
                     GateLayer(channels), nn.Conv2d(channels, channels, 1, bias=False), GateLayer(channels),
-                    nn.BatchNorm2d(channels, track_running_stats=False)]
+                    nn.BatchNorm2d(channels, track_running_stats=bn_running_stats)]
 
         super().__init__(*unit(), *unit())
         self.pw_gate_after_bn = pw_gate_after_bn
@@ -107,17 +107,18 @@ class _Separable5(nn.Sequential):
         return f"pw_gate_after_bn={self.pw_gate_after_bn}"
 
 
-def _separable5(channels: int, pw_gate_after_bn: bool = True) -> _Separable5:
+def _separable5(channels: int, pw_gate_after_bn: bool = True, bn_running_stats: bool = True) -> _Separable5:
     """The gated separable-5×5 block of :class:`GatedTempCNN`."""
-    return _Separable5(channels, pw_gate_after_bn)
+    return _Separable5(channels, pw_gate_after_bn, bn_running_stats)
 
 
 @register_header("gated_temp_cnn")
 class GatedTempCNN(Header):
     """The original Part III header (``TempCNN``) with a configurable channel count (256 in the original).
 
-    The ``five`` block's BatchNorms keep no running statistics (batch statistics also at evaluation, as the original);
-    the stem BN does. Dropout2d(``dropout``) acts on the pooled ``(B, C, 1, 1)`` map in training mode only (the
+    ``bn_running_stats`` (default ``True``, a fix): the ``five`` block's BatchNorms keep running statistics, so at
+    evaluation a sample's prediction does not depend on the rest of its batch; ``False`` is the original (batch
+    statistics also at evaluation). The stem BN always keeps them. Dropout2d(``dropout``) acts on the pooled ``(B, C, 1, 1)`` map in training mode only (the
     original's module form; the functional always-on dropout of the NAS child is not copied).
 
     ``pw_gate_after_bn`` (default ``True``, a fix): the pointwise gates run after their batch-statistics BN, where they
@@ -126,7 +127,7 @@ class GatedTempCNN(Header):
     """
 
     def __init__(self, in_channels: int, num_classes: int, channels: int = 256, dropout: float = 0.1,
-                 pw_gate_after_bn: bool = True) -> None:
+                 pw_gate_after_bn: bool = True, bn_running_stats: bool = True) -> None:
         super().__init__(in_channels)
         if channels < 1:
             raise ValueError(f"channels must be >= 1; got {channels}")
@@ -136,7 +137,8 @@ class GatedTempCNN(Header):
             nn.Conv2d(in_channels, channels, kernel_size=1, bias=False),
             nn.BatchNorm2d(channels),
         )
-        self.five = _separable5(channels, self.pw_gate_after_bn)
+        self.bn_running_stats = bool(bn_running_stats)
+        self.five = _separable5(channels, self.pw_gate_after_bn, self.bn_running_stats)
         self.max_pool = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
         self.relu = nn.ReLU()
         self.adaptive_pool = nn.AdaptiveAvgPool2d(1)
