@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from acme_flwr.cloud.cost_models import OriginalCostModel
+from acme_flwr.cloud.elastic_vit import ElasticViT, count_params_formula, subnet_shape
 from acme_flwr.cloud.models import input_shape
+from acme_flwr.cloud.stages import load_backbone
 from acme_flwr.config import AcmeConfig, ConfigError
 from acme_flwr.packages import build_packages
 from acme_flwr.task import federated_data
@@ -14,18 +19,50 @@ from acme_flwr.task import federated_data
 from .conftest import SMOKE
 
 
+def normalised_size(costs: str, full: ElasticViT, sub: ElasticViT, width: float, depth: float) -> float:
+    """The sub-backbone's S̃ as PFG's budget means it: the original's size formula, or the extracted model's real
+    parameter count min-max normalised between the smallest candidate (1 head, 1 layer) and the full model."""
+    if costs == "original":
+        cm = OriginalCostModel()
+        return float(cm.size(np.array([width]), np.array([depth]))[0] / cm.size(np.array([1.0]), np.array([1.0]))[0])
+    c = full.config
+    lo = count_params_formula(full.arch(), 1 / max(c.heads), 1 / c.num_layers)
+    return (sub.num_parameters() - lo) / (full.num_parameters() - lo)
+
+
 @pytest.mark.parametrize("costs", ["original", "params", "macs"])
 def test_each_device_class_gets_an_extracted_sub_backbone_within_its_budget(costs: str, tmp_path: Path) -> None:
     cfg = AcmeConfig.from_flat({**SMOKE, "cloud.cost_model": costs, "profile.size_constraints": "0.5,0.8,1.0"})
     dep = build_packages(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)
     assert set(dep.packages) == {"low", "mid", "high"}
+    (ckpt,) = tmp_path.glob("elastic_backbone_*.pt")  # the trained elastic backbone the packages were cut from
+    full, _, _ = load_backbone(ckpt)
+    size, channels = input_shape(cfg)
+    x = torch.rand(4, channels, size, size)
+    full_names = {id(p) for p in full.parameters()}
     for name, pick in dep.picks.items():
         pkg = dep.packages[name]
-        assert (pkg.width, pkg.depth) == (pick["grid_width"], pick["grid_depth"])
-        assert pkg.width in cfg.widths and pkg.depth in cfg.depths
-        assert pick.get("over_budget") or pick["size"] <= pick["size_constraint"] + 1e-9
-        full = dep.full_params
-        assert pkg.num_params <= full  # a real, smaller (or equal) standalone model
+        w, d = pkg.width, pkg.depth
+        assert (w, d) == (pick["grid_width"], pick["grid_depth"])
+        assert w in cfg.widths and d in cfg.depths
+        sub = pkg.backbone
+        assert isinstance(sub, ElasticViT) and not full_names & {id(p) for p in sub.parameters()}
+        # physically cut: its own architecture is the (w, d) shape, its size the analytic formula's
+        layers, heads, ffn = subnet_shape(full.config, w, d)
+        assert (sub.config.num_layers, sub.config.heads, sub.config.ffn) == (len(layers), heads, ffn)
+        assert sub.num_parameters() == count_params_formula(full.arch(), w, d)
+        if (w, d) != (1.0, 1.0):
+            assert sub.num_parameters() < full.num_parameters()
+        with torch.no_grad():
+            torch.testing.assert_close(sub(x), full.set_subnet(w, d)(x), atol=1e-5, rtol=1e-5)
+        assert pkg.num_params == sub.num_parameters() + sum(p.numel() for p in pkg.header.parameters())
+        budget = pick["size_constraint"]
+        if pick.get("over_budget"):  # nothing trained fits: the smallest grid point, said so
+            assert (w, d) == (min(cfg.widths), min(cfg.depths))
+        else:
+            assert normalised_size(costs, full, sub, w, d) <= budget + 1e-9
+    assert dep.picks["low"]["size_constraint"] == 0.5
+    assert dep.packages["low"].backbone.num_parameters() < full.num_parameters()  # something was really cut
 
 
 def test_a_grid_the_model_cannot_cut_is_refused_before_training(tmp_path: Path) -> None:
