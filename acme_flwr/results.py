@@ -78,6 +78,20 @@ class StrategyRecord:
                 "bytes": self.bytes, "accuracy": self.accuracy, **self.extra}
 
 
+STALE_ON_FRESH_RUN = ("summary.json", "summary.csv")  # a previous run's results a fresh run removes first
+
+
+def resume_conflicts(checkpoint_dir: Path, flat_config: dict[str, Any]) -> list[str]:
+    """Keys whose values differ from the config the checkpoints in ``checkpoint_dir`` were written with (reads only;
+    ``run.resume`` itself is ignored; [] when there are no checkpoints)."""
+    path = checkpoint_dir / "config.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    current = {k: v for k, v in flat_config.items() if k != "run.resume"}
+    return sorted(k for k in set(saved) | set(current) if k != "run.resume" and saved.get(k) != current.get(k))
+
+
 class RunRecorder:
     """Writes the results contract into ``out_dir`` as the run goes."""
 
@@ -95,6 +109,9 @@ class RunRecorder:
         self.rows: list[dict[str, Any]] = []
         if resume and self._jsonl.exists():
             self.rows = [json.loads(line) for line in self._jsonl.read_text().splitlines() if line.strip()]
+        elif not resume:  # a fresh run (its config already accepted): no summary of the previous run may survive it
+            for stale in STALE_ON_FRESH_RUN:
+                (self.out_dir / stale).unlink(missing_ok=True)
         self._rewrite_rows()
         _write_json(self.out_dir / "config.json", {"config": config, "seed": seed, "versions": self.versions})
 

@@ -1,31 +1,48 @@
 """Run the app with ``flwr run . --stream`` the way it works on a bare machine, then report and clean up.
 
-What it takes care of (DESIGN §4): the environment variables Flower needs before its first call
-(no runtime dependency installation, no telemetry, no update check), a private ``FLWR_HOME`` and free local
-SuperLink ports so a stray SuperLink can never hijack the run, an absolute output directory (the ServerApp runs in
-the SuperLink's cwd), 1 CPU per simulated client, and stopping the SuperLink it started. Afterwards it prints the
-results table and the absolute path of ``summary.json``; it exits non-zero when the run wrote no summary.
+    python -m experiments.launch --out outputs/default +experiment=smoke strategy.rounds=5
 
-    python -m experiments.launch --out outputs/default --num-supernodes 10 -- strategy.rounds=5
+1. **Fail fast.** Overrides (Hydra syntax, the same as ``experiments.sweep``: ``section.key=value``,
+   ``group=option``, ``+experiment=name``) are composed on ``conf/`` and the whole config is validated before
+   anything starts; an unknown key (with the nearest valid one), a bad value, a duplicate key or a refused resume
+   prints one line and exits with status 2.
+2. **Nothing lost.** Nothing in the output directory is written or removed before the config is accepted (a refused
+   resume leaves it byte-identical); success is a ``summary.json`` written by this run.
+3. **Processes.** A private ``FLWR_HOME`` and free ports; the launcher starts the local SuperLink itself, in its own
+   process group with a parent-death signal, plus a watchdog (``experiments/procs.py``) that stops everything the
+   launch started and removes ``FLWR_HOME`` when the launcher ends in any way (SIGINT, SIGTERM, SIGKILL).
+
+Flower gets the environment it needs before its first call (no runtime dependency installation, no telemetry, no
+update check), an absolute output directory (the ServerApp runs in the SuperLink's cwd) and 1 CPU per client.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, Any
 
+from acme_flwr.config import AcmeConfig, ConfigError
 from acme_flwr.results import format_table
 
+from . import procs
+from .runconfig import CONF_DIR, check_resume, compose, toml_lines
+
 REPO = Path(__file__).resolve().parents[1]
+SUPERLINK_STARTUP_TIMEOUT = 30.0
+logger = logging.getLogger(__name__)
+_processes_with = procs.processes_with  # kept for experiments.bench_scale
 
 
 def _free_port() -> int:
@@ -50,68 +67,134 @@ def _flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def _processes_with(marker: str) -> list[int]:
-    """PIDs whose command line or environment mentions ``marker`` (our private FLWR_HOME)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in blob:
-            pids.append(int(proc.name))
-    return pids
+def _tool(name: str) -> str:
+    path = Path(sys.executable).with_name(name)
+    return str(path) if path.exists() else name
 
 
 def stop_superlink(flwr_home: Path, grace: float = 5.0) -> int:
-    """Terminate every process started under our private FLWR_HOME (SuperLink, simulation, Ray); return count."""
-    pids = _processes_with(str(flwr_home))
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + grace
-        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.2)
-        pids = [p for p in pids if Path(f"/proc/{p}").exists()]
-        if not pids:
-            break
-    return len(pids)
+    """Terminate every process started under a private FLWR_HOME (SuperLink, simulation, Ray); return survivors."""
+    return len(procs.reap(str(flwr_home), grace=grace))
 
 
-def launch(out: Path, num_supernodes: int, overrides: list[str], app_dir: Path = REPO,
-           stream_to: object = None, flwr_home: Path | None = None) -> Path:
-    """Run one ``flwr run`` and return the path of its ``summary.json`` (raises if none was written).
+def prepare(out: Path, num_supernodes: int | None = None, overrides: Sequence[str] = (),
+            cfg: AcmeConfig | None = None, conf_dir: Path = CONF_DIR) -> AcmeConfig:
+    """Compose and validate the run's config, output directory and resume included; raise ConfigError; write nothing.
 
-    ``flwr_home``: the private FLWR_HOME to use (created if missing, removed afterwards); default: a new temp dir.
-    Every process the run starts carries it in its environment, which is how it is found and stopped."""
+    ``num_supernodes`` sets ``topology.num_devices`` unless an override names it (then the two must agree)."""
     out = out.expanduser().resolve()
+    explicit = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    if cfg is None:
+        cfg = compose(list(overrides), conf_dir)
+    if cfg.run.out_dir and Path(cfg.run.out_dir).expanduser().resolve() != out:
+        raise ConfigError(f"run.out_dir={cfg.run.out_dir!r} differs from the launcher's output directory {out}; "
+                          "give one of them")
+    flat = cfg.to_flat()
+    flat["run.out_dir"] = str(out)
+    if num_supernodes is not None and num_supernodes != cfg.topology.num_devices:
+        if "topology.num_devices" in explicit:
+            raise ConfigError(f"--num-supernodes={num_supernodes} but topology.num_devices="
+                              f"{cfg.topology.num_devices}; give one of them")
+        flat["topology.num_devices"] = num_supernodes
+    cfg = AcmeConfig.from_flat(flat)  # re-validated with the launcher's own values
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"run.out_dir={str(out)!r} exists and is not a directory")
+    check_resume(cfg, out)
+    return cfg
+
+
+class _Launch:
+    """The processes of one launch: watchdog, SuperLink, ``flwr run``; ``close()`` stops them all."""
+
+    def __init__(self, flwr_home: Path | None) -> None:
+        self.home = Path(flwr_home) if flwr_home else Path(tempfile.mkdtemp(prefix="acme-flwr-home-"))
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env = _flower_env(self.home)
+        read_end, write_end = os.pipe()
+        self.watchdog = subprocess.Popen([sys.executable, str(Path(procs.__file__)), str(self.home)], stdin=read_end,
+                                         stdout=subprocess.DEVNULL, start_new_session=True)
+        os.close(read_end)
+        self._pipe: IO[str] | None = os.fdopen(write_end, "w", buffering=1)
+        self.pgids: list[int] = []
+        self.superlink: subprocess.Popen[bytes] | None = None
+
+    def spawn(self, cmd: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start ``cmd`` in a new process group that dies with this thread and is registered with the watchdog."""
+        proc = subprocess.Popen(cmd, env=self.env, start_new_session=True, preexec_fn=procs.die_with_parent(),
+                                **kwargs)
+        self.pgids.append(proc.pid)
+        if self._pipe is not None:
+            self._pipe.write(f"pgid {proc.pid}\n")
+        return proc
+
+    def start_superlink(self) -> None:
+        """Start the local SuperLink ``flwr run`` would start (same flags), ours to stop; wait for its health check."""
+        runtime = self.home / "local-superlink"
+        runtime.mkdir(parents=True, exist_ok=True)
+        port = self.env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+        log = runtime / "superlink.log"
+        self.superlink = self.spawn(
+            [_tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
+             "--control-api-address", f"127.0.0.1:{self.env['FLWR_LOCAL_CONTROL_API_PORT']}", "--host", "127.0.0.1",
+             "--port", port, "--log-file", str(log), "--database", str(runtime / "state.db")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + SUPERLINK_STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.superlink.poll() is not None:
+                tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+                raise RuntimeError(f"flower-superlink exited with code {self.superlink.returncode}: {tail}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as resp:
+                    if resp.status == 200:
+                        logger.info("SuperLink up: pid %d (process group %d), FLWR_HOME %s", self.superlink.pid,
+                                    self.superlink.pid, self.home)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"flower-superlink did not answer on port {port} within {SUPERLINK_STARTUP_TIMEOUT:.0f} s")
+
+    def close(self) -> None:
+        """Hand over to the watchdog (EOF) and wait for it; clean up in-process if it cannot."""
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
+        try:
+            self.watchdog.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.watchdog.kill()
+        if procs.reap(str(self.home), self.pgids) or self.home.exists():
+            left = procs.cleanup(self.home, self.pgids)
+            if left:
+                logger.warning("%d Flower process(es) under %s did not stop: %s", len(left), self.home, left)
+
+
+def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str] = (), app_dir: Path = REPO,
+           stream_to: Any = None, flwr_home: Path | None = None, *, cfg: AcmeConfig | None = None) -> Path:
+    """Validate, then run one ``flwr run`` and return the path of its ``summary.json`` (raises if none was written).
+
+    ``overrides`` are composed on ``app_dir``'s ``conf/`` (or a ready ``cfg`` is used); ConfigError leaves
+    ``out`` untouched. ``flwr_home``: the private FLWR_HOME (created if missing, removed afterwards); default a
+    new temp dir. Every process the run starts is stopped when this returns or the calling process ends."""
+    out = out.expanduser().resolve()
+    conf_dir = app_dir / "conf" if (app_dir / "conf").is_dir() else CONF_DIR
+    cfg = prepare(out, num_supernodes, overrides, cfg, conf_dir)
+    # accepted: from here on the output directory is this run's
     out.mkdir(parents=True, exist_ok=True)
     summary = out / "summary.json"
-    if summary.exists():
-        summary.unlink()
-    flwr_home = Path(flwr_home) if flwr_home else Path(tempfile.mkdtemp(prefix="acme-flwr-home-"))
-    flwr_home.mkdir(parents=True, exist_ok=True)
+    before = summary.stat().st_mtime_ns if summary.exists() else None
     run_config = out / "run_config.toml"
-    pairs = [f'"run.out_dir" = {json.dumps(str(out))}'] + [_toml_pair(o) for o in overrides]
-    run_config.write_text("\n".join(pairs) + "\n")
-    flwr = Path(sys.executable).with_name("flwr")
-    cmd = [str(flwr if flwr.exists() else "flwr"), "run", str(app_dir), "--stream", "--run-config", str(run_config),
-           "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus=1"]
+    run_config.write_text(toml_lines(cfg.to_flat()))
+    cmd = [_tool("flwr"), "run", str(app_dir), "--stream", "--run-config", str(run_config),
+           "--federation-config", f"num-supernodes={cfg.topology.num_devices} client-resources-num-cpus=1"]
+    run = _Launch(flwr_home)
     try:
-        proc = subprocess.run(cmd, env=_flower_env(flwr_home), cwd=out, stdout=stream_to, stderr=subprocess.STDOUT,
-                              check=False)
+        run.start_superlink()
+        rc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT).wait()
     finally:
-        left = stop_superlink(flwr_home)
-        if left:
-            print(f"warning: {left} Flower process(es) under {flwr_home} did not stop", file=sys.stderr)
-        shutil.rmtree(flwr_home, ignore_errors=True)
-    if not summary.exists():
-        raise RuntimeError(f"the run wrote no {summary} (flwr exit code {proc.returncode}); see the log above")
+        run.close()
+    if not summary.exists() or summary.stat().st_mtime_ns == before:
+        raise RuntimeError(f"the run wrote no {summary} (flwr exit code {rc}); see the log above")
     return summary
 
 
@@ -129,25 +212,52 @@ def _toml_pair(override: str) -> str:
     return f"{json.dumps(key.strip())} = {literal}"
 
 
-def main() -> None:
+class _Terminated(SystemExit):
+    """Raised by the SIGTERM handler so that ``finally`` blocks stop what was started."""
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # one is enough; cleanup must not be interrupted
+    raise _Terminated(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "default", help="output directory")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: run.out_dir of the overrides, else outputs/default)")
     parser.add_argument("--num-supernodes", type=int, default=None,
-                        help="simulated devices (default: topology.num_devices of the overrides, else 10)")
-    parser.add_argument("overrides", nargs="*", help="run-config overrides, e.g. partition.alpha=0.1")
-    args = parser.parse_args()
-    n = args.num_supernodes or next((int(o.split("=", 1)[1]) for o in args.overrides
-                                     if o.startswith("topology.num_devices=")), 10)
-    if not any(o.startswith("topology.num_devices=") for o in args.overrides):
-        args.overrides.append(f"topology.num_devices={n}")
+                        help="simulated devices (default: topology.num_devices of the config)")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides, e.g. partition.alpha=0.1 dataset=synthetic +experiment=smoke")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.time()
-    summary = launch(args.out, n, args.overrides)
+    try:
+        out = args.out
+        if out is None:
+            given = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] == "run.out_dir"]
+            out = Path(given[-1]) if given and given[-1] else REPO / "outputs" / "default"
+        summary = launch(out, args.num_supernodes, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; everything the launcher started is stopped", file=sys.stderr)
+        return 130
+    except _Terminated as exc:
+        print("terminated; everything the launcher started is stopped", file=sys.stderr)
+        return int(exc.code or 143)
     data = json.loads(summary.read_text())
     print("\n" + format_table(data))
     failures = sum(b["failures"]["count"] for b in data["strategies"].values())
     print(f"\nwall time {time.time() - started:.1f} s; failed device replies (all strategies): {failures}")
     print(f"summary: {summary}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,7 @@ from acme_flwr.config import AcmeConfig, ConfigError
 from acme_flwr.packages import build_packages
 from acme_flwr.partition import format_label_report
 from acme_flwr.plots import plot_run
-from acme_flwr.results import RunRecorder, format_table
+from acme_flwr.results import RunRecorder, format_table, resume_conflicts
 from acme_flwr.runtime import cache_dir, out_dir
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
@@ -37,8 +37,9 @@ def main(grid: Grid, context: Context) -> None:
     for name in cfg.strategy_names:
         if name not in STRATEGIES:
             raise ConfigError(f"strategy.names contains {name!r}; allowed values: {STRATEGIES.names()}")
+    # accept the config (resume included) before anything in the output directory is written or removed
+    check_resumable(cfg, out_dir(cfg) / "checkpoints")
     recorder = RunRecorder(out_dir(cfg), cfg.to_dict(), cfg.run.seed, resume=cfg.run.resume)
-    check_resumable(cfg, recorder.out_dir / "checkpoints")
     logger.info("results go to %s", recorder.out_dir)
     started = time.time()
     data = federated_data(cfg, *input_shape(cfg))
@@ -77,17 +78,15 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def check_resumable(cfg: AcmeConfig, checkpoint_dir: Path) -> None:
-    """Record the config next to the checkpoints; on resume, refuse checkpoints written under another config."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_dir / "config.json"
+    """Record the config next to the checkpoints; on resume, refuse checkpoints written under another config (then
+    nothing is written)."""
     current = {k: v for k, v in cfg.to_flat().items() if k != "run.resume"}
-    if cfg.run.resume and path.exists():
-        saved = json.loads(path.read_text())
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        if changed:
-            raise ConfigError(f"run.resume=true but the checkpoints in {checkpoint_dir} were written with different "
-                              f"values of {changed}; resume with the same config or use a new run.out_dir")
-    path.write_text(json.dumps(current, indent=1, sort_keys=True))
+    changed = resume_conflicts(checkpoint_dir, current) if cfg.run.resume else []
+    if changed:
+        raise ConfigError(f"run.resume=true but the checkpoints in {checkpoint_dir} were written with different "
+                          f"values of {changed}; resume with the same config or use a new run.out_dir")
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / "config.json").write_text(json.dumps(current, indent=1, sort_keys=True))
 
 
 def _brief(stage_log: dict) -> dict:
