@@ -9,8 +9,7 @@ Two ways to get a sub-network (w, d):
 * ``set_subnet(w, d)`` switches the shared model at run time: forward slices the leading heads / FFN neurons of each
   kept layer (the ``DynaLinear`` prefix rule) and runs only the DynaBERT layers ``[floor(i/d) for i < round(L*d)]``.
 * ``extract_subnet(w, d)`` returns a real, smaller ``ElasticViT`` with exactly those weights, so what a device
-  receives is small. ``merge_subnet`` maps a sub-model's weights back onto the shared coordinates (HeteroFL-style sums
-  and counts) so tiers that aggregate sub-models can average them.
+  receives is small.
 
 Widths are head-granular: ``heads = round(H*w)`` and ``ffn = heads/H * F`` per layer. ``reorder`` permutes heads and
 neurons (most important first) without changing the function, so that prefix slicing keeps the important ones.
@@ -415,7 +414,7 @@ class ElasticViT(nn.Module):
         grid = x[:, 1:].reshape(x.shape[0], g, g, x.shape[-1]).permute(0, 3, 1, 2)
         return ViTFeatures(cls=x[:, 0], grid=grid, hidden_states=hidden)
 
-    # --- extraction and merging -------------------------------------------------------------------------------------
+    # --- extraction -------------------------------------------------------------------------------------------------
 
     def subnet_arch(self, width: float, depth: float) -> dict[str, Any]:
         """Arch dict of the standalone sub-model (width, depth)."""
@@ -425,7 +424,7 @@ class ElasticViT(nn.Module):
     def subnet_slices(self, width: float, depth: float) -> dict[str, tuple[str, tuple[slice, ...]]]:
         """For every sub-model state-dict entry: (name in this model, slices selecting its coordinates here).
 
-        The single source of truth for ``extract_subnet`` and ``merge_subnet``.
+        What ``extract_subnet`` copies.
         """
         layers, heads, ffn = subnet_shape(self.config, width, depth)
         everything = (slice(None),)
@@ -460,42 +459,6 @@ class ElasticViT(nn.Module):
         sub.load_state_dict({k: full[n][sl].clone() for k, (n, sl) in self.subnet_slices(width, depth).items()})
         sub.train(self.training)
         return sub
-
-    @torch.no_grad()
-    def merge_subnet(
-        self, sub_state_dict: dict[str, torch.Tensor], width: float, depth: float, weight: float = 1.0
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Scatter a sub-model's weights onto this model's coordinates: ``(sums, counts)`` shaped like this model's
-        state dict, ``sums = weight * values`` where covered, ``counts = weight`` there, zero elsewhere.
-
-        Add the pairs of several sub-models and pass the totals to ``apply_merge`` (HeteroFL averaging).
-        """
-        full = self.state_dict()
-        sums = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in full.items()}
-        counts = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in full.items()}
-        slices = self.subnet_slices(width, depth)
-        missing = sorted(set(slices) - set(sub_state_dict))
-        if missing:
-            raise KeyError(f"sub-model state dict for width={width}, depth={depth} lacks {missing[:5]}")
-        for k, (n, sl) in slices.items():
-            value = sub_state_dict[k].to(sums[n].device, torch.float32)
-            if value.shape != sums[n][sl].shape:
-                raise ValueError(
-                    f"{k}: shape {tuple(value.shape)} does not match sub-network (width={width}, depth={depth}) "
-                    f"shape {tuple(sums[n][sl].shape)}"
-                )
-            sums[n][sl] += weight * value
-            counts[n][sl] += weight
-        return sums, counts
-
-    @torch.no_grad()
-    def apply_merge(self, sums: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]) -> None:
-        """Set every coordinate with ``counts > 0`` to ``sums / counts``; others keep their current value."""
-        state = self.state_dict()
-        for k, v in state.items():
-            covered = counts[k] > 0
-            merged = sums[k] / counts[k].clamp_min(1e-12)
-            v.copy_(torch.where(covered, merged.to(v.dtype), v))
 
     # --- re-ordering ------------------------------------------------------------------------------------------------
 
