@@ -73,6 +73,14 @@ class ModelSection:
     gate_placement: str = field(default="after_bn", metadata=_choices("after_bn", "original"))
 
 
+class _CostModelChoices(tuple):
+    """``cloud.cost_model`` values: the named models, or ``measured:`` followed by a (non-empty) file path."""
+
+    def __contains__(self, value: object) -> bool:
+        return value in tuple(self)[:-1] or (isinstance(value, str) and value.startswith("measured:")
+                                              and bool(value[len("measured:"):].strip()))
+
+
 @dataclass
 class CloudSection:
     """Cloud tier: elastic backbone training and per-device sub-backbone selection."""
@@ -89,9 +97,11 @@ class CloudSection:
     faithful: bool = False
     selection: str = field(default="pfg", metadata=_choices("pfg", "highest_accuracy", "largest_size", "random",
                                                             "traverse", "worst"))
-    # what PFG's size/latency/energy axes measure: the original's constants, or this backbone's analytic
-    # parameter count or MACs (cost_models.OriginalCostModel / ParamCountCostModel / MacsCostModel)
-    cost_model: str = field(default="original", metadata=_choices("original", "params", "macs"))
+    # what PFG's size/latency/energy axes measure: the original's constants, this backbone's analytic parameter
+    # count or MACs, or a latency table measured on the device (cost_models.OriginalCostModel / ParamCountCostModel /
+    # MacsCostModel / MeasuredLatencyCostModel.from_json; the file is read on the cloud, before the cloud stage)
+    cost_model: str = field(default="original", metadata={"choices": _CostModelChoices(
+        ("original", "params", "macs", "measured:<path to a JSON latency table>"))})
     cache_dir: str = ""
 
 

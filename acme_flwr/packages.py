@@ -6,8 +6,10 @@ and warms a header on the cloud's own training data for each distinct sub-backbo
 centrally too, spec §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
 edge NAS on the cloud's proxy data (:func:`acme_flwr.edge.nas.header_search.search_header`: train split for the
 child, val split for rewards and arc selection), exported with gates and fine-tuned; its arc goes into
-``picks[class]["header_arc"]``. Devices receive exactly these bytes once. (Not to be confused with Flower's
-Deployment Engine: this module builds what is shipped, not how it is run.)
+``picks[class]["header_arc"]``. With ``nas.reward=federated`` the packages keep their warm headers and
+``nas_federated`` says what the strategy needs to search the header with its devices at setup time
+(``strategies/nas_search.py``), which then replaces every package's header. Devices receive exactly these bytes
+once. (Not to be confused with Flower's Deployment Engine: this module builds what is shipped, not how it is run.)
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from typing import Any
 
 import torch
 
-from acme_flwr.cloud.cost_models import CostModel, MacsCostModel, OriginalCostModel, ParamCountCostModel, ViTArch
+from acme_flwr.cloud.cost_models import (
+    CostModel,
+    MacsCostModel,
+    MeasuredLatencyCostModel,
+    OriginalCostModel,
+    ParamCountCostModel,
+    ViTArch,
+)
 from acme_flwr.cloud.elastic_vit import ElasticViT, subnet_shape
 from acme_flwr.cloud.models import create_model
 from acme_flwr.cloud.pfg import select_backbone, snap_to_grid
@@ -106,6 +115,7 @@ def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path |
         overrides["pretrained_path"] = cfg.model.pretrained_path
     model = create_model(cfg.model.name, **overrides)
     check_grid(model, cfg)
+    costs = cost_model(cfg, model)  # before the cloud stage: a bad cloud.cost_model stops here, not after training
     full_params = sum(p.numel() for p in model.parameters())
     train, val = data.cloud()
     table = None
@@ -117,7 +127,6 @@ def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path |
     spec = header_spec(cfg, model.config.hidden_size, data.num_classes)
     full_params += sum(p.numel() for p in build_header(spec).parameters())
     point_of: dict[str, tuple[float, float]] = {}
-    costs = cost_model(cfg, model)
     for name, budget in cfg.device_classes:
         if table is None:
             w, d, pick = 1.0, 1.0, {"method": "none (cloud.enabled=false)"}
@@ -179,11 +188,23 @@ _COST_MODELS: dict[str, Any] = {
 
 
 def cost_model(cfg: AcmeConfig, model: ElasticViT) -> CostModel:
-    """``cloud.cost_model`` for this backbone's geometry (the analytic models count its real parameters/MACs)."""
+    """``cloud.cost_model`` for this backbone's geometry (the analytic models count its real parameters/MACs).
+
+    ``measured:<path>`` reads a JSON latency table (:meth:`MeasuredLatencyCostModel.from_json`; a relative path is
+    relative to the current directory) whose size axis is this backbone's parameter count; a missing or bad file
+    raises :class:`ConfigError` naming the key.
+    """
     c = model.config
     arch = ViTArch(hidden=c.hidden_size, num_heads=max(c.heads), ffn=max(c.ffn), num_layers=c.num_layers,
                    image_size=c.image_size, patch_size=c.patch_size, in_chans=c.num_channels)
-    return _COST_MODELS[cfg.cloud.cost_model](arch)
+    name = cfg.cloud.cost_model
+    if name.startswith("measured:"):
+        try:
+            return MeasuredLatencyCostModel.from_json(name[len("measured:"):].strip(),
+                                                      size_model=ParamCountCostModel(arch=arch))
+        except ValueError as exc:
+            raise ConfigError(f"cloud.cost_model={name!r}: {exc}") from exc
+    return _COST_MODELS[name](arch)
 
 
 def check_grid(model: ElasticViT, cfg: AcmeConfig) -> None:
@@ -210,13 +231,17 @@ def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorS
                      progress: bool) -> dict[tuple[float, float], EdgeSearch]:
     """Edge-proxy header search on the cloud's train/val split (cached in ``cache_dir``).
 
+    Only for ``nas.reward=edge-proxy``; with ``nas.reward=federated`` the strategy searches with its devices at setup
+    time (``strategies/nas_search.py``, from :attr:`CloudPackages.nas_federated`) and this is not called.
     ``nas.scope=per_backbone``: one search per distinct sub-backbone, header size by the §3.6 rule for it.
     ``nas.scope=shared``: one search on the smallest sub-backbone (where the header matters most, §3.6), whose arc
     and weights are then fine-tuned on every other sub-backbone, so all classes share one header architecture (same
     gates: importance mixing and header averaging across classes stay meaningful).
     """
     if cfg.nas.reward != "edge-proxy":
-        raise ConfigError(f"nas.reward={cfg.nas.reward!r} is not implemented yet; allowed: 'edge-proxy'")
+        raise ConfigError(f"searched_headers runs the edge-proxy search only (nas.reward={cfg.nas.reward!r}); "
+                          "nas.reward='federated' is searched by the strategy with its devices "
+                          "(strategies/nas_search.py)")
     placement = cfg.model.gate_placement == "after_bn"
     if cfg.nas.scope == "per_backbone":
         return {point: search_header(sub, train, val, num_classes, nas_search_config(cfg, *point),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,19 @@ def normalised_size(costs: str, full: ElasticViT, sub: ElasticViT, width: float,
     return (sub.num_parameters() - lo) / (full.num_parameters() - lo)
 
 
-@pytest.mark.parametrize("costs", ["original", "params", "macs"])
+def latency_table(path: Path, widths: list[float], depths: list[float]) -> str:
+    """A measured-latency JSON file over the trained grid; returns the ``cloud.cost_model`` value that selects it."""
+    path.write_text(json.dumps([{"width": w, "depth": d, "latency": 0.01 + 0.2 * w * d} for w in widths
+                                for d in depths]))
+    return f"measured:{path}"
+
+
+@pytest.mark.parametrize("costs", ["original", "params", "macs", "measured"])
 def test_each_device_class_gets_an_extracted_sub_backbone_within_its_budget(costs: str, tmp_path: Path) -> None:
-    cfg = AcmeConfig.from_flat({**SMOKE, "cloud.cost_model": costs, "profile.size_constraints": "0.5,0.8,1.0"})
+    flat = {**SMOKE, "profile.size_constraints": "0.5,0.8,1.0"}
+    grid = AcmeConfig.from_flat(flat)
+    value = latency_table(tmp_path / "lat.json", grid.widths, grid.depths) if costs == "measured" else costs
+    cfg = AcmeConfig.from_flat({**flat, "cloud.cost_model": value})
     dep = build_packages(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)
     assert set(dep.packages) == {"low", "mid", "high"}
     (ckpt,) = tmp_path.glob("elastic_backbone_*.pt")  # the trained elastic backbone the packages were cut from
@@ -69,3 +80,21 @@ def test_a_grid_the_model_cannot_cut_is_refused_before_training(tmp_path: Path) 
     cfg = AcmeConfig.from_flat({**SMOKE, "cloud.depths": "0.25,1.0"})  # vit_micro_test has 2 layers: 0.25 keeps 0
     with pytest.raises(ConfigError, match="cloud.depths"):
         build_packages(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (None, "No such file"),
+    ("{not json", "cannot read latency table"),
+    ('[{"width": 0.5, "depth": 0.5}]', "record 0"),
+    ('[{"width": 0.5, "depth": 0.5, "latency": 1.0}, {"width": 1.0, "depth": 1.0, "latency": 2.0}]', "full grid"),
+])
+def test_a_bad_latency_table_is_refused_before_training(content: str | None, needle: str, tmp_path: Path) -> None:
+    path = tmp_path / "lat.json"
+    if content is not None:
+        path.write_text(content)
+    cfg = AcmeConfig.from_flat({**SMOKE, "cloud.cost_model": f"measured:{path}"})
+    with pytest.raises(ConfigError, match=needle) as err:
+        build_packages(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"cloud.cost_model='measured:{path}'") and "\n" not in message
+    assert not list(tmp_path.glob("elastic_backbone_*.pt"))  # nothing trained

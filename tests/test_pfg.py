@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -249,6 +252,39 @@ def test_measured_latency_interpolates() -> None:
     del lat[(0.5, 0.5)]
     with pytest.raises(ValueError, match="missing"):
         MeasuredLatencyCostModel(lat)
+
+
+def test_measured_latency_from_json(tmp_path: Path) -> None:
+    lat = {(w, d): 0.01 + 0.2 * w * d for w in GRID for d in GRID}
+    path = tmp_path / "lat.json"
+    path.write_text(json.dumps([{"width": w, "depth": d, "latency": v} for (w, d), v in lat.items()]))
+    probe = np.array([0.1, 0.6, 1.0]), np.array([0.3, 0.9, 1.0])
+    cm = MeasuredLatencyCostModel.from_json(path)
+    np.testing.assert_allclose(cm.latency(*probe), MeasuredLatencyCostModel(lat).latency(*probe))
+    np.testing.assert_allclose(cm.energy(*probe), cm.latency(*probe))  # no energy column: watts (1) · latency
+    path.write_text(json.dumps([{"width": w, "depth": d, "latency": v, "energy": 3 * v} for (w, d), v in lat.items()]))
+    np.testing.assert_allclose(MeasuredLatencyCostModel.from_json(path).energy(*probe), 3 * cm.latency(*probe))
+    assert select_backbone(LINEAR, 0.6, cost_model=cm)["size"] <= 0.6
+
+
+@pytest.mark.parametrize(("records", "needle"), [
+    ({"width": 0.5}, "expected a JSON list"),
+    ([], "expected a JSON list"),
+    ([{"width": 0.5, "depth": 0.5, "latency": "fast"}], "record 0"),
+    ([{"width": 0.5, "depth": 0.5, "latency": 1.0, "watts": 2}], "record 0"),
+    ([{"width": 0.5, "depth": 0.5, "latency": 1.0}] * 2, "appears twice"),
+    ([{"width": w, "depth": d, "latency": 1.0, **({"energy": 1.0} if w == 1 else {})} for w in GRID for d in GRID],
+     "every record or in none"),
+    ([{"width": w, "depth": d, "latency": -1.0} for w in GRID for d in GRID], "non-negative"),
+    ([{"width": 2 * w, "depth": d, "latency": 1.0} for w in GRID for d in GRID], r"ratios in \(0, 1\]"),
+])
+def test_measured_latency_bad_json(records: object, needle: str, tmp_path: Path) -> None:
+    path = tmp_path / "lat.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match=needle):
+        MeasuredLatencyCostModel.from_json(path)
+    with pytest.raises(ValueError, match="cannot read latency table"):
+        MeasuredLatencyCostModel.from_json(tmp_path / "missing.json")
 
 
 def test_snap_to_grid_respects_constraint() -> None:

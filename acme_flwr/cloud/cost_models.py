@@ -2,15 +2,19 @@
 
 :class:`OriginalCostModel` is the original's constants (it reproduces the published PFG numbers);
 :class:`ParamCountCostModel` and :class:`MacsCostModel` are this backbone's analytic parameter count and MACs;
-:class:`MeasuredLatencyCostModel` interpolates a measured latency (and energy) table.
+:class:`MeasuredLatencyCostModel` interpolates a measured latency (and energy) table, e.g. one read from a JSON file
+(:meth:`MeasuredLatencyCostModel.from_json`, ``cloud.cost_model=measured:<path>``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -238,6 +242,37 @@ class MeasuredLatencyCostModel(CostModel):
         self._lat = _RectGrid.from_mapping(latencies, "latencies")
         self._energy = _RectGrid.from_mapping(energies, "energies") if energies is not None else None
 
+    @classmethod
+    def from_json(cls, path: str | Path, size_model: CostModel | None = None) -> MeasuredLatencyCostModel:
+        """Read a latency table: a JSON list of ``{"width": w, "depth": d, "latency": seconds}`` records, optionally
+        each with ``"energy"`` (joules; all records or none). Raises ``ValueError`` (one line) if it cannot be used."""
+        try:
+            records = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read latency table {path}: {exc}") from exc
+        hint = 'expected a JSON list of {"width": w, "depth": d, "latency": seconds[, "energy": joules]} records'
+        if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+            raise ValueError(f"latency table {path}: {hint}")
+        latencies: dict[tuple[float, float], float] = {}
+        energies: dict[tuple[float, float], float] = {}
+        for i, r in enumerate(records):
+            keys = {"width", "depth", "latency"} | ({"energy"} & set(r))
+            values = [r.get(k) for k in ("width", "depth", "latency", "energy") if k in keys]
+            if set(r) != keys or not all(_is_number(v) for v in values):
+                raise ValueError(f"latency table {path}: record {i} is {r!r}; {hint}")
+            key = (float(r["width"]), float(r["depth"]))
+            if key in latencies:
+                raise ValueError(f"latency table {path}: (width, depth) = {key} appears twice")
+            latencies[key] = float(r["latency"])
+            if "energy" in r:
+                energies[key] = float(r["energy"])
+        if energies and len(energies) != len(latencies):
+            raise ValueError(f"latency table {path}: give 'energy' in every record or in none")
+        try:
+            return cls(latencies, size_model=size_model, energies=energies or None)
+        except ValueError as exc:
+            raise ValueError(f"latency table {path}: {exc}") from exc
+
     def heads(self, w: np.ndarray) -> np.ndarray:
         return self.size_model.heads(w)
 
@@ -256,6 +291,10 @@ class MeasuredLatencyCostModel(CostModel):
         return self.watts * self.latency(w, d)
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class _RectGrid:
     """Values on a rectilinear (w, d) grid with piecewise-bilinear interpolation and linear extrapolation."""
@@ -270,10 +309,12 @@ class _RectGrid:
             raise ValueError(f"MeasuredLatencyCostModel: {what} is empty")
         ws = np.array(sorted({float(k[0]) for k in table}))
         ds = np.array(sorted({float(k[1]) for k in table}))
+        if np.any((ws <= 0) | (ws > 1)) or np.any((ds <= 0) | (ds > 1)):
+            raise ValueError(f"MeasuredLatencyCostModel: {what} widths and depths must be ratios in (0, 1]")
         if len(ws) < 2 or len(ds) < 2:
             raise ValueError(f"MeasuredLatencyCostModel: {what} needs at least 2 widths and 2 depths")
         lookup = {(float(k[0]), float(k[1])): float(v) for k, v in table.items()}
-        missing = [(w, d) for w in ws for d in ds if (w, d) not in lookup]
+        missing = [(float(w), float(d)) for w in ws for d in ds if (w, d) not in lookup]
         if missing:
             raise ValueError(f"MeasuredLatencyCostModel: {what} is not a full grid; missing (w, d) = {missing}")
         values = np.array([[lookup[(w, d)] for d in ds] for w in ws])
