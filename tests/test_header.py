@@ -35,12 +35,16 @@ def test_gated_temp_cnn_forward_backward_shapes() -> None:
 
 
 def test_gated_temp_cnn_matches_original_layout() -> None:
-    h = GatedTempCNN(768, 100)  # original: 256 channels, 1 024 gates, ≈ 0.369 M params incl. gates (spec §3.8)
+    # original: 256 channels, 1 024 gates, ≈ 0.369 M params incl. gates (spec §3.8), batch-statistics BNs in `five`
+    h = GatedTempCNN(768, 100, bn_running_stats=False)
     assert h.num_gates == 1024
     assert sum(p.numel() for p in h.parameters()) == 368_740
     keys = h.state_dict().keys()
     assert {"five.2.weight", "five.4.weight", "five.8.weight", "five.10.weight"} <= set(keys)  # original gate names
     assert "stem_conv.1.running_mean" in keys and "five.5.running_mean" not in keys  # BN in `five`: no running stats
+    fixed = GatedTempCNN(768, 100)  # default (a fix): `five` BNs keep running statistics; same parameters
+    assert sum(p.numel() for p in fixed.parameters()) == 368_740 and "five.5.running_mean" in fixed.state_dict()
+    assert set(keys) <= set(fixed.state_dict())  # the original's weights still load
 
 
 def test_dropout_only_in_training() -> None:
