@@ -4,11 +4,13 @@ Part 1 reads a run's ``summary.json``/``rounds.jsonl`` (default: run the embedde
 strategy: the largest device uplink in a personalization round, one-time setup bytes, totals, and the ratios to the
 two references computed in the same run (formulas printed).
 
-Part 2 builds the real ACME messages for the paper's Part III setting (ViT-B/16, sub-backbone d=w=0.25, TempCNN
-header with 256 channels = 1 024 gates, 200×768 [CLS] statistics, 5 devices, 10 rounds) and serializes them with
-the same function the strategies use, so the ViT-B/16 numbers are measured bytes, not arithmetic.
+Part 2 builds every message type of an ACME run in the paper's Part III setting (ViT-B/16, sub-backbone d=w=0.25,
+TempCNN header with 256 channels = 1 024 gates, [CLS] statistics of ``strategy.feature_samples`` rows, 5 devices,
+10 rounds, images per device from the configured partitioner on CIFAR-100's layout) with the strategy's own message
+builders, and serializes them as Flower does, so the ViT-B/16 numbers are measured bytes, not arithmetic.
 
-    python -m experiments.bench_bytes [--summary outputs/default/summary.json] [--skip-vitb]
+    python -m experiments.bench_bytes [--summary outputs/default/summary.json] [--skip-vitb | --vitb-only]
+        [--json experiments/results/bytes_vitb16.json] [key=value ...]
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from acme_flwr import protocol as P
 from acme_flwr.cloud.models import create_model
 from acme_flwr.comm import CENTRALIZED_FORMULA, FEDAVG_FORMULA, message_bytes
+from acme_flwr.config import AcmeConfig
 from acme_flwr.device.headers import create_header
+from acme_flwr.partition import partition, split_clients
 
 from .launch import REPO, launch
 
@@ -50,43 +54,113 @@ def measured(summary_path: Path) -> None:
               f"{by['total'] / cen:>13.2f}{per_round / fed:>24.4%}")
 
 
-def vitb_projection(devices: int = 5, rounds: int = 10) -> None:
-    """Serialize ACME's messages at ViT-B/16 size (CIFAR-100, 100 classes) and add them up."""
+def _device_train_sizes(cfg: AcmeConfig, devices: int, per_class: int) -> list[int]:
+    """Training images per device from the config's partitioner on CIFAR-100's label layout (``per_class`` each)."""
+    labels = np.repeat(np.arange(100), per_class)
+    p = cfg.partition
+    parts = partition(p.kind, labels, devices, cfg.run.seed + 1, alpha=p.alpha, min_size=p.min_size,
+                      classes_per_client=p.classes_per_client, category=p.category,
+                      per_class_fraction=p.per_class_fraction)
+    # CIFAR-100 has an official test split: device test sets come from it, val is cut from the partition
+    return [len(s.train) for s in split_clients(parts, p.val_fraction, 0.0, cfg.run.seed)]
+
+
+def vitb_projection(devices: int = 5, rounds: int = 10, overrides: list[str] | None = None) -> dict:
+    """Every message type of an ACME run at ViT-B/16 size (CIFAR-100, 100 classes), built by the strategy's own
+    message builders and serialized like Flower does, and added up: discovery (query and reply), setup (sub-backbone,
+    header, recipes; reply with feature statistics), and per round the train message (config), its reply
+    (importance + metrics), the evaluate message (config + personalised importance) and its reply (metrics)."""
+    from acme_flwr.packages import CloudPackages, Package
+    from acme_flwr.strategies import AcmeStrategy
+    from acme_flwr.topology import Topology
+
+    flat = {"data.name": "cifar100", "partition.kind": "acme", "partition.category": "C2",
+            "topology.num_devices": devices, "topology.num_edges": 1, "strategy.rounds": rounds,
+            "model.header_channels": 256}
+    for item in overrides or []:
+        key, _, value = item.partition("=")
+        flat[key] = value
+    cfg = AcmeConfig.from_flat(flat)
+    devices, rounds = cfg.topology.num_devices, cfg.strategy.rounds
     torch.manual_seed(0)
     full = create_model("vit_b16", num_labels=100)
     full_bytes = message_bytes(RecordDict({P.STD_ARRAYS: P.arrays_from_state(full.state_dict())}))
     sub = full.extract_subnet(0.25, 0.25)
-    header = create_header("gated_temp_cnn", 768, 100, channels=256)
-    setup = message_bytes(RecordDict({
-        P.BACKBONE: P.arrays_from_state(sub.state_dict()), P.HEADER: P.arrays_from_state(header.state_dict()),
-        P.CONFIG: ConfigRecord({"tag": "acme", "backbone-arch": json.dumps(sub.arch()), "header-spec": "{}"})}))
-    features = message_bytes(RecordDict({P.FEATURES: P.vector_record(np.zeros((200, 768), np.float32), "cls")}))
-    importance = message_bytes(RecordDict({P.IMPORTANCE: P.vector_record(np.zeros(header.num_gates, np.float32))}))
     del full
-    acme_total = devices * (setup + features + rounds * 2 * importance)
+    spec = {"name": "gated_temp_cnn", "in_channels": 768, "num_classes": 100, "channels": cfg.model.header_channels}
+    header = create_header("gated_temp_cnn", 768, 100, channels=cfg.model.header_channels)
+    pkg = Package(0.25, 0.25, sub, header, spec)
+    strategy = AcmeStrategy(Topology(devices, 1), CloudPackages({"c": pkg}, 0),
+                            prune_per_iteration=cfg.strategy.prune_per_iteration,
+                            feature_samples=cfg.strategy.feature_samples)
+    gates = header.num_gates
+    imp = P.vector_record(np.zeros(gates, np.float32))
+    strategy.mixed, strategy.mixed_round = {0: np.zeros(gates, np.float32)}, {0: 1}
+    strategy.profiles[0] = {"device-class": "c"}
+    sizes = _device_train_sizes(cfg, devices, 500)
+    k = cfg.strategy.feature_samples
+    eval_metrics = {P.NUM_EXAMPLES: 100, "val-acc": 0.0, "val-loss": 0.0, "test-acc": 0.0, "test-loss": 0.0,
+                    "pruned-gates": 0, "generic-acc": 0.0}
+    train_metrics = {P.NUM_EXAMPLES: 100, "train-loss": 0.0, "train-acc": 0.0, "train-time-s": 0.0,
+                     "train-compute-s": 0.0}
+    profile = {"device-class": "c", "size-constraint": 0.3, "partition-id": 0, "num-train": max(sizes),
+               "raw-train-bytes": max(sizes) * (32 * 32 * 3 + 1)}
+    once = {
+        "discovery query (down)": message_bytes(strategy.profile_query()),
+        "discovery reply: profile (up)": message_bytes(RecordDict({P.PROFILE_REC: ConfigRecord(profile)})),
+        "setup: sub-backbone + header + recipes (down)": message_bytes(strategy.setup_content(pkg, k)),
+        f"setup reply: {k}x768 [CLS] feature statistics (up)": message_bytes(RecordDict({
+            P.FEATURES: P.vector_record(np.zeros((k, 768), np.float32), "cls"),
+            P.METRICS: MetricRecord({"setup": 1})})),
+    }
+    per_round = {
+        "train message: config (down)": message_bytes(strategy.train_content(1, 0, ArrayRecord(), ConfigRecord())),
+        f"train reply: importance ({gates} gates) + metrics (up)": message_bytes(RecordDict({
+            P.IMPORTANCE: imp, P.METRICS: MetricRecord(train_metrics)})),
+        "evaluate message: config + personalised importance (down)": message_bytes(
+            strategy.evaluate_content(1, 0, ArrayRecord(), ConfigRecord())),
+        "evaluate reply: metrics (up)": message_bytes(RecordDict({P.METRICS: MetricRecord(eval_metrics)})),
+    }
+    acme_total = devices * (sum(once.values()) + rounds * sum(per_round.values()))
     fedavg_total = 2 * rounds * devices * full_bytes
-    raw_32 = devices * 1250 * (32 * 32 * 3 + 1)
-    raw_224 = devices * 1250 * (224 * 224 * 3 + 1)
-    print(f"\nViT-B/16 Part III setting ({devices} devices, {rounds} rounds, d=w=0.25, 1 024 gates), serialized:")
-    for label, value in [("full model message (FedAvg, one direction)", full_bytes),
-                         ("setup: sub-backbone + header (once)", setup), ("feature statistics (once)", features),
-                         ("importance (per device, per direction, per round)", importance),
-                         ("ACME total", acme_total), ("FedAvg full, same devices and rounds", fedavg_total)]:
-        print(f"  {label:<52}{value:>15,d} B")
+    raw_32 = sum(sizes) * (32 * 32 * 3 + 1)
+    raw_224 = sum(sizes) * (224 * 224 * 3 + 1)
+    print(f"\nViT-B/16, {cfg.partition.kind} {cfg.partition.category} partition of CIFAR-100's training layout: "
+          f"{devices} devices ({min(sizes)}-{max(sizes)} training images each), {rounds} rounds, sub-backbone "
+          f"d=w=0.25, {gates} gates; every message serialized:")
+    print(f"  {'full model message (FedAvg, one direction)':<64}{full_bytes:>15,d} B")
+    for label, value in once.items():
+        print(f"  {label + ', once per device':<64}{value:>15,d} B")
+    for label, value in per_round.items():
+        print(f"  {label + ', per device per round':<64}{value:>15,d} B")
+    print(f"  {'ACME total (all of the above, all devices and rounds)':<64}{acme_total:>15,d} B")
+    print(f"  {'FedAvg full, same devices and rounds':<64}{fedavg_total:>15,d} B")
     print(f"  ACME / FedAvg-full = {acme_total / fedavg_total:.4%}")
-    print(f"  ACME / centralized (raw 32x32 uint8 upload, 1 250 images/device) = {acme_total / raw_32:.2f}")
+    print(f"  ACME / centralized (raw 32x32 uint8 upload of the devices' training images) = {acme_total / raw_32:.2f}")
     print(f"  ACME / centralized (raw 224x224 uint8 upload) = {acme_total / raw_224:.4f}")
+    return {"setting": {"devices": devices, "rounds": rounds, "partition": f"{cfg.partition.kind} "
+                        f"{cfg.partition.category}", "train_images": sizes, "gates": gates, "subnet": [0.25, 0.25]},
+            "full_model_message": full_bytes, "once_per_device": once, "per_device_per_round": per_round,
+            "acme_total": acme_total, "fedavg_full_total": fedavg_total, "raw_32_total": raw_32,
+            "raw_224_total": raw_224}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summary", type=Path, default=None, help="summary.json of a finished run")
     parser.add_argument("--skip-vitb", action="store_true", help="skip the ViT-B/16 projection (needs ~1.5 GB RAM)")
+    parser.add_argument("overrides", nargs="*", help="run-config overrides of the ViT-B/16 setting (key=value)")
+    parser.add_argument("--vitb-only", action="store_true", help="only the ViT-B/16 projection (no run)")
+    parser.add_argument("--json", type=Path, default=None, help="write the ViT-B/16 projection here (report input)")
     args = parser.parse_args()
-    summary = args.summary or launch(REPO / "outputs" / "bench_bytes", 10, ["topology.num_devices=10"])
-    measured(summary)
+    if not args.vitb_only:
+        measured(args.summary or launch(REPO / "outputs" / "bench_bytes", 10, []))
     if not args.skip_vitb:
-        vitb_projection()
+        result = vitb_projection(overrides=args.overrides)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"command": "python -m experiments.bench_bytes --vitb-only --json "
+                                             f"{args.json}", **result}, indent=1))
 
 
 if __name__ == "__main__":

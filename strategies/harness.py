@@ -59,7 +59,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
     # ------------------------------------------------------------------------------------------------- discovery
     def discover(self, grid: Grid) -> None:
         nodes = sorted(wait_for_nodes(grid, self.topology.num_devices, self.discovery_timeout))
-        query = RecordDict({P.CONFIG: ConfigRecord({})})
+        query = self.profile_query()
         msgs = [Message(query, dst_node_id=n, message_type=P.PROFILE) for n in nodes]
         replies = list(grid.send_and_receive(msgs, timeout=self.timeout))
         query_bytes = message_bytes(query)
@@ -99,13 +99,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         msgs, shipped = [], set()
         for pid in sorted(self.node_of):
             pkg = self.deployment.for_class(str(self.profiles[pid]["device-class"]))
-            content = RecordDict({
-                P.BACKBONE: P.arrays_from_state(pkg.backbone.state_dict()),
-                P.HEADER: P.arrays_from_state(pkg.header.state_dict()),
-                P.CONFIG: ConfigRecord({"tag": self.tag, "backbone-arch": json.dumps(pkg.backbone.arch()),
-                                        "header-spec": json.dumps(pkg.header_spec), "feature-samples": int(k),
-                                        "seed": self.seed, "resume-round": self.round_offset}),
-            })
+            content = self.setup_content(pkg, k)
             n = self.ledger.add_message(0, "edge-device", "down", content, pid)
             edge = self.topology.edge_of(pid)
             if (edge, pkg.width, pkg.depth) not in shipped:  # the cloud sends each distinct package once per edge
@@ -128,6 +122,20 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         if small:
             logger.warning("%s: mixing groups with fewer than 3 devices (a group of one only ever sees itself): %s",
                            self.record.name, small)
+
+    def setup_content(self, pkg: Package, feature_samples: int) -> RecordDict:
+        """The one-time setup message of a device of ``pkg``'s class: its sub-backbone, header and their recipes."""
+        return RecordDict({
+            P.BACKBONE: P.arrays_from_state(pkg.backbone.state_dict()),
+            P.HEADER: P.arrays_from_state(pkg.header.state_dict()),
+            P.CONFIG: ConfigRecord({"tag": self.tag, "backbone-arch": json.dumps(pkg.backbone.arch()),
+                                    "header-spec": json.dumps(pkg.header_spec), "feature-samples": int(feature_samples),
+                                    "seed": self.seed, "resume-round": self.round_offset}),
+        })
+
+    def profile_query(self) -> RecordDict:
+        """The discovery query every node receives."""
+        return RecordDict({P.CONFIG: ConfigRecord({})})
 
     def _validate_setup(self, pid: int, content: RecordDict) -> None:
         if self.feature_samples and P.FEATURES not in content.array_records:

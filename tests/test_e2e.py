@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_flwr_run_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     overrides = [f"{k}={v}" for k, v in SMOKE.items()] + [f"cloud.cache_dir={tmp_path / 'cache'}"]
-    summary_path = launch(out, 4, overrides, stream_to=subprocess.DEVNULL)
+    home = tmp_path / "flwr-home"  # this test's own FLWR_HOME: it names the SuperLink this test started
+    summary_path = launch(out, 4, overrides, stream_to=subprocess.DEVNULL, flwr_home=home)
     summary = json.loads(summary_path.read_text())
     assert summary["strategy"] == "acme" and set(summary["strategies"]) == {"acme", "fedavg_header", "local"}
     for name, block in summary["strategies"].items():
@@ -36,17 +37,23 @@ def test_flwr_run_end_to_end(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert {r["tier"] for r in rows} == {"device", "edge", "cloud"}
     assert (out / "summary.csv").read_text().count("\n") == 4  # header + 3 strategies
-    assert not _stray_superlinks(), "the launcher must stop the SuperLink it started"
+    assert _processes_of(home) == [], "the launcher must stop the SuperLink (and everything) it started"
+    assert not home.exists(), "the launcher removes its FLWR_HOME"
 
 
-def _stray_superlinks() -> bool:
-    for cmd in Path("/proc").glob("*/cmdline"):
+def _processes_of(home: Path) -> list[int]:
+    """PIDs of processes started for this FLWR_HOME (in their command line or environment): only this test's."""
+    needle = str(home).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
-            if b"flower-superlink" in cmd.read_bytes() and b"acme-flwr-home" in cmd.read_bytes():
-                return True
+            if needle in (proc / "cmdline").read_bytes() or needle in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
         except OSError:
             continue
-    return False
+    return found
 
 
 @pytest.mark.e2e
