@@ -163,7 +163,7 @@ class _Launch:
             self.watchdog.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.watchdog.kill()
-        if procs.reap(str(self.home), self.pgids) or self.home.exists():
+        if procs.reap(str(self.home), self.pgids, grace=1.0) or self.home.exists():  # normally a no-op
             left = procs.cleanup(self.home, self.pgids)
             if left:
                 logger.warning("%d Flower process(es) under %s did not stop: %s", len(left), self.home, left)

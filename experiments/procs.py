@@ -94,27 +94,33 @@ def alive(pid: int) -> bool:
         return False
 
 
-def reap(marker: str, pgids: Iterable[int] = (), grace: float = 5.0) -> list[int]:
-    """SIGTERM, then after ``grace`` s SIGKILL, everything of a launch; return the PIDs that survived (normally [])."""
+def reap(marker: str, pgids: Iterable[int] = (), grace: float = 5.0, kill_for: float = 5.0) -> list[int]:
+    """SIGTERM everything of a launch, after ``grace`` s SIGKILL what is left or new (for up to ``kill_for`` s);
+    return the PIDs that survived (normally [])."""
     pgids = list(pgids)
 
     def targets() -> set[int]:
         return {p for p in with_descendants([*processes_with(marker), *group_members(pgids)]) if alive(p)}
 
-    pids = targets()
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    def send(pids: set[int], sig: int) -> None:
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except OSError:
                 pass
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
-        while time.monotonic() < deadline and any(alive(p) for p in pids):
-            time.sleep(0.05)
+
+    pids = targets()
+    send(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    deadline = time.monotonic() + kill_for
+    while True:
         pids = {p for p in pids | targets() if alive(p)}  # anything forked meanwhile too
-        if not pids:
-            break
-    return sorted(pids)
+        if not pids or time.monotonic() > deadline:
+            return sorted(pids)
+        send(pids, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def cleanup(flwr_home: Path, pgids: Iterable[int] = (), grace: float = 5.0) -> list[int]:
