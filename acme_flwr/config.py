@@ -40,8 +40,11 @@ class DataSection:
     """Which data set, where it lives, and how much of it the cloud keeps for backbone training."""
 
     name: str = field(default="digits", metadata={"registry": "dataset"})
-    root: str = ""  # local directory for real data sets (CIFAR-100 / ImageFolder); never downloaded
+    root: str = ""  # local directory for real data sets (CIFAR-100 / Fashion-MNIST / ImageFolder); never downloaded
     cloud_fraction: float = field(default=0.3, metadata=_range(0.0, 0.9))
+    # class-balanced held-out "generic" evaluation set (FederatedData.generic_test) that no choice ever uses: this
+    # share of the rarest class, per class, from the official test split if any, else from the pool
+    generic_test_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5, low_open=True))
     synthetic_classes: int = field(default=10, metadata=_range(2, None))
     synthetic_samples: int = field(default=600, metadata=_range(10, None))
 
@@ -58,6 +61,10 @@ class PartitionSection:
     min_size: int = field(default=10, metadata=_range(1, None))
     val_fraction: float = field(default=0.15, metadata=_range(0.0, 0.5, low_open=True))
     test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.5, low_open=True))
+    # where device test sets come from: the data set's official test split (following each device's train label
+    # distribution), cut from the device's partition (disjoint from every device's training data), or auto: official
+    # where the data set has one
+    test_source: str = field(default="auto", metadata=_choices("auto", "official", "partition"))
 
 
 @dataclass

@@ -2,12 +2,14 @@
 
 Every source returns :class:`ImageData`: uint8 images ``(N, H, W, C)`` and int64 labels. Images stay uint8 at their
 native size (CIFAR-100 is 150 MB that way; at 224×224 it would be 7.5 GB) and are resized and normalised per batch by
-:func:`to_tensor`. Nothing is ever downloaded: a missing local data set raises :class:`DataNotFoundError` saying what
-to put where.
+:func:`to_tensor`. Sources with an official test split (CIFAR-100, Fashion-MNIST) return train and test together and
+mark the test samples in ``official_test``, so device test sets can be drawn from it (``partition.test_source``).
+Nothing is ever downloaded: a missing local data set raises :class:`DataNotFoundError` saying what to put where.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ class ImageData:
     num_classes: int
     mean: tuple[float, ...] = (0.5,)
     std: tuple[float, ...] = (0.5,)
+    official_test: np.ndarray | None = None  # bool (N,): True for the official test split's samples; None: no split
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -47,6 +50,14 @@ class ImageData:
             raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
             raise ValueError(f"{self.name}: labels must lie in [0, {self.num_classes})")
+        if self.official_test is not None and (self.official_test.dtype != bool
+                                               or self.official_test.shape != self.labels.shape):
+            raise ValueError(f"{self.name}: official_test must be a bool mask with one entry per sample")
+
+    @property
+    def has_official_test(self) -> bool:
+        """Whether the source has an official test split (marked in ``official_test``)."""
+        return self.official_test is not None and bool(self.official_test.any())
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -85,7 +96,8 @@ def list_datasets() -> list[str]:
 
 
 def load_dataset(name: str, root: str = "", seed: int = 0, **kwargs: int) -> ImageData:
-    """Load a registered data set by name (``digits``, ``synthetic``, ``cifar100``, ``imagefolder``)."""
+    """Load a registered data set by name (``digits``, ``synthetic``, ``cifar100``, ``fashion_mnist``,
+    ``imagefolder``)."""
     return DATASETS.get(name)(root=root, seed=seed, **kwargs)
 
 
@@ -114,7 +126,7 @@ def load_synthetic(root: str = "", seed: int = 0, synthetic_classes: int = 10, s
 
 @DATASETS.register("cifar100")
 def load_cifar100(root: str = "", seed: int = 0, **_: int) -> ImageData:
-    """CIFAR-100 training split from a local torchvision copy (``download=False``)."""
+    """CIFAR-100 from a local torchvision copy (``download=False``): 50 000 train then 10 000 official test images."""
     from torchvision.datasets import CIFAR100
 
     if not root or not (Path(root) / "cifar-100-python").is_dir():
@@ -122,8 +134,78 @@ def load_cifar100(root: str = "", seed: int = 0, **_: int) -> ImageData:
             f"CIFAR-100 not found under data.root={root!r}. Put the extracted 'cifar-100-python/' folder "
             "(from cifar-100-python.tar.gz: train, test, meta) in that directory and set data.root to it."
         )
-    ds = CIFAR100(root=root, train=True, download=False)
-    return ImageData("cifar100", np.asarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64), 100)
+    train, test = (CIFAR100(root=root, train=t, download=False) for t in (True, False))
+    images = np.concatenate([np.asarray(train.data, dtype=np.uint8), np.asarray(test.data, dtype=np.uint8)])
+    labels = np.asarray(list(train.targets) + list(test.targets), dtype=np.int64)
+    official_test = np.arange(len(labels)) >= len(train.targets)
+    return ImageData("cifar100", images, labels, 100, official_test=official_test)
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist package puts it
+FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                       "t10k-labels-idx1-ubyte")
+_IDX_UBYTE = 0x08
+
+
+class IdxFormatError(ValueError):
+    """A file is not a valid uint8 IDX file (wrong magic, dimensions or size)."""
+
+
+def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
+    """Read a uint8 IDX file (``*.gz`` or plain) into an array shaped by its header; check magic, rank and size."""
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] < 1:
+        raise IdxFormatError(f"{path}: not a uint8 IDX file (magic {raw[:4].hex() or 'missing'}, expected "
+                             f"0000080N with N >= 1 dimensions)")
+    rank = raw[3]
+    if ndim is not None and rank != ndim:
+        raise IdxFormatError(f"{path}: IDX file has {rank} dimensions, expected {ndim}")
+    header = 4 + 4 * rank
+    if len(raw) < header:
+        raise IdxFormatError(f"{path}: truncated IDX header ({len(raw)} bytes, {header} needed)")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=rank, offset=4))
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        raise IdxFormatError(f"{path}: IDX header says {dims} ({expected} bytes) but the file has {len(raw)} bytes")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find_idx(root: Path, name: str) -> Path | None:
+    for folder in (root, root / "FashionMNIST" / "raw", root / "raw"):
+        for candidate in (folder / f"{name}.gz", folder / name):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+@DATASETS.register("fashion_mnist")
+def load_fashion_mnist(root: str = "", seed: int = 0, **_: int) -> ImageData:
+    """Fashion-MNIST (60 000 train then 10 000 official test 28×28 grey images, 10 classes) from four IDX files:
+    ``data.root`` (default: Debian's ``dataset-fashion-mnist`` directory) or its ``FashionMNIST/raw/``."""
+    folder = Path(root or FASHION_MNIST_DIR)
+    found = {name: _find_idx(folder, name) for name in FASHION_MNIST_FILES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise DataNotFoundError(
+            f"Fashion-MNIST not found under data.root={str(folder)!r} (missing {', '.join(missing)}). Install it with "
+            f"'apt-get install dataset-fashion-mnist' (puts it in {FASHION_MNIST_DIR}) or put the four IDX files "
+            f"{', '.join(f + '.gz' for f in FASHION_MNIST_FILES)} (gzipped or not, or torchvision's FashionMNIST/raw/ "
+            "folder) in a directory and set data.root to it."
+        )
+    arrays = {name: read_idx(path, ndim=3 if "images" in name else 1) for name, path in found.items() if path}
+    for split in ("train", "t10k"):
+        n_img, n_lab = len(arrays[f"{split}-images-idx3-ubyte"]), len(arrays[f"{split}-labels-idx1-ubyte"])
+        if n_img != n_lab:
+            raise IdxFormatError(f"{folder}: {split} has {n_img} images but {n_lab} labels")
+    images = np.concatenate([arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]])[..., None]
+    train_labels, test_labels = arrays["train-labels-idx1-ubyte"], arrays["t10k-labels-idx1-ubyte"]
+    labels = np.concatenate([train_labels, test_labels]).astype(np.int64)
+    if labels.max() >= 10:
+        raise IdxFormatError(f"{folder}: Fashion-MNIST labels must lie in [0, 10), found {int(labels.max())}")
+    official_test = np.arange(len(labels)) >= len(train_labels)
+    logger.info("loaded Fashion-MNIST from %s: %d train + %d test images", folder, len(train_labels), len(test_labels))
+    return ImageData("fashion_mnist", np.ascontiguousarray(images), labels, 10, official_test=official_test)
 
 
 @DATASETS.register("imagefolder")

@@ -9,16 +9,23 @@ under the generator they get and registered by decorator (``PARTITIONERS``).
 - ``pathological``: each device holds ``classes_per_client`` classes.
 - ``acme``: ACME's IID/C2/C3/C4 class lists (spec §4.2) verbatim for 100 classes, per-client independent draws of
   ``per_class_fraction`` of each owned class (overlap across devices is possible, as in the original).
+
+Held-out data never leaks into training: :func:`split_clients` cuts each device's val/test from its own partition
+so that no held-out sample is in any device's training data (partitions may overlap), and :func:`draw_following`
+draws a device's test set from an official test split following the device's label distribution.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from acme_flwr.registry import Registry
+
+logger = logging.getLogger(__name__)
 
 Partitioner = Callable[..., list[np.ndarray]]
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
@@ -169,6 +176,79 @@ def split_client(indices: np.ndarray, val_fraction: float, test_fraction: float,
     n_test = max(1, int(round(test_fraction * len(idx))))
     n_val = max(1, int(round(val_fraction * len(idx))))
     return ClientSplit(train=idx[n_test + n_val:], val=idx[n_test:n_test + n_val], test=idx[:n_test])
+
+
+def split_clients(parts: list[np.ndarray], val_fraction: float, test_fraction: float,
+                  seed: int) -> list[ClientSplit]:
+    """Cut every device's val (and, if ``test_fraction`` > 0, test) from its own partition, leak-free.
+
+    Partitions may overlap (``acme`` draws devices independently). A device takes its held-out samples first from
+    those no other device holds, never one another device already holds out, and every held-out sample is removed
+    from every device's training data. For disjoint partitions this is :func:`split_client` per device."""
+    if not parts:
+        return []
+    size = max((int(p.max()) + 1 for p in parts if len(p)), default=0)
+    owners = np.bincount(np.concatenate(parts).astype(np.int64), minlength=size)
+    held = np.zeros(size, dtype=bool)
+    cuts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for pid, part in enumerate(parts):
+        if len(part) < 3:
+            raise ValueError(f"device {pid} holds {len(part)} samples; it needs at least 3 for train/val/test")
+        idx = np.random.default_rng(seed * 1000 + pid).permutation(part)
+        n_test = max(1, int(round(test_fraction * len(idx)))) if test_fraction > 0 else 0
+        n_val = max(1, int(round(val_fraction * len(idx))))
+        free = idx[~held[idx]]
+        free = free[np.argsort(owners[free] > 1, kind="stable")]  # samples only this device holds come first
+        if len(free) < n_test + n_val + 1:
+            raise ValueError(f"device {pid}: only {len(free)} of its {len(idx)} samples are not held out by other "
+                             f"devices, {n_test + n_val + 1} needed; lower partition.per_class_fraction or "
+                             "topology.num_devices")
+        test, val = free[:n_test], free[n_test:n_test + n_val]
+        held[test] = True
+        held[val] = True
+        cuts.append((idx, val, test))
+    splits = [ClientSplit(train=idx[~held[idx]], val=val, test=test) for idx, val, test in cuts]
+    empty = [pid for pid, s in enumerate(splits) if len(s.train) == 0]
+    if empty:
+        raise ValueError(f"devices {empty} have no training data left after the other devices' held-out samples "
+                         "were removed; lower partition.per_class_fraction, val_fraction or test_fraction")
+    return splits
+
+
+def draw_following(hist: np.ndarray, pool: np.ndarray, pool_labels: np.ndarray, n: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Draw ``n`` distinct indices from ``pool`` (labels ``pool_labels``) with class counts proportional to ``hist``
+    (largest remainder); a class gets at most what the pool holds of it."""
+    hist = np.asarray(hist, dtype=np.float64)
+    if hist.sum() <= 0 or n < 1:
+        raise ValueError("draw_following needs a non-empty label histogram and n >= 1")
+    share = hist / hist.sum() * n
+    counts = np.floor(share).astype(np.int64)
+    counts[np.argsort(-(share - counts), kind="stable")[: n - int(counts.sum())]] += 1
+    chosen, short = [], 0
+    for c in np.flatnonzero(counts):
+        avail = pool[pool_labels == c]
+        k = min(int(counts[c]), len(avail))
+        short += int(counts[c]) - k
+        chosen.append(rng.choice(avail, size=k, replace=False))
+    if short:
+        logger.warning("the test pool lacks %d of the %d samples a device's label distribution asks for", short, n)
+    return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
+
+
+def balanced_cut(labels: np.ndarray, indices: np.ndarray, fraction: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A class-balanced subset of ``indices`` (the same count, ``fraction`` of the rarest class and at least 1, per
+    class) and the rest, both sorted."""
+    classes, counts = np.unique(labels[indices], return_counts=True)
+    if len(classes) == 0:
+        return np.empty(0, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+    per_class = max(1, int(fraction * counts.min()))
+    if per_class >= counts.min():
+        raise ValueError(f"a class-balanced cut of {per_class} per class would take all of the rarest class "
+                         f"({counts.min()} samples); lower data.generic_test_fraction")
+    cut = np.concatenate([rng.permutation(indices[labels[indices] == c])[:per_class] for c in classes])
+    return np.sort(cut), np.setdiff1d(indices, cut)
 
 
 def label_report(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) -> list[dict[str, object]]:

@@ -1,9 +1,14 @@
 """The federated task a run's config describes: the cloud's data, each device's train/val/test tensors.
 
 Server and clients build the same :class:`FederatedData` deterministically from the config and the seed, so a device
-only ever materialises its own partition. The cloud keeps a stratified ``data.cloud_fraction`` share of the pool
-for backbone training (split into train/val); devices partition the rest. Nothing here touches test data of the
-cloud: model choice uses validation splits only.
+only ever materialises its own partition. The cloud keeps a stratified ``data.cloud_fraction`` share of the training
+pool for backbone training (split into train/val); devices partition the rest.
+
+No held-out sample is ever trained on. Device test sets come from the data set's official test split, following
+each device's train label distribution, or (``partition.test_source=partition``, the default where a data set has no
+test split) are cut from the device's partition disjoint from every device's training data; device validation is
+always cut that way. ``generic_test`` is a class-balanced set disjoint from the cloud's and every device's data that
+no choice (importance, PFG table, NAS, pruning) uses: the "generic" accuracy is measured on it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 
 from acme_flwr.config import AcmeConfig
 from acme_flwr.data import ImageData, load_dataset, to_tensor
-from acme_flwr.partition import ClientSplit, label_report, partition, split_client
+from acme_flwr.partition import ClientSplit, balanced_cut, draw_following, label_report, partition, split_clients
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +52,7 @@ class DeviceData:
 
 
 class FederatedData:
-    """The pool split into the cloud's share and per-device partitions."""
+    """The pool split into the cloud's share, per-device partitions and the held-out generic test set."""
 
     def __init__(self, cfg: AcmeConfig, image_size: int, num_channels: int) -> None:
         self.cfg = cfg
@@ -56,17 +61,47 @@ class FederatedData:
         d, p = cfg.data, cfg.partition
         self.data: ImageData = load_dataset(d.name, d.root, cfg.run.seed, synthetic_classes=d.synthetic_classes,
                                             synthetic_samples=d.synthetic_samples, image_size=image_size)
+        self.test_source = resolve_test_source(p.test_source, self.data)
+        labels = self.data.labels
         rng = np.random.default_rng(cfg.run.seed)
-        cloud_idx, device_pool = _stratified_cut(self.data.labels, d.cloud_fraction, rng)
+        if self.data.has_official_test:
+            official = np.asarray(self.data.official_test)
+            pool, test_pool = np.flatnonzero(~official), np.flatnonzero(official)
+            self.generic_indices, test_pool = balanced_cut(labels, test_pool, d.generic_test_fraction, rng)
+        else:
+            self.generic_indices, pool = balanced_cut(labels, np.arange(len(labels)), d.generic_test_fraction, rng)
+            test_pool = np.empty(0, dtype=np.int64)
+        cloud_idx, device_pool = _stratified_cut(labels, pool, d.cloud_fraction, rng)
         self.cloud_indices = cloud_idx
-        parts = partition(p.kind, self.data.labels[device_pool], cfg.topology.num_devices, cfg.run.seed + 1,
+        parts = partition(p.kind, labels[device_pool], cfg.topology.num_devices, cfg.run.seed + 1,
                           alpha=p.alpha, min_size=p.min_size, classes_per_client=p.classes_per_client,
                           category=p.category, per_class_fraction=p.per_class_fraction)
         self.partitions = [device_pool[part] for part in parts]
-        self.splits: list[ClientSplit] = [
-            split_client(part, p.val_fraction, p.test_fraction, cfg.run.seed * 1000 + pid)
-            for pid, part in enumerate(self.partitions)
-        ]
+        official_tests = self.test_source == "official"
+        self.splits: list[ClientSplit] = split_clients(self.partitions, p.val_fraction,
+                                                       0.0 if official_tests else p.test_fraction, cfg.run.seed)
+        if official_tests:  # the original's way (spec §4.2): per device, test images of its classes
+            self.splits = [
+                ClientSplit(s.train, s.val, draw_following(
+                    np.bincount(labels[s.train], minlength=self.num_classes), test_pool, labels[test_pool],
+                    max(1, int(round(p.test_fraction * len(part)))), np.random.default_rng([cfg.run.seed, 17, pid])))
+                for pid, (s, part) in enumerate(zip(self.splits, self.partitions, strict=True))
+            ]
+        self._check_no_leak()
+
+    def _check_no_leak(self) -> None:
+        """Raise if a held-out sample (device val/test, generic test) is in the cloud's or any device's train."""
+        trained = np.zeros(len(self.data), dtype=bool)
+        trained[self.cloud_indices] = True
+        for s in self.splits:
+            trained[s.train] = True
+        held = [self.generic_indices] + [np.concatenate([s.val, s.test]) for s in self.splits]
+        leaked = int(sum(trained[h].sum() for h in held))
+        if leaked:
+            raise RuntimeError(f"{leaked} held-out samples are in training data; this is a bug in acme_flwr.task")
+        in_devices = np.concatenate([np.concatenate([s.val, s.test]) for s in self.splits])
+        if np.isin(self.generic_indices, in_devices).any():
+            raise RuntimeError("the generic test set overlaps device data; this is a bug in acme_flwr.task")
 
     @property
     def num_classes(self) -> int:
@@ -93,15 +128,33 @@ class FederatedData:
         n_val = max(1, int(val_fraction * len(idx)))
         return self.tensors(idx[n_val:]), self.tensors(idx[:n_val])
 
+    @functools.cached_property
+    def generic_test(self) -> TensorSplit:
+        """The class-balanced held-out set for "generic" accuracy: disjoint from the cloud's train/val and every
+        device's data, and used by no choice (importance, PFG table, NAS, pruning)."""
+        return self.tensors(self.generic_indices)
+
     def report(self) -> list[dict[str, object]]:
         return label_report([s.train for s in self.splits], self.data.labels, self.num_classes)
 
 
-def _stratified_cut(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, the first ``fraction`` of a shuffled class goes to the first array, the rest to the second."""
+def resolve_test_source(requested: str, data: ImageData) -> str:
+    """``partition.test_source`` resolved for ``data``: ``auto`` is ``official`` where it has a test split."""
+    if requested == "auto":
+        return "official" if data.has_official_test else "partition"
+    if requested == "official" and not data.has_official_test:
+        raise ValueError(f"partition.test_source='official' but data.name={data.name!r} has no official test split; "
+                         "use 'partition' (device test sets cut from each partition) or 'auto'")
+    return requested
+
+
+def _stratified_cut(labels: np.ndarray, indices: np.ndarray, fraction: float,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the first ``fraction`` of a shuffled class of ``indices`` goes to the first array, the rest to the
+    second."""
     first, rest = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
+    for c in np.unique(labels[indices]):
+        idx = rng.permutation(indices[labels[indices] == c])
         k = int(round(fraction * len(idx)))
         first.append(idx[:k])
         rest.append(idx[k:])

@@ -1,7 +1,8 @@
-"""Data sources and the federated task: embedded digits, synthetic, local layouts, disjoint cloud/device data."""
+"""Data sources and the federated task: embedded digits, synthetic, local layouts, IDX/Fashion-MNIST, disjoint data."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,21 @@ import pytest
 from PIL import Image
 
 from acme_flwr.config import AcmeConfig
-from acme_flwr.data import DataNotFoundError, list_datasets, load_dataset, to_tensor
+from acme_flwr.data import (
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_FILES,
+    DataNotFoundError,
+    IdxFormatError,
+    list_datasets,
+    load_dataset,
+    read_idx,
+    to_tensor,
+)
 from acme_flwr.task import FederatedData
 
 
 def test_registered_sources() -> None:
-    assert list_datasets() == ["cifar100", "digits", "imagefolder", "synthetic"]
+    assert list_datasets() == ["cifar100", "digits", "fashion_mnist", "imagefolder", "synthetic"]
 
 
 def test_digits_ship_with_the_package() -> None:
@@ -63,8 +73,86 @@ def test_federated_data_keeps_cloud_and_devices_disjoint() -> None:
         assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
         assert not (seen & set().union(*parts))  # dirichlet: devices do not share samples
         seen |= set().union(*parts)
-    assert len(cloud) == pytest.approx(0.3 * 1797, abs=10)
+    assert len(cloud) == pytest.approx(0.3 * (1797 - len(fd.generic_indices)), abs=10)
     dev = fd.device(2)
     assert dev.train.x.shape[1:] == (1, 8, 8) and dev.raw_train_bytes == len(dev.train) * 65
     with pytest.raises(ValueError, match="num-supernodes"):
         fd.device(5)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> Path:
+    """Write ``array`` (uint8) as an IDX file, gzipped when ``compress``."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def write_fashion_mnist(folder: Path, n_train: int = 40, n_test: int = 20, compress: bool = True,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny Fashion-MNIST look-alike (class-conditional 28×28 images) in ``folder``; returns (images, labels)."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n_train + n_test) % 10).astype(np.uint8)
+    images = np.clip(labels[:, None, None] * 25 + rng.integers(0, 20, (len(labels), 28, 28)), 0, 255).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if compress else ""
+    for split, sl in (("train", slice(0, n_train)), ("t10k", slice(n_train, None))):
+        write_idx(folder / f"{split}-images-idx3-ubyte{ext}", images[sl], compress)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{ext}", labels[sl], compress)
+    return images, labels
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_reads_gzip_and_plain(tmp_path: Path, compress: bool) -> None:
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = write_idx(tmp_path / ("x.gz" if compress else "x"), images, compress)
+    assert np.array_equal(read_idx(path, ndim=3), images)
+    labels = np.array([3, 1, 4], dtype=np.uint8)
+    assert np.array_equal(read_idx(write_idx(tmp_path / "y", labels, False), ndim=1), labels)
+
+
+def test_read_idx_rejects_bad_magic_rank_and_size(tmp_path: Path) -> None:
+    good = write_idx(tmp_path / "good", np.zeros((2, 3, 3), np.uint8), False).read_bytes()
+    (tmp_path / "magic").write_bytes(b"\x00\x00\x0d\x03" + good[4:])
+    with pytest.raises(IdxFormatError, match="not a uint8 IDX file"):
+        read_idx(tmp_path / "magic")
+    with pytest.raises(IdxFormatError, match="3 dimensions, expected 1"):
+        read_idx(tmp_path / "good", ndim=1)
+    (tmp_path / "short").write_bytes(good[:-5])
+    with pytest.raises(IdxFormatError, match=r"says \(2, 3, 3\).*has 29 bytes"):
+        read_idx(tmp_path / "short")
+
+
+def test_fashion_mnist_reads_four_idx_files_and_marks_the_test_split(tmp_path: Path) -> None:
+    images, labels = write_fashion_mnist(tmp_path, n_train=40, n_test=20)
+    d = load_dataset("fashion_mnist", root=str(tmp_path))
+    assert d.images.shape == (60, 28, 28, 1) and d.num_classes == 10 and d.sample_bytes == 28 * 28 + 1
+    assert np.array_equal(d.images[..., 0], images) and np.array_equal(d.labels, labels)
+    assert d.has_official_test and d.official_test.tolist() == [False] * 40 + [True] * 20
+
+
+def test_fashion_mnist_reads_torchvisions_uncompressed_raw_layout(tmp_path: Path) -> None:
+    images, _ = write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", compress=False)
+    assert np.array_equal(load_dataset("fashion_mnist", root=str(tmp_path)).images[..., 0], images)
+
+
+def test_fashion_mnist_missing_or_bad_files_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError) as err:
+        load_dataset("fashion_mnist", root=str(tmp_path))
+    message = str(err.value)
+    assert "apt-get install dataset-fashion-mnist" in message and str(tmp_path) in message
+    assert FASHION_MNIST_DIR in message and all(name in message for name in FASHION_MNIST_FILES)
+    write_fashion_mnist(tmp_path, n_train=40, n_test=20)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(7, np.uint8), True)
+    with pytest.raises(IdxFormatError, match="t10k has 20 images but 7 labels"):
+        load_dataset("fashion_mnist", root=str(tmp_path))
+
+
+@pytest.mark.skipif(not all((Path(FASHION_MNIST_DIR) / f"{f}.gz").is_file() for f in FASHION_MNIST_FILES),
+                    reason=f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR} "
+                           "(apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_when_installed() -> None:
+    d = load_dataset("fashion_mnist")
+    assert d.images.shape == (70000, 28, 28, 1) and int(d.official_test.sum()) == 10000
+    assert np.bincount(d.labels[~d.official_test]).tolist() == [6000] * 10
+    assert np.bincount(d.labels[d.official_test]).tolist() == [1000] * 10

@@ -9,11 +9,14 @@ from acme_flwr.partition import (
     ACME_CATEGORIES,
     ACME_LISTS,
     acme_class_lists,
+    balanced_cut,
+    draw_following,
     format_label_report,
     label_report,
     list_partitioners,
     partition,
     split_client,
+    split_clients,
 )
 
 LABELS = np.repeat(np.arange(10), 60)  # 600 samples, 10 classes
@@ -89,6 +92,58 @@ def test_split_client_is_disjoint_and_nonempty() -> None:
     assert not (set(s.train) & set(s.val) or set(s.train) & set(s.test) or set(s.val) & set(s.test))
     with pytest.raises(ValueError, match="at least 3"):
         split_client(np.arange(2), 0.1, 0.1, seed=0)
+
+
+def test_split_clients_equals_split_client_on_disjoint_partitions() -> None:
+    parts = partition("dirichlet", LABELS, 6, seed=0, alpha=0.5, min_size=10)
+    for pid, (many, one) in enumerate(zip(split_clients(parts, 0.15, 0.2, seed=4), parts, strict=True)):
+        single = split_client(one, 0.15, 0.2, seed=4 * 1000 + pid)
+        assert all(np.array_equal(getattr(many, f), getattr(single, f)) for f in ("train", "val", "test"))
+
+
+@pytest.mark.parametrize(("devices", "fraction"), [(5, 0.3), (2, 1.0)])
+def test_split_clients_never_trains_on_held_out_samples_of_overlapping_partitions(devices: int,
+                                                                                  fraction: float) -> None:
+    parts = partition("acme", LABELS, devices, seed=0, category="IID", per_class_fraction=fraction)
+    splits = split_clients(parts, 0.15, 0.2, seed=0)
+    trained = set().union(*(set(s.train.tolist()) for s in splits))
+    held = [set(s.val.tolist()) | set(s.test.tolist()) for s in splits]
+    assert not trained & set().union(*held)
+    assert sum(map(len, held)) == len(set().union(*held))  # no sample held out twice
+    for part, s, h in zip(parts, splits, held, strict=True):
+        assert h <= set(part.tolist()) and set(s.train.tolist()) <= set(part.tolist()) and len(s.train)
+    assert [len(s.test) for s in splits] == [round(0.2 * len(p)) for p in parts]
+
+
+def test_split_clients_without_test_cuts_only_validation() -> None:
+    splits = split_clients([np.arange(20), np.arange(20, 40)], 0.2, 0.0, seed=0)
+    assert all(len(s.test) == 0 and len(s.val) == 4 and len(s.train) == 16 for s in splits)
+
+
+def test_split_clients_explains_when_nothing_is_left() -> None:
+    with pytest.raises(ValueError, match="not held out by other devices"):
+        split_clients([np.arange(4)] * 3, 0.25, 0.25, seed=0)
+
+
+def test_draw_following_matches_the_histogram_and_stays_in_the_pool() -> None:
+    pool = np.arange(1000, 1600)
+    pool_labels = LABELS  # 60 per class
+    hist = np.array([30, 0, 10, 0, 0, 0, 0, 0, 0, 20])
+    drawn = draw_following(hist, pool, pool_labels, 30, np.random.default_rng(0))
+    assert len(drawn) == len(set(drawn.tolist())) == 30 and set(drawn.tolist()) <= set(pool.tolist())
+    counts = np.bincount(pool_labels[drawn - 1000], minlength=10)
+    assert counts.tolist() == [15, 0, 5, 0, 0, 0, 0, 0, 0, 10]
+    capped = draw_following(hist, pool, pool_labels, 300, np.random.default_rng(0))  # class 0 asks 150 of 60
+    assert np.bincount(pool_labels[capped - 1000], minlength=10)[0] == 60
+
+
+def test_balanced_cut_is_class_balanced_and_disjoint() -> None:
+    labels = np.concatenate([np.repeat(np.arange(10), 60), np.zeros(40, np.int64)])  # class 0 has 100
+    cut, rest = balanced_cut(labels, np.arange(len(labels)), 0.1, np.random.default_rng(0))
+    assert np.bincount(labels[cut]).tolist() == [6] * 10
+    assert sorted(np.concatenate([cut, rest]).tolist()) == list(range(len(labels)))
+    with pytest.raises(ValueError, match="generic_test_fraction"):
+        balanced_cut(np.repeat(np.arange(2), 1), np.arange(2), 0.5, np.random.default_rng(0))
 
 
 def test_label_report_counts() -> None:
