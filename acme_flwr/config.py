@@ -78,6 +78,9 @@ class ModelSection:
     # where the pointwise channel gates of the gated headers sit: after their batch-statistics BN (a fix: before it
     # they are normalised away and their Taylor importance is ~0) or before it, as the original TempCNN
     gate_placement: str = field(default="after_bn", metadata=_choices("after_bn", "original"))
+    # header BatchNorms at evaluation: running statistics (per-sample, independent of the test batch) or the
+    # original's batch statistics (a device's accuracy then depends on what else is in its test batch)
+    header_bn: str = field(default="running", metadata=_choices("running", "batch"))
 
 
 class _CostModelChoices(tuple):
@@ -116,7 +119,9 @@ class CloudSection:
 class TopologySection:
     """How many devices and edges, and how often edges report to the cloud."""
 
-    num_devices: int = field(default=10, metadata=_range(1, None))
+    # 18 = 2 edges x 3 device classes x 3: round-robin edges (p % 2) and classes (p % 3) give every (edge, package)
+    # mixing group 3 devices, so no device mixes importance with itself alone
+    num_devices: int = field(default=18, metadata=_range(1, None))
     num_edges: int = field(default=2, metadata=_range(1, None))
     edge_rounds_per_cloud: int = field(default=2, metadata=_range(1, None))
     assignment: str = field(default="round_robin", metadata=_choices("round_robin", "contiguous"))

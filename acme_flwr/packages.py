@@ -90,7 +90,8 @@ def header_spec(cfg: AcmeConfig, in_channels: int, num_classes: int) -> dict[str
     kwargs: dict[str, Any] = {}
     if cfg.model.header == "gated_temp_cnn":
         kwargs = {"channels": cfg.model.header_channels,
-                  "pw_gate_after_bn": cfg.model.gate_placement == "after_bn"}
+                  "pw_gate_after_bn": cfg.model.gate_placement == "after_bn",
+                  "bn_running_stats": cfg.model.header_bn == "running"}
     return {"name": cfg.model.header, "in_channels": in_channels, "num_classes": num_classes, **kwargs}
 
 

@@ -118,8 +118,9 @@ class GatedTempCNN(Header):
 
     ``bn_running_stats`` (default ``True``, a fix): the ``five`` block's BatchNorms keep running statistics, so at
     evaluation a sample's prediction does not depend on the rest of its batch; ``False`` is the original (batch
-    statistics also at evaluation). The stem BN always keeps them. Dropout2d(``dropout``) acts on the pooled ``(B, C, 1, 1)`` map in training mode only (the
-    original's module form; the functional always-on dropout of the NAS child is not copied).
+    statistics also at evaluation). The stem BN always keeps them. Dropout2d(``dropout``) acts on the pooled
+    ``(B, C, 1, 1)`` map in training mode only (the original's module form; the functional always-on dropout of the NAS
+    child is not copied).
 
     ``pw_gate_after_bn`` (default ``True``, a fix): the pointwise gates run after their batch-statistics BN, where they
     really switch channels off; ``False`` is the original's placement (gate before BN: normalised away, Taylor
