@@ -80,7 +80,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--strategies", default="acme,fedavg_header,fedper,local")
-    parser.add_argument("--devices", type=int, default=10)
+    # 9 devices on 1 edge = 3 device classes x 3: every mixing group (same package) has 3 devices
+    parser.add_argument("--devices", type=int, default=9)
+    parser.add_argument("--edges", type=int, default=1)
     parser.add_argument("extra", nargs="*", help="more run-config overrides for every job")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -97,7 +99,7 @@ def main() -> None:
                 if (job / "summary.json").exists():
                     continue
                 overrides = [*SETTINGS[setting], f"run.seed={seed}", f"strategy.names={args.strategies}",
-                             f"topology.num_devices={args.devices}", *args.extra]
+                             f"topology.num_devices={args.devices}", f"topology.num_edges={args.edges}", *args.extra]
                 print(f"running {setting} seed {seed} ...", flush=True)
                 with (args.out / f"{setting}-seed{seed}.log").open("w") as log:
                     launch(job, args.devices, overrides, app_dir=app, stream_to=log)
