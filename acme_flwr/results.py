@@ -187,6 +187,29 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def human_bytes(n: float) -> str:
+    """1234567 → '1.23 MB' (decimal units, as network volumes are usually given)."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+def format_byte_table(name: str, by: dict[str, Any]) -> str:
+    """The bytes of one strategy as a small table: one row per tier and direction, the total and the references
+    computed in the same run (with the ratio of this run's total to each)."""
+    rows = [(tier, d, by[tier][d]) for tier in ("cloud-edge", "edge-device") if tier in by for d in ("down", "up")]
+    total = by.get("total", sum(v for _, _, v in rows))
+    out = [f"Bytes of {name} (exact serialized sizes):", f"\t{'tier':<12} {'direction':<9} {'bytes':>14}  human"]
+    out += [f"\t{t:<12} {d:<9} {v:>14,}  {human_bytes(v)}" for t, d, v in rows]
+    out.append(f"\t{'total':<22} {total:>14,}  {human_bytes(total)}")
+    for ref, val in sorted(by.get("references", {}).items()):
+        ratio = f"  (this run: {total / val['bytes']:.4g}x)" if val.get("bytes") else ""
+        out.append(f"\t{'ref ' + ref:<22} {val['bytes']:>14,}  {human_bytes(val['bytes'])}{ratio}")
+    return "\n".join(out)
+
+
 def _r(x: float | None) -> float | None:
     return None if x is None else round(float(x), 4)
 

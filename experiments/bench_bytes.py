@@ -90,7 +90,7 @@ def vitb_projection(devices: int = 5, rounds: int = 10, overrides: list[str] | N
     spec = {"name": "gated_temp_cnn", "in_channels": 768, "num_classes": 100, "channels": cfg.model.header_channels}
     header = create_header("gated_temp_cnn", 768, 100, channels=cfg.model.header_channels)
     pkg = Package(0.25, 0.25, sub, header, spec)
-    strategy = AcmeStrategy(Topology(devices, 1), CloudPackages({"c": pkg}, 0),
+    strategy = AcmeStrategy(topology=Topology(devices, 1), deployment=CloudPackages({"c": pkg}, 0),
                             prune_per_iteration=cfg.strategy.prune_per_iteration,
                             feature_samples=cfg.strategy.feature_samples)
     gates = header.num_gates

@@ -10,8 +10,12 @@ device that did not train in a round gets no new mix (it never prunes again on a
 
 Variants are configs of this one strategy: ``wo_pruning``, ``pruning_alone``, ``pruning_avg``, ``pruning_per``.
 
-With an unmodified ClientApp (standard ``arrays``/``metrics`` contract) the profile query fails on every node and the
-strategy runs as :class:`HierarchicalFedAvg` on the arrays given to ``start`` (drop-in mode), with byte accounting.
+It takes FedAvg's arguments with FedAvg's defaults, so ``FedAvg(...)`` → ``AcmeStrategy(...)`` is a one-line swap.
+With an unmodified ClientApp (standard ``arrays``/``metrics`` contract) the profile query fails on every node (one INFO
+line, no tracebacks, no round lost) and the strategy runs as :class:`HierarchicalFedAvg` with the same arguments on
+the arrays given to ``start`` (drop-in mode), with byte accounting. Without ``deployment=`` (cloud packages) the full
+ACME loop cannot run and the strategy is hierarchical FedAvg too, keyed by the partition-ids the ACME handlers report
+when the clients have them.
 """
 
 from __future__ import annotations
@@ -41,11 +45,13 @@ class AcmeStrategy(AcmeProtocolStrategy):
 
     name = "acme"
 
-    def __init__(self, topology: Topology, deployment: CloudPackages | None = None, *, variant: str = "pruning_per",
-                 distance: str = "emd", temperature: float = 1.0, prune_per_iteration: int = 10,
-                 prune_max_fraction: float = 0.9, prune_momentum: float = 0.9, feature_samples: int = 200,
-                 **kwargs: Any) -> None:
-        super().__init__(topology, deployment, **kwargs)
+    def __init__(self, *args: Any, topology: Topology | None = None, deployment: CloudPackages | None = None,
+                 variant: str = "pruning_per", distance: str = "emd", temperature: float = 1.0,
+                 prune_per_iteration: int = 10, prune_max_fraction: float = 0.9, prune_momentum: float = 0.9,
+                 feature_samples: int = 200, **kwargs: Any) -> None:
+        """FedAvg's arguments (positional or keyword, FedAvg's defaults); ``topology=``, ``deployment=`` and the
+        ACME settings are keyword-only. ``AcmeStrategy()`` alone is hierarchical FedAvg with one edge."""
+        super().__init__(*args, topology=topology, deployment=deployment, **kwargs)
         self.variant = get_variant(variant)
         self.variant_name = variant
         self.distance = distance
@@ -58,22 +64,40 @@ class AcmeStrategy(AcmeProtocolStrategy):
         self.mixed: dict[int, np.ndarray] = {}
         self.mixed_round: dict[int, int] = {}  # the round each device's mix was computed in
         self.fallback: HierarchicalFedAvg | None = None
-        self._kwargs = kwargs
 
     # ------------------------------------------------------------------------------------------------- setup
     def discover(self, grid: Grid) -> None:
         try:
             super().discover(grid)
         except NotAcmeClients as exc:
-            logger.warning("clients do not speak ACME (%s); running as hierarchical FedAvg (drop-in mode)", exc)
-            self.fallback = HierarchicalFedAvg(self.topology, recorder=self.recorder, record_name=self.record.name,
-                                               fraction_train=self.fraction_train, seed=self.seed,
-                                               discovery_timeout=self.discovery_timeout)
-            self.fallback.ledger = self.ledger
-            self.fallback.record = self.record
-            self.fallback.discover(grid)
-            self.node_of, self.pid_of, self.profiles = (self.fallback.node_of, self.fallback.pid_of,
-                                                        self.fallback.profiles)
+            logger.info("%s: running as hierarchical FedAvg", exc)
+            self._fall_back({pid: node for pid, node in enumerate(exc.nodes)})
+            return
+        if self.deployment is None:
+            logger.info("ACME handlers found on %d of %d nodes but no deployment= (cloud packages) was given: "
+                        "running as hierarchical FedAvg", len(self.node_of), self.probe.get("nodes", 0))
+            self._fall_back(dict(self.node_of))
+
+    def _fall_back(self, node_of: dict[int, int]) -> None:
+        """Drop-in mode: the same FedAvg arguments, topology, ledger and record, run by HierarchicalFedAvg."""
+        fb = HierarchicalFedAvg(self.fraction_train, self.fraction_evaluate, self.min_train_nodes,
+                                self.min_evaluate_nodes, self.min_available_nodes, self.weighted_by_key,
+                                self.arrayrecord_key, self.configrecord_key, self._user_aggr["train"],
+                                self._user_aggr["evaluate"], topology=self.topology, recorder=self.recorder,
+                                record_name=self.record.name, seed=self.seed,
+                                discovery_timeout=self.discovery_timeout, accuracy_key=self.accuracy_key,
+                                checkpoint_dir=self.checkpoint_dir)
+        fb.min_evaluate_nodes, fb.min_train_nodes = self.min_evaluate_nodes, self.min_train_nodes
+        fb.ledger, fb.record, fb.last_round, fb.round_offset = self.ledger, self.record, self.last_round, \
+            self.round_offset
+        self.node_of, self.pid_of, self.profiles = {}, {}, {}
+        for pid, node in sorted(node_of.items()):
+            fb._bind(pid, node, {"partition-id": pid})
+        fb.bind_topology()
+        fb._ready = True
+        self.fallback = fb
+        self.node_of, self.pid_of, self.profiles = fb.node_of, fb.pid_of, fb.profiles
+        self.topology = fb.topology
 
     def setup(self, grid: Grid) -> None:
         if self.fallback is not None:
@@ -111,6 +135,7 @@ class AcmeStrategy(AcmeProtocolStrategy):
                         grid: Grid) -> Iterable[Message]:
         self._ensure_ready(grid)
         if self.fallback is not None:
+            self.fallback.last_round = self.last_round
             return self.fallback.configure_train(server_round, arrays, config, grid)
         return super().configure_train(server_round, arrays, config, grid)
 

@@ -1,16 +1,21 @@
 """EdgeTierStrategy: the template every acme-flwr strategy follows (cloud → E edges → devices).
 
-Flower's ``Strategy.start`` drives the rounds; this class fixes what happens inside them and leaves four hooks to
-subclasses:
+It is a :class:`flwr.serverapp.strategy.FedAvg`: it takes every argument of FedAvg with FedAvg's meaning and defaults
+(sampling fractions and minimums, record keys, the weight key, metric aggregation functions) and Flower's
+``Strategy.start`` drives the rounds. The hierarchy is a keyword-only addition (``topology=``); without one it is a
+single edge that reports to the cloud every round over whatever nodes connect, i.e. FedAvg.
+
+Inside the rounds this class fixes what happens and leaves four hooks to subclasses:
 
 - :meth:`discover` learns which partition-id each node holds (once, before round 1);
 - :meth:`train_content` / :meth:`evaluate_content` build each device's own message (heterogeneous payloads);
 - :meth:`aggregate_edge` merges one edge's replies; :meth:`aggregate_cloud` runs every ``edge_rounds_per_cloud``
-  rounds.
+  rounds and at the last round (so the arrays ``start`` returns include the last round's training).
 
-The template handles the rest the same way for everybody: sampling keyed by partition-id (deterministic), exact
-byte accounting per tier and direction, reply validation (an error reply, a missing reply or a malformed payload is
-recorded as a failure and never reaches edge state), per-round rows in ``rounds.jsonl`` and the summary block.
+The template handles the rest the same way for everybody: sampling keyed by partition-id (seeded, deterministic),
+exact byte accounting per tier and direction, reply validation (an error reply, a missing reply or a malformed payload
+is recorded as a failure and never reaches edge state), FedAvg-style log lines per round and tier, a byte table per
+tier and direction at the end, per-round rows in ``rounds.jsonl`` and the summary block.
 """
 
 from __future__ import annotations
@@ -20,44 +25,64 @@ import pickle
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvg, Result
 
 from acme_flwr.comm import CENTRALIZED_FORMULA, FEDAVG_FORMULA, CommLedger, fedavg_full_bytes
+from acme_flwr.logs import use_flower_logging
 from acme_flwr.protocol import METRICS
-from acme_flwr.results import RunRecorder, StrategyRecord, accuracy_stats
+from acme_flwr.results import RunRecorder, StrategyRecord, accuracy_stats, format_byte_table
 from acme_flwr.topology import Topology
 
 logger = logging.getLogger(__name__)
+
+MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
+VALIDATION_KEY = "val-acc"  # the only metric a round is ever selected on (never test accuracy)
 
 
 class ReplyRejected(ValueError):
     """A device's reply is malformed (missing keys, wrong shape, NaN/Inf); it is recorded and ignored."""
 
 
-class EdgeTierStrategy(Strategy):
-    """Hierarchical strategy template; see the module docstring."""
+class EdgeTierStrategy(FedAvg):
+    """Hierarchical strategy template with FedAvg's interface; see the module docstring."""
 
     name = "edge-tier"
     train_type = "train"
     evaluate_type = "evaluate"
+    late_joiners = True  # nodes that connect after discovery join as new devices (False where devices need setup)
 
-    def __init__(self, topology: Topology, *, recorder: RunRecorder | None = None, record_name: str | None = None,
-                 fraction_train: float = 1.0, seed: int = 0, discovery_timeout: float = 120.0,
-                 reference_params: int = 0, checkpoint_dir: str | Path | None = None) -> None:
-        self.topology = topology
+    # pylint: disable=too-many-arguments
+    def __init__(self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, min_train_nodes: int = 2,
+                 min_evaluate_nodes: int = 2, min_available_nodes: int = 2, weighted_by_key: str = "num-examples",
+                 arrayrecord_key: str = "arrays", configrecord_key: str = "config",
+                 train_metrics_aggr_fn: MetricsAggrFn | None = None,
+                 evaluate_metrics_aggr_fn: MetricsAggrFn | None = None, *, topology: Topology | None = None,
+                 recorder: RunRecorder | None = None, record_name: str | None = None, seed: int = 0,
+                 discovery_timeout: float = 120.0, reference_params: int = 0,
+                 checkpoint_dir: str | Path | None = None, accuracy_key: str | None = None) -> None:
+        if isinstance(fraction_train, Topology):
+            raise TypeError(f"{type(self).__name__}: the first positional argument is FedAvg's fraction_train; "
+                            "pass the hierarchy as topology=Topology(...)")
+        super().__init__(fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes,
+                         weighted_by_key, arrayrecord_key, configrecord_key, train_metrics_aggr_fn,
+                         evaluate_metrics_aggr_fn)
+        use_flower_logging()
+        self._user_aggr = {"train": train_metrics_aggr_fn, "evaluate": evaluate_metrics_aggr_fn}
+        self.topology = topology if topology is not None else Topology()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.round_offset = 0  # rounds restored from a checkpoint; Flower's start() counts from 1 again
-        self.fraction_train = fraction_train
+        self.last_round: int | None = None  # set by start(): the cloud always aggregates at the last round
         self.seed = seed
         self.discovery_timeout = discovery_timeout
         self.reference_params = reference_params
+        self.accuracy_key = accuracy_key
         self.ledger = CommLedger()
         self.recorder = recorder
         self.record: StrategyRecord = (recorder.strategy(record_name or self.name) if recorder
@@ -73,7 +98,7 @@ class EdgeTierStrategy(Strategy):
     # ------------------------------------------------------------------------------------------------- hooks
     def discover(self, grid: Grid) -> None:
         """Fill ``node_of``/``pid_of``/``profiles``. Default: sorted node ids get partition-ids 0..n-1."""
-        for pid, node in enumerate(sorted(wait_for_nodes(grid, self.topology.num_devices, self.discovery_timeout))):
+        for pid, node in enumerate(sorted(self.wait_for_nodes(grid))):
             self._bind(pid, node, {"partition-id": pid})
 
     def setup(self, grid: Grid) -> None:
@@ -88,7 +113,7 @@ class EdgeTierStrategy(Strategy):
         """Merge the validated train replies of one edge's devices (keyed by partition-id)."""
 
     def aggregate_cloud(self, server_round: int) -> None:
-        """Cloud step every ``edge_rounds_per_cloud`` rounds. Default: nothing."""
+        """Cloud step every ``edge_rounds_per_cloud`` rounds and at the last round. Default: nothing."""
 
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
                          config: ConfigRecord) -> RecordDict | None:
@@ -105,13 +130,30 @@ class EdgeTierStrategy(Strategy):
         return None
 
     # ------------------------------------------------------------------------------------------------- Strategy API
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Flower's ``Strategy.start`` (same arguments); afterwards the summary block is final and the byte table
+        is logged."""
+        self.last_round = self.round_offset + num_rounds
+        result = super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
+                               train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)
+        self.finalize()
+        for line in format_byte_table(self.record.name, self.record.bytes).splitlines():
+            logger.info("%s", line)
+        return result
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self._ensure_ready(grid)
+        self._refresh_nodes(grid)
         self._round_started[server_round] = time.time()
-        return self._messages(server_round, "train", self.sample(server_round),
+        pids = self.sample(server_round, "train")
+        msgs = self._messages(server_round, "train", pids,
                               lambda pid: self.train_content(server_round, pid, arrays, config), self.train_type)
+        self._log_sampled("configure_train", msgs)
+        return msgs
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -121,29 +163,40 @@ class EdgeTierStrategy(Strategy):
             group = {pid: c for pid, c in ok.items() if self.topology.edge_of(pid) == edge}
             if group:
                 self.aggregate_edge(server_round, edge, group)
-        if self.topology.is_cloud_round(server_round):
+        cloud = self.is_cloud_round(server_round)
+        if cloud:
             self.aggregate_cloud(server_round)
-        metrics = _mean_metrics(ok)
+        metrics = self._aggregate_metrics(ok, "train")
         self._round_summary(server_round, "train", ok, metrics)
+        self._log_received("aggregate_train", server_round, "train", ok, cloud)
         return self.global_arrays(), MetricRecord(metrics) if metrics else None
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
         self._ensure_ready(grid)
-        return self._messages(server_round, "evaluate", sorted(self.node_of),
+        msgs = self._messages(server_round, "evaluate", self.sample(server_round, "evaluate"),
                               lambda pid: self.evaluate_content(server_round, pid, arrays, config),
                               self.evaluate_type)
+        if msgs:
+            self._log_sampled("configure_evaluate", msgs)
+        return msgs
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
         ok = self._accept(server_round, "evaluate", replies, lambda pid, c: None)
-        self.eval_history[server_round] = {pid: dict(c[METRICS]) for pid, c in ok.items() if METRICS in c}
-        metrics = _mean_metrics(ok)
+        self.eval_history[server_round] = {pid: metrics_of(c) for pid, c in ok.items() if c.metric_records}
+        metrics = self._aggregate_metrics(ok, "evaluate")
         self._round_summary(server_round, "evaluate", ok, metrics)
+        if self._sent.get((server_round, "evaluate")):
+            self._log_received("aggregate_evaluate", server_round, "evaluate", ok, None)
         self.finalize()
         self.save_checkpoint(server_round)
         return MetricRecord(metrics) if metrics else None
+
+    def is_cloud_round(self, server_round: int) -> bool:
+        """Every ``edge_rounds_per_cloud`` rounds, and always at the last round of ``start``."""
+        return self.topology.is_cloud_round(server_round) or server_round == self.last_round
 
     # ------------------------------------------------------------------------------------------------- checkpoints
     def extra_state(self) -> dict[str, Any]:
@@ -188,10 +241,12 @@ class EdgeTierStrategy(Strategy):
         return self.round_offset
 
     def summary(self) -> None:
-        """Log the strategy's set-up (Flower calls this at the start of ``start``)."""
-        logger.info("%s: %d edges over %d devices, cloud round every %d edge rounds, fraction_train=%.2f",
-                    self.record.name, self.topology.num_edges, self.topology.num_devices,
-                    self.topology.edge_rounds_per_cloud, self.fraction_train)
+        """Log the strategy's set-up in FedAvg's style (Flower calls this at the start of ``start``)."""
+        t = self.topology
+        devices = t.num_devices if t.num_devices is not None else "the connected"
+        logger.info("\t├──> Hierarchy: %d edge(s) over %s devices (%s), cloud aggregation every %d edge round(s) "
+                    "and at the last round", t.num_edges, devices, t.assignment, t.edge_rounds_per_cloud)
+        super().summary()
 
     def finalize(self) -> dict[str, Any]:
         """Bring this strategy's block of the results contract up to date (bytes, references, accuracy, failures);
@@ -212,13 +267,24 @@ class EdgeTierStrategy(Strategy):
         return self.record.to_dict()
 
     # ------------------------------------------------------------------------------------------------- internals
-    def sample(self, server_round: int) -> list[int]:
-        """Partition-ids trained this round: all, or a seeded fraction (same seed → same devices)."""
+    def wait_for_nodes(self, grid: Grid) -> list[int]:
+        """Wait like FedAvg for ``min_available_nodes`` (or the topology's fixed ``num_devices``) to connect."""
+        count = self.topology.num_devices if self.topology.num_devices is not None else self.min_available_nodes
+        return wait_for_nodes(grid, count, self.discovery_timeout)
+
+    def sample(self, server_round: int, phase: str = "train") -> list[int]:
+        """Partition-ids of a round, sampled as FedAvg does (``max(int(n·fraction), min_nodes)``, all if fewer are
+        connected), but seeded: same seed → same devices."""
         pids = sorted(self.node_of)
-        k = max(1, int(round(self.fraction_train * len(pids))))
+        fraction, minimum = ((self.fraction_train, self.min_train_nodes) if phase == "train"
+                             else (self.fraction_evaluate, self.min_evaluate_nodes))
+        if fraction == 0.0 or not pids:
+            return []
+        k = min(len(pids), max(int(len(pids) * fraction), minimum, 1))
         if k >= len(pids):
             return pids
-        return sorted(random.Random(self.seed * 100_003 + server_round).sample(pids, k))
+        salt = 0 if phase == "train" else 50_021
+        return sorted(random.Random(self.seed * 100_003 + server_round + salt).sample(pids, k))
 
     def _bind(self, pid: int, node: int, profile: dict[str, Any]) -> None:
         self.node_of[pid] = node
@@ -235,12 +301,33 @@ class EdgeTierStrategy(Strategy):
             self.discover(grid)
             if not self.node_of:
                 raise RuntimeError(f"{self.record.name}: no device answered discovery; is the ClientApp running?")
+            self.bind_topology()
             self.setup(grid)
         finally:
             if self.ledger is not ledger:
                 self.record.extra["resume_setup_bytes"] = self.ledger.total()
                 self.ledger = ledger
         self._ready = True
+
+    def bind_topology(self) -> None:
+        """Fix the topology's device count to the discovered devices when it was left open."""
+        n = max(self.node_of, default=-1) + 1
+        if self.topology.num_devices is None:
+            if n < self.topology.num_edges:
+                raise ValueError(f"topology has {self.topology.num_edges} edges but only {n} devices connected")
+            self.topology = self.topology.with_devices(n)
+
+    def _refresh_nodes(self, grid: Grid) -> None:
+        """Nodes that connected after discovery join as new partition-ids (drop-in mode, like FedAvg's sampling)."""
+        if not self.late_joiners:
+            return
+        new = sorted(set(grid.get_node_ids()) - set(self.pid_of))
+        for node in new:
+            pid = max(self.node_of, default=-1) + 1
+            self._bind(pid, node, {"partition-id": pid})
+        if new:
+            logger.info("%s: %d node(s) joined (partition-ids %s)", self.record.name, len(new),
+                        [self.pid_of[n] for n in new])
 
     def _messages(self, server_round: int, phase: str, pids: list[int], build: Any, mtype: str) -> list[Message]:
         out = []
@@ -282,19 +369,57 @@ class EdgeTierStrategy(Strategy):
                 self.record.add_failure(server_round, phase, str(pid), "no reply (timeout or lost)")
         return dict(sorted(ok.items()))
 
+    def _aggregate_metrics(self, ok: dict[int, RecordDict], phase: str) -> dict[str, Any]:
+        """The app's own aggregation function if one was given (FedAvg's ``*_metrics_aggr_fn``), else the
+        ``weighted_by_key``-weighted mean of the scalar metrics."""
+        fn = self._user_aggr[phase]
+        if fn is not None and ok:
+            return dict(fn(list(ok.values()), self.weighted_by_key))
+        return _mean_metrics(ok, self.weighted_by_key)
+
+    def _log_sampled(self, what: str, msgs: list[Message]) -> None:
+        pids = [self.pid_of[m.metadata.dst_node_id] for m in msgs]
+        text = f"{what}: Sampled {len(pids)} nodes (out of {len(self.node_of)})"
+        if self.topology.num_edges > 1:
+            per_edge = [sum(self.topology.edge_of(p) == e for p in pids) for e in range(self.topology.num_edges)]
+            text += " | per edge: " + ", ".join(f"{e}: {n}" for e, n in enumerate(per_edge))
+        logger.info("%s", text)
+
+    def _log_received(self, what: str, server_round: int, phase: str, ok: dict[int, RecordDict],
+                      cloud: bool | None) -> None:
+        """FedAvg's "Received N results and M failures", then the same per edge and what the cloud did."""
+        failed = [f["node"] for f in self.record.failures if f["round"] == server_round and f["phase"] == phase]
+        logger.info("%s: Received %d results and %d failures", what, len(ok), len(failed))
+        edges = range(self.topology.num_edges)
+        lines = []
+        if self.topology.num_edges > 1:
+            for e in edges:
+                n_ok = sum(self.topology.edge_of(p) == e for p in ok)
+                n_bad = sum(f.isdigit() and self.topology.edge_of(int(f)) == e for f in failed)
+                lines.append(f"edge {e}: {n_ok} results, {n_bad} failures")
+        if cloud is not None and type(self).aggregate_cloud is not EdgeTierStrategy.aggregate_cloud:
+            if cloud:
+                lines.append(f"cloud: aggregated {self.topology.num_edges} edge model(s)")
+            else:
+                nxt = server_round + self.topology.edge_rounds_per_cloud - server_round % \
+                    self.topology.edge_rounds_per_cloud
+                lines.append(f"cloud: next aggregation at round {min(nxt, self.last_round or nxt)}")
+        for i, line in enumerate(lines):
+            logger.info("\t%s── %s", "└" if i == len(lines) - 1 else "├", line)
+
     def _round_summary(self, server_round: int, phase: str, ok: dict[int, RecordDict],
                        metrics: dict[str, float]) -> None:
         wall = time.time() - self._round_started.get(server_round, time.time())
         per_edge: dict[str, dict[str, float]] = {}
         for edge in range(self.topology.num_edges):
             group = {pid: c for pid, c in ok.items() if self.topology.edge_of(pid) == edge}
-            per_edge[str(edge)] = _mean_metrics(group)
+            per_edge[str(edge)] = _mean_metrics(group, self.weighted_by_key)
         if self.recorder is not None:
             for pid, content in ok.items():
                 dev = self.ledger.per_round_device[(server_round, pid)]
                 self.recorder.log_row(strategy=self.record.name, round=server_round, phase=phase, tier="device",
                                       id=pid, edge=self.topology.edge_of(pid), wall_time=round(wall, 3),
-                                      **dict(content.get(METRICS, {})), bytes_up=dev["up"], bytes_down=dev["down"])
+                                      **metrics_of(content), bytes_up=dev["up"], bytes_down=dev["down"])
             for edge, m in per_edge.items():
                 self.recorder.log_row(strategy=self.record.name, round=server_round, phase=phase, tier="edge",
                                       id=int(edge), wall_time=round(wall, 3), **m)
@@ -306,26 +431,43 @@ class EdgeTierStrategy(Strategy):
         if entry is None:
             entry = {"round": server_round}
             self.record.rounds.append(entry)
-        entry[phase] = {"device": {str(pid): dict(c.get(METRICS, {})) for pid, c in ok.items()},
+        entry[phase] = {"device": {str(pid): metrics_of(c) for pid, c in ok.items()},
                         "edge": per_edge, "cloud": metrics}
         entry["bytes"] = self.ledger.round_totals(server_round)
         entry["wall_time_s"] = round(wall, 3)
+
+    def accuracy_metric(self) -> str | None:
+        """The evaluation metric the accuracy block reports: ``accuracy_key`` if given, else ``test-acc`` (the ACME
+        handlers), else the first metric the app reports whose name contains "acc"."""
+        if self.accuracy_key:
+            return self.accuracy_key
+        keys = [k for r in sorted(self.eval_history) for m in self.eval_history[r].values() for k in m]
+        if "test-acc" in keys:
+            return "test-acc"
+        return next((k for k in keys if "acc" in k.lower() and k not in (VALIDATION_KEY, "generic-acc")), None)
 
     def _accuracy(self) -> dict[str, Any]:
         """Personalized (and generic) accuracy at the round with the best mean validation accuracy."""
         if not self.eval_history:
             return {}
-        def mean_of(rnd: int, key: str) -> float:
-            vals = [m[key] for m in self.eval_history[rnd].values() if key in m]
+        key = self.accuracy_metric()
+
+        def mean_of(rnd: int, name: str) -> float:
+            vals = [m[name] for m in self.eval_history[rnd].values() if name in m]
             return float(np.mean(vals)) if vals else float("-inf")
-        has_val = any("val-acc" in m for r in self.eval_history.values() for m in r.values())
+
+        has_val = any(VALIDATION_KEY in m for r in self.eval_history.values() for m in r.values())
         last = max(self.eval_history)
         # never select on test: without a validation metric the final round is reported
-        chosen = max(self.eval_history, key=lambda r: (mean_of(r, "val-acc"), r)) if has_val else last
-        def stats(rnd: int, key: str) -> dict[str, Any]:
-            return accuracy_stats({pid: m[key] for pid, m in self.eval_history[rnd].items() if key in m})
-        out = {"chosen_round": chosen, "chosen_by": "val-acc" if has_val else "final round (no val-acc reported)",
-               "personalized": stats(chosen, "test-acc"), "final_round": stats(last, "test-acc")}
+        chosen = max(self.eval_history, key=lambda r: (mean_of(r, VALIDATION_KEY), r)) if has_val else last
+
+        def stats(rnd: int, name: str | None) -> dict[str, Any]:
+            return accuracy_stats({pid: float(m[name]) for pid, m in self.eval_history[rnd].items()
+                                   if name is not None and name in m})
+
+        out = {"metric": key, "chosen_round": chosen,
+               "chosen_by": VALIDATION_KEY if has_val else f"final round (no {VALIDATION_KEY} reported)",
+               "personalized": stats(chosen, key), "final_round": stats(last, key)}
         generic = stats(chosen, "generic-acc")
         out["generic"] = generic if generic["mean"] is not None else None
         return out
@@ -349,17 +491,28 @@ def short_reason(reason: str, limit: int = 400) -> str:
     return tail[-limit:]
 
 
-def _mean_metrics(replies: dict[int, RecordDict]) -> dict[str, float]:
-    """Example-weighted means of the scalar metrics in the replies."""
+def metrics_of(content: RecordDict) -> dict[str, Any]:
+    """A reply's metrics: the ``metrics`` record, else its only MetricRecord (FedAvg's contract: any key)."""
+    records = content.metric_records
+    if METRICS in records:
+        return dict(records[METRICS])
+    out: dict[str, Any] = {}
+    for rec in records.values():
+        out.update(dict(rec))
+    return out
+
+
+def _mean_metrics(replies: dict[int, RecordDict], weight_key: str = "num-examples") -> dict[str, float]:
+    """``weight_key``-weighted means of the scalar metrics in the replies."""
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     for content in replies.values():
-        if METRICS not in content:
+        m = metrics_of(content)
+        if not m:
             continue
-        m = dict(content[METRICS])
-        w = float(m.get("num-examples", 1) or 1)
+        w = float(m.get(weight_key, 1) or 1)
         for k, v in m.items():
-            if isinstance(v, (int, float)) and k not in {"num-examples", "partition-id"}:
+            if isinstance(v, (int, float)) and k not in {weight_key, "num-examples", "partition-id"}:
                 sums[k] = sums.get(k, 0.0) + w * float(v)
                 weights[k] = weights.get(k, 0.0) + w
     return {k: sums[k] / weights[k] for k in sums}

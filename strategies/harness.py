@@ -18,12 +18,12 @@ from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
 from acme_flwr.comm import message_bytes
+from acme_flwr.logs import quiet_flower_errors
 from acme_flwr.packages import CloudPackages, Package
 from acme_flwr.results import RunRecorder
 from acme_flwr.runtime import fingerprint
-from acme_flwr.topology import Topology
 
-from .base import EdgeTierStrategy, wait_for_nodes
+from .base import EdgeTierStrategy, short_reason
 from .nas_search import federated_header_search
 
 logger = logging.getLogger(__name__)
@@ -32,41 +32,68 @@ DEFAULT_TRAIN = {"lr": 1e-2, "momentum": 0.5, "weight-decay": 1e-4, "batch-size"
                  "accumulation": "mean"}
 
 
+NO_HANDLER = "registered with name"  # Flower's ClientApp: "No query function registered with name '...'"
+
+
 class NotAcmeClients(RuntimeError):
     """No node answered the ACME profile query: the ClientApp does not register the ACME handlers."""
+
+    def __init__(self, message: str, nodes: list[int] | None = None, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.nodes = list(nodes or [])
+        self.errors = list(errors or [])
+
+
+def _is_probe_error(record: logging.LogRecord) -> bool:
+    """Flower's log records of a ClientApp that has no ACME profile handler (simulation engine)."""
+    if record.levelno < logging.ERROR:
+        return False
+    try:
+        text = record.getMessage()
+    except (TypeError, ValueError):
+        return False
+    return P.PROFILE.split(".")[1] in text or text.startswith("An exception was raised when processing a message")
 
 
 class AcmeProtocolStrategy(EdgeTierStrategy):
     """Discovery + one-time deployment + per-device messages in the ACME protocol."""
 
+    late_joiners = False  # a device needs its package (setup) before it can train
     train_type = P.TRAIN
     evaluate_type = P.EVALUATE
     feature_samples = 0  # > 0: collect [CLS] feature statistics during setup
 
-    def __init__(self, topology: Topology, deployment: CloudPackages | None, *,
-                 train_config: dict[str, Any] | None = None,
-                 recorder: RunRecorder | None = None, record_name: str | None = None, timeout: float = 600.0,
-                 **kwargs: Any) -> None:
-        super().__init__(topology, recorder=recorder, record_name=record_name,
-                         reference_params=deployment.full_params if deployment else 0, **kwargs)
+    def __init__(self, *args: Any, deployment: CloudPackages | None = None,
+                 train_config: dict[str, Any] | None = None, recorder: RunRecorder | None = None,
+                 record_name: str | None = None, timeout: float = 600.0, **kwargs: Any) -> None:
+        """FedAvg's arguments (positional or keyword), then keyword-only ``topology=``, ``deployment=`` (the
+        cloud's packages: sub-backbones and headers per device class) and the harness settings."""
+        kwargs.setdefault("reference_params", deployment.full_params if deployment else 0)
+        super().__init__(*args, recorder=recorder, record_name=record_name, **kwargs)
         self.deployment = deployment
         self.train_config = {**DEFAULT_TRAIN, **(train_config or {})}
         self.timeout = timeout
         self.features: dict[int, Any] = {}
         self.tag = self.record.name
         self._group_names: dict[int, str] = {}
+        self.probe: dict[str, int] = {}  # what the profile query found: nodes asked, ACME answers, no-handler errors
 
     # ------------------------------------------------------------------------------------------------- discovery
     def discover(self, grid: Grid) -> None:
-        nodes = sorted(wait_for_nodes(grid, self.topology.num_devices, self.discovery_timeout))
+        nodes = sorted(self.wait_for_nodes(grid))
         query = self.profile_query()
         msgs = [Message(query, dst_node_id=n, message_type=P.PROFILE) for n in nodes]
-        replies = list(grid.send_and_receive(msgs, timeout=self.timeout))
+        with quiet_flower_errors(_is_probe_error):  # a ClientApp without the ACME handlers: no traceback wall
+            replies = list(grid.send_and_receive(msgs, timeout=self.timeout))
         query_bytes = message_bytes(query)
         errors = []
+        no_handler = 0
         for r in replies:
             if r.has_error():
-                errors.append(f"node {r.metadata.src_node_id}: {r.error.reason}")
+                if NO_HANDLER in r.error.reason:
+                    no_handler += 1
+                else:
+                    errors.append(f"node {r.metadata.src_node_id}: {short_reason(r.error.reason)}")
                 continue
             prof = dict(r.content[P.PROFILE_REC])
             pid = int(prof["partition-id"])
@@ -76,14 +103,21 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
             self._bind(pid, r.metadata.src_node_id, prof)
             n = self.ledger.add_message(0, "edge-device", "up", r.content, pid)
             self.ledger.add(0, "cloud-edge", "up", n)  # the edge forwards the profile: the cloud picks the package
+        self.probe = {"nodes": len(nodes), "acme": len(self.node_of), "no_handler": no_handler,
+                      "errors": len(errors)}
+        if not self.node_of:
+            raise NotAcmeClients(f"ACME handlers not found on {no_handler + len(errors)} of {len(nodes)} nodes",
+                                 nodes=nodes, errors=errors)
+        self.bind_topology()
         for pid in self.node_of:  # the query each device received (the cloud sends it through the device's edge)
             self.ledger.add(0, "edge-device", "down", query_bytes, pid)
         for _ in range(len({self.topology.edge_of(pid) for pid in self.node_of})):
             self.ledger.add(0, "cloud-edge", "down", query_bytes)
-        if not self.node_of:
-            raise NotAcmeClients("no node answered the ACME profile query; errors: " + "; ".join(errors[:3]))
         for e in errors:
             self.record.add_failure(0, "discover", e.split(":")[0], e)
+        if no_handler:
+            logger.warning("%s: ACME handlers not found on %d of %d nodes; they take no part", self.record.name,
+                           no_handler, len(nodes))
         logger.info("%s: discovered %d devices", self.record.name, len(self.node_of))
 
     def setup(self, grid: Grid) -> None:

@@ -32,11 +32,11 @@ class HeaderFedAvg(AcmeProtocolStrategy):
 
     name = "fedavg_header"
 
-    def __init__(self, topology: Topology, deployment: CloudPackages | None, *, share: str = "all",
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, topology: Topology | None = None, deployment: CloudPackages | None = None,
+                 share: str = "all", **kwargs: Any) -> None:
         if share not in SHARES:
             raise ValueError(f"share={share!r}; allowed: {list(SHARES)}")
-        super().__init__(topology, deployment, **kwargs)
+        super().__init__(*args, topology=topology, deployment=deployment, **kwargs)
         self.share = share
         self.edge_models: dict[tuple[int, str], ArrayRecord] = {}  # (edge, header group) -> model
         self.edge_examples: dict[tuple[int, str], float] = {}

@@ -32,14 +32,15 @@ def _common(cfg: AcmeConfig, recorder: RunRecorder, name: str) -> dict[str, Any]
 @STRATEGIES.register("acme")
 def _acme(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
     s = cfg.strategy
-    return AcmeStrategy(topology, deployment, variant=s.variant, distance=s.distance, temperature=s.temperature,
-                        prune_per_iteration=s.prune_per_iteration, prune_max_fraction=s.prune_max_fraction,
+    return AcmeStrategy(topology=topology, deployment=deployment, variant=s.variant, distance=s.distance,
+                        temperature=s.temperature, prune_per_iteration=s.prune_per_iteration,
+                        prune_max_fraction=s.prune_max_fraction,
                         feature_samples=s.feature_samples, **_common(cfg, recorder, "acme"))
 
 
 def _header_baseline(name: str, share: str) -> Factory:
     def factory(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
-        return HeaderFedAvg(topology, deployment, share=share, **_common(cfg, recorder, name))
+        return HeaderFedAvg(topology=topology, deployment=deployment, share=share, **_common(cfg, recorder, name))
 
     return factory
 

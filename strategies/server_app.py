@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig, ConfigError
+from acme_flwr.logs import use_flower_logging
 from acme_flwr.packages import build_packages
 from acme_flwr.partition import format_label_report
 from acme_flwr.plots import plot_run
@@ -30,7 +31,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Validate config → cloud stage (cached) → every strategy in ``strategy.names`` → results contract."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    use_flower_logging()  # our lines go through Flower's handlers, once (no second root handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     torch.set_num_threads(1)  # the cloud stage runs while the simulated clients wait; tiny models run best on one
     cfg = AcmeConfig.from_flat(context.run_config)
@@ -54,7 +55,8 @@ def main(grid: Grid, context: Context) -> None:
                       "stage_log": _brief(deployment.stage_log), "wall_time_s": round(time.time() - started, 2)}
     topology = Topology(cfg.topology.num_devices, cfg.topology.num_edges, cfg.topology.assignment,
                         cfg.topology.edge_rounds_per_cloud)
-    for name in cfg.strategy_names:
+    for i, name in enumerate(cfg.strategy_names, 1):
+        logger.info("[STRATEGY %d/%d] %s", i, len(cfg.strategy_names), name)
         strategy = build_strategy(name, cfg, topology, deployment, recorder)
         done = 0
         checkpoint = recorder.out_dir / "checkpoints" / f"{name}.pkl"

@@ -158,7 +158,7 @@ def _quickstart_app() -> ClientApp:
 
 def test_drop_in_acme_strategy_runs_hierarchical_fedavg_on_a_plain_flower_app(tmp_path) -> None:  # noqa: ANN001
     topo = Topology(num_devices=4, num_edges=2, edge_rounds_per_cloud=2)
-    strategy = AcmeStrategy(topo)  # no deployment: nothing ACME-specific is needed for plain clients
+    strategy = AcmeStrategy(topology=topo)  # no deployment: nothing ACME-specific is needed for plain clients
     grid = InProcessGrid(_quickstart_app(), 4)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": torch.zeros(3)}), num_rounds=2)
     block = strategy.finalize()
@@ -182,7 +182,7 @@ def test_hierarchical_fedavg_rejects_mismatched_arrays(tmp_path) -> None:  # noq
                                        "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
         return None
 
-    strategy = HierarchicalFedAvg(Topology(4, 2, edge_rounds_per_cloud=1))
+    strategy = HierarchicalFedAvg(topology=Topology(4, 2, edge_rounds_per_cloud=1))
     strategy.start(grid=InProcessGrid(app, 4, intercept=intercept), initial_arrays=ArrayRecord({"w": torch.zeros(3)}),
                    num_rounds=1)
     block = strategy.finalize()
@@ -373,7 +373,7 @@ def test_feature_statistics_use_the_configured_rows_per_device(setup, tmp_path) 
     flat, cfg, deployment, topo = setup
     sizes = {pid: len(federated_data(cfg, *input_shape(cfg)).device(pid).train) for pid in range(4)}
     k = sorted(sizes.values())[1]  # more than the smallest device has, fewer than the others
-    strategy = AcmeStrategy(topo, deployment, feature_samples=k)
+    strategy = AcmeStrategy(topology=topo, deployment=deployment, feature_samples=k)
     strategy.start(grid=InProcessGrid(acme_client_app, 4, flat), initial_arrays=ArrayRecord(), num_rounds=1)
     assert {p: f.shape[0] for p, f in strategy.features.items()} == {p: min(k, n) for p, n in sizes.items()}
     short = strategy.finalize()["feature_samples_short"]
@@ -381,7 +381,7 @@ def test_feature_statistics_use_the_configured_rows_per_device(setup, tmp_path) 
 
 
 def test_drop_in_never_selects_a_round_on_test_accuracy(tmp_path) -> None:  # noqa: ANN001
-    strategy = AcmeStrategy(Topology(num_devices=4, num_edges=1))
+    strategy = AcmeStrategy(topology=Topology(num_devices=4, num_edges=1))
     strategy.start(grid=InProcessGrid(_quickstart_app(), 4), initial_arrays=ArrayRecord({"w": torch.zeros(3)}),
                    num_rounds=3)
     acc = strategy.finalize()["accuracy"]
