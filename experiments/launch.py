@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -190,12 +191,58 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
     run = _Launch(flwr_home)
     try:
         run.start_superlink()
-        rc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT).wait()
+        if stream_to == PROGRESS:  # the full log goes to run.log, the terminal gets progress and warnings
+            proc = run.spawn(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            with (out / "run.log").open("w") as full:
+                show_progress(proc.stdout, full, sys.stdout)
+            rc = proc.wait()
+        else:
+            rc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT).wait()
     finally:
         run.close()
     if not summary.exists() or summary.stat().st_mtime_ns == before:
         raise RuntimeError(f"the run wrote no {summary} (flwr exit code {rc}); see the log above")
     return summary
+
+
+PROGRESS = "progress"  # launch(stream_to=PROGRESS): condensed terminal output, full log in <out>/run.log
+_SHOWN = re.compile(r"\[STRATEGY |\[ROUND |Bytes of |running as |WARNING|ERROR|Traceback|results go to|summary written")
+_TABLE = re.compile(r"^\s*(tier |cloud-edge |edge-device |total |ref )")
+_PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?(INFO|DEBUG)\s*(\x1b\[0m)?\s*:\s*")
+MAX_WARNINGS = 20
+
+
+def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
+    """Copy the run's log to ``full``; print to ``term`` only progress (strategy i/n, round r/R), the byte tables,
+    the mode line and the first ``MAX_WARNINGS`` warnings/errors."""
+    strategy, in_table, warned = "", False, 0
+    for raw in lines:
+        line = raw.decode(errors="replace").rstrip("\n")
+        full.write(line + "\n")
+        text = _PREFIX.sub("", line)
+        if in_table and _TABLE.match(text):
+            term.write(f"  {text.strip()}\n")
+            continue
+        in_table = False
+        if not _SHOWN.search(text):
+            continue
+        if "[STRATEGY " in text:
+            strategy = text.split("[STRATEGY ", 1)[1].replace("]", "")
+            term.write(f"strategy {strategy}\n")
+        elif "[ROUND " in text:
+            term.write(f"  {strategy.split(' ', 1)[-1]}: round {text.split('[ROUND ', 1)[1].rstrip(']')}\n")
+        elif "Bytes of " in text:
+            in_table = True
+            term.write(f"  {text.strip()}\n")
+        elif "WARNING" in text or "ERROR" in text or "Traceback" in text:
+            warned += 1
+            if warned <= MAX_WARNINGS:
+                term.write(f"  {text.strip()}\n")
+            elif warned == MAX_WARNINGS + 1:
+                term.write(f"  ... more warnings in {getattr(full, 'name', 'run.log')}\n")
+        else:
+            term.write(f"  {text.strip()}\n")
+        term.flush()
 
 
 def _toml_pair(override: str) -> str:
@@ -227,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="output directory (default: run.out_dir of the overrides, else outputs/default)")
     parser.add_argument("--num-supernodes", type=int, default=None,
                         help="simulated devices (default: topology.num_devices of the config)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print Flower's full log (default: progress and warnings; the full log is in run.log)")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, e.g. partition.alpha=0.1 dataset=synthetic +experiment=smoke")
     args = parser.parse_args(argv)
@@ -238,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out is None:
             given = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] == "run.out_dir"]
             out = Path(given[-1]) if given and given[-1] else REPO / "outputs" / "default"
-        summary = launch(out, args.num_supernodes, args.overrides)
+        summary = launch(out, args.num_supernodes, args.overrides, stream_to=None if args.verbose else PROGRESS)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

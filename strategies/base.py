@@ -404,8 +404,8 @@ class EdgeTierStrategy(FedAvg):
                 nxt = server_round + self.topology.edge_rounds_per_cloud - server_round % \
                     self.topology.edge_rounds_per_cloud
                 lines.append(f"cloud: next aggregation at round {min(nxt, self.last_round or nxt)}")
-        for i, line in enumerate(lines):
-            logger.info("\t%s── %s", "└" if i == len(lines) - 1 else "├", line)
+        for line in lines:  # Flower's "└──> Aggregated MetricRecord" line follows
+            logger.info("\t├── %s", line)
 
     def _round_summary(self, server_round: int, phase: str, ok: dict[int, RecordDict],
                        metrics: dict[str, float]) -> None:
