@@ -21,7 +21,6 @@ tier and direction at the end, per-round rows in ``rounds.jsonl`` and the summar
 from __future__ import annotations
 
 import logging
-import pickle
 import random
 import time
 from abc import abstractmethod
@@ -34,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
+from acme_flwr.checkpoints import load_state, save_state
 from acme_flwr.comm import CENTRALIZED_FORMULA, FEDAVG_FORMULA, CommLedger, fedavg_full_bytes
 from acme_flwr.logs import use_flower_logging
 from acme_flwr.protocol import METRICS
@@ -216,18 +216,12 @@ class EdgeTierStrategy(FedAvg):
         """Write the strategy's state after a finished round (atomic replace); devices keep theirs themselves."""
         if self.checkpoint_dir is None:
             return None
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoint_dir / f"{self.record.name}.pkl"
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as fh:
-            pickle.dump(self.state_dict(server_round), fh)
-        tmp.replace(path)
-        return path
+        return save_state(checkpoint_path(self.checkpoint_dir, self.record.name), self.state_dict(server_round))
 
     def restore(self, path: str | Path) -> int:
-        """Load a checkpoint written by :meth:`save_checkpoint`; returns the number of finished rounds."""
-        with Path(path).open("rb") as fh:
-            state = pickle.load(fh)  # noqa: S301 - our own file, written by save_checkpoint
+        """Load a checkpoint written by :meth:`save_checkpoint` (``<name>.json`` + ``<name>.npz``, never a pickle;
+        ``path`` may name either file or the stem); returns the number of finished rounds."""
+        state = load_state(path)
         if state.get("name") != self.record.name:
             raise ValueError(f"checkpoint {path} belongs to strategy {state.get('name')!r}, not {self.record.name!r}")
         self.eval_history = state["eval_history"]
@@ -471,6 +465,11 @@ class EdgeTierStrategy(FedAvg):
         generic = stats(chosen, "generic-acc")
         out["generic"] = generic if generic["mean"] is not None else None
         return out
+
+
+def checkpoint_path(checkpoint_dir: str | Path, name: str) -> Path:
+    """Where strategy ``name`` keeps its checkpoint: ``<dir>/<name>.json`` (its arrays in ``<name>.npz`` beside)."""
+    return Path(checkpoint_dir) / f"{name}.json"
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:

@@ -11,6 +11,7 @@ import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
+from acme_flwr.checkpoints import paths as checkpoint_files
 from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig, ConfigError
 from acme_flwr.logs import use_flower_logging
@@ -22,6 +23,7 @@ from acme_flwr.runtime import cache_dir, out_dir
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
+from .base import checkpoint_path
 from .registry import STRATEGIES, build_strategy
 
 logger = logging.getLogger("acme_flwr")
@@ -59,11 +61,12 @@ def main(grid: Grid, context: Context) -> None:
         logger.info("[STRATEGY %d/%d] %s", i, len(cfg.strategy_names), name)
         strategy = build_strategy(name, cfg, topology, deployment, recorder)
         done = 0
-        checkpoint = recorder.out_dir / "checkpoints" / f"{name}.pkl"
+        checkpoint = checkpoint_path(recorder.out_dir / "checkpoints", name)
         if cfg.run.resume and checkpoint.exists():
             done = strategy.restore(checkpoint)
         elif not cfg.run.resume:
-            checkpoint.unlink(missing_ok=True)
+            for stale in checkpoint_files(checkpoint):
+                stale.unlink(missing_ok=True)
         if done < cfg.strategy.rounds:
             strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds - done,
                            timeout=cfg.strategy.timeout)
