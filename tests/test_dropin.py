@@ -185,3 +185,27 @@ def test_quickstart_app_with_fedavg_and_with_acme_strategy(tmp_path: Path) -> No
     assert logs["acme"].count("ACME handlers not found on 4 of 4 nodes: running as hierarchical FedAvg") == 1
     assert "aggregate_train: Received 4 results and 0 failures" in logs["acme"]
     assert "Bytes of acme" in logs["acme"]
+
+
+def test_launcher_progress_keeps_progress_tables_and_warnings_and_logs_everything() -> None:
+    import io
+
+    from experiments.launch import show_progress
+
+    log = "\n".join([
+        "\x1b[92mINFO \x1b[0m:      [STRATEGY 1/2] acme", "\x1b[92mINFO \x1b[0m:      Starting AcmeStrategy strategy:",
+        "\x1b[92mINFO \x1b[0m:      [ROUND 1/2]",
+        "\x1b[92mINFO \x1b[0m:      configure_train: Sampled 4 nodes (out of 4)",
+        "\x1b[93mWARNING \x1b[0m:   acme round 1 train: node 2 failed: no reply",
+        "\x1b[92mINFO \x1b[0m:      Bytes of acme (exact serialized sizes):",
+        "\x1b[92mINFO \x1b[0m:      \ttier         direction          bytes  human",
+        "\x1b[92mINFO \x1b[0m:      \tedge-device  up                19,944  19.94 kB",
+        "\x1b[92mINFO \x1b[0m:      ", "\x1b[92mINFO \x1b[0m:      [STRATEGY 2/2] local",
+    ]) + "\n"
+    full, term = io.StringIO(), io.StringIO()
+    show_progress(io.BytesIO(log.encode()), full, term)
+    assert full.getvalue() == log
+    shown = term.getvalue().splitlines()
+    assert shown[:2] == ["strategy 1/2 acme", "  acme: round 1/2"] and "node 2 failed" in shown[2]
+    assert any("edge-device  up" in s for s in shown) and shown[-1] == "strategy 2/2 local"
+    assert not any("configure_train" in s for s in shown)
