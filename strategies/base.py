@@ -33,6 +33,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
+from acme_flwr import protocol as P
 from acme_flwr.checkpoints import load_state, save_state
 from acme_flwr.comm import CENTRALIZED_FORMULA, FEDAVG_FORMULA, CommLedger, fedavg_full_bytes
 from acme_flwr.logs import use_flower_logging
@@ -93,7 +94,10 @@ class EdgeTierStrategy(FedAvg):
         self.eval_history: dict[int, dict[int, dict[str, float]]] = {}  # round -> pid -> metrics
         self._ready = False
         self._sent: dict[tuple[int, str], set[int]] = {}
+        self._outbox: dict[tuple[int, str], dict[int, Message]] = {}  # (round, phase) -> pid -> message sent
         self._round_started: dict[int, float] = {}
+        self.max_reply_bytes = P.DEFAULT_MAX_REPLY_BYTES  # a larger reply is rejected (0: no cap)
+        self._validating: tuple[int, str] = (0, "")  # (round, phase) of the replies being checked
 
     # ------------------------------------------------------------------------------------------------- hooks
     def discover(self, grid: Grid) -> None:
@@ -124,6 +128,10 @@ class EdgeTierStrategy(FedAvg):
         """Raise :class:`ReplyRejected` if a train reply is malformed. Default: a metrics record must exist."""
         if METRICS not in content.metric_records:
             raise ReplyRejected(f"reply has no MetricRecord {METRICS!r}; keys: {list(content.keys())}")
+
+    def validate_evaluate_reply(self, pid: int, content: RecordDict) -> None:
+        """Raise :class:`ReplyRejected` if an evaluate reply is malformed. Default: metrics are finite numbers (the
+        checks every reply gets)."""
 
     def global_arrays(self) -> ArrayRecord | None:
         """Arrays returned to ``Strategy.start`` after each round (None keeps the previous)."""
@@ -184,7 +192,7 @@ class EdgeTierStrategy(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
-        ok = self._accept(server_round, "evaluate", replies, lambda pid, c: None)
+        ok = self._accept(server_round, "evaluate", replies, self.validate_evaluate_reply)
         self.eval_history[server_round] = {pid: metrics_of(c) for pid, c in ok.items() if c.metric_records}
         metrics = self._aggregate_metrics(ok, "evaluate")
         self._round_summary(server_round, "evaluate", ok, metrics)
@@ -334,27 +342,47 @@ class EdgeTierStrategy(FedAvg):
             out.append(Message(content=content, dst_node_id=self.node_of[pid], message_type=mtype))
             sent.add(pid)
         self._sent[(server_round, phase)] = sent
+        self._outbox[(server_round, phase)] = {self.pid_of[m.metadata.dst_node_id]: m for m in out}
         return out
+
+    def sent_message(self, server_round: int, phase: str, pid: int) -> Message | None:
+        """The message device ``pid`` was sent in this round and phase (what its reply must answer)."""
+        return self._outbox.get((server_round, phase), {}).get(pid)
 
     def _accept(self, server_round: int, phase: str, replies: Iterable[Message],
                 validate: Any) -> dict[int, RecordDict]:
-        """Validated replies keyed by partition-id; errors, rejects and missing replies become failures."""
+        """Validated replies keyed by partition-id; errors, rejects and missing replies become failures.
+
+        A reply is accepted only from a discovered node that was asked in this round and phase, answering the very
+        message it was sent (where the grid assigns message ids, as Flower's do), once, within
+        ``max_reply_bytes``, with finite metrics and a payload ``validate`` accepts; anything a validator raises
+        is a rejection, never a crash."""
         ok: dict[int, RecordDict] = {}
+        asked = self._sent.get((server_round, phase), set())
+        outbox = self._outbox.get((server_round, phase), {})
+        self._validating = (server_round, phase)
         for msg in replies:
             node = msg.metadata.src_node_id
             pid = self.pid_of.get(node)
             if pid is None:
                 self.record.add_failure(server_round, phase, str(node), "reply from a node that was never discovered")
                 continue
+            problem = self._misaddressed(msg, pid, asked, outbox, ok)
+            if problem:
+                self.record.add_failure(server_round, phase, str(pid), f"rejected: {problem}")
+                continue
             if msg.has_error():
                 reason = f"client error: {short_reason(msg.error.reason)}"
                 self.record.add_failure(server_round, phase, str(pid), reason)
                 continue
-            self.ledger.add_message(server_round, "edge-device", "up", msg.content, pid)
+            size = self.ledger.add_message(server_round, "edge-device", "up", msg.content, pid)
             try:
+                P.check_size(size, self.max_reply_bytes)
+                for record in msg.content.metric_records.values():
+                    P.check_metrics(record, required=())
                 validate(pid, msg.content)
-            except (ReplyRejected, ValueError, KeyError, TypeError) as exc:
-                self.record.add_failure(server_round, phase, str(pid), f"rejected: {exc}")
+            except Exception as exc:  # noqa: BLE001 - whatever a hostile reply makes a check raise is a rejection
+                self.record.add_failure(server_round, phase, str(pid), f"rejected: {short_reason(str(exc), 300)}")
                 continue
             ok[pid] = msg.content
         for pid in sorted(self._sent.get((server_round, phase), set()) - set(ok)):
@@ -362,6 +390,24 @@ class EdgeTierStrategy(FedAvg):
                        for f in self.record.failures):
                 self.record.add_failure(server_round, phase, str(pid), "no reply (timeout or lost)")
         return dict(sorted(ok.items()))
+
+    @staticmethod
+    def _misaddressed(msg: Message, pid: int, asked: set[int], outbox: dict[int, Message],
+                      ok: dict[int, RecordDict]) -> str | None:
+        """Why a reply from device ``pid`` does not answer this round's message to it (None: it does)."""
+        if pid not in asked:
+            return "device was not asked in this round and phase (a stale reply, or one for another strategy)"
+        if pid in ok:
+            return "second reply in the same round and phase"
+        sent = outbox.get(pid)
+        if sent is not None and sent.metadata.message_id:  # Flower's grids assign ids; a bare test grid may not
+            answered = msg.metadata.reply_to_message_id
+            if answered != sent.metadata.message_id:
+                return (f"reply to message {answered[:12] or '(none)'!r}, not to this round's message to the device "
+                        "(another round or strategy)")
+        if sent is not None and msg.metadata.message_type != sent.metadata.message_type:
+            return f"reply of type {msg.metadata.message_type!r} to a {sent.metadata.message_type!r} message"
+        return None
 
     def _aggregate_metrics(self, ok: dict[int, RecordDict], phase: str) -> dict[str, Any]:
         """The app's own aggregation function if one was given (FedAvg's ``*_metrics_aggr_fn``), else the
