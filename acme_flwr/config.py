@@ -25,6 +25,16 @@ def _range(low: float | None = None, high: float | None = None, *, low_open: boo
     return {"range": (low, high, low_open)}
 
 
+class _DeviceChoices(tuple):
+    """``run.device`` values: auto, cpu, cuda or cuda:N (checked without touching CUDA)."""
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, str):
+            return False
+        head, sep, index = value.partition(":")
+        return value in ("auto", "cpu", "cuda") or (head == "cuda" and bool(sep) and index.isdigit())
+
+
 @dataclass
 class RunSection:
     """Run identity and outputs."""
@@ -33,6 +43,12 @@ class RunSection:
     out_dir: str = ""  # absolute path recommended: the ServerApp runs in the SuperLink's cwd
     name: str = "default"
     resume: bool = False  # continue from the checkpoints in run.out_dir (same config) instead of starting over
+    # where every stage computes (cloud stages, edge search, devices' header training and evaluation): auto = the
+    # first CUDA device when one is visible, else the CPU; wire messages are always CPU arrays
+    device: str = field(default="auto", metadata={"choices": _DeviceChoices(("auto", "cpu", "cuda", "cuda:N"))})
+    precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))  # bf16 = autocast where supported
+    # GPU share of one simulated device (Ray's client-resources-num-gpus) when the run uses CUDA; ignored on CPU
+    client_gpus: float = field(default=0.25, metadata=_range(0.0, 1.0, low_open=True))
 
 
 @dataclass

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from acme_flwr import accel
 from acme_flwr.cloud.cost_models import (
     CostModel,
     MacsCostModel,
@@ -108,13 +109,21 @@ def cloud_stage_config(cfg: AcmeConfig) -> CloudStageConfig:
 
 
 def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None,
-                     progress: bool = True) -> CloudPackages:
-    """Cloud stage → PFG pick per device class → extracted sub-backbones and warm headers."""
+                   progress: bool = True) -> CloudPackages:
+    """Cloud stage → PFG pick per device class → extracted sub-backbones and warm headers, computed on
+    ``run.device`` at ``run.precision`` (the packages' tensors are shipped as CPU arrays)."""
+    device = accel.resolve_device(cfg.run.device)
+    with accel.precision(cfg.run.precision):
+        return _build_packages(cfg, data, cache_dir, progress, device)
+
+
+def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None, progress: bool,
+                    device: torch.device) -> CloudPackages:
     torch.manual_seed(cfg.run.seed)
     overrides: dict[str, Any] = {"num_labels": data.num_classes}
     if cfg.model.pretrained_path:
         overrides["pretrained_path"] = cfg.model.pretrained_path
-    model = create_model(cfg.model.name, **overrides)
+    model = create_model(cfg.model.name, **overrides).to(device)
     check_grid(model, cfg)
     costs = cost_model(cfg, model)  # before the cloud stage: a bad cloud.cost_model stops here, not after training
     full_params = sum(p.numel() for p in model.parameters())
@@ -122,7 +131,8 @@ def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path |
     table = None
     stage_log: dict[str, Any] = {}
     if cfg.cloud.enabled:
-        model, table, stage_log = build_elastic_backbone(model, (train.x, train.y), (val.x, val.y),
+        model, table, stage_log = build_elastic_backbone(model, (accel.pin(train.x, device), train.y),
+                                                         (accel.pin(val.x, device), val.y),
                                                          cloud_stage_config(cfg), cache_dir, progress=progress)
     picks: dict[str, dict[str, Any]] = {}
     spec = header_spec(cfg, model.config.hidden_size, data.num_classes)
@@ -263,16 +273,17 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
                 cfg: AcmeConfig) -> Header:
     """Train a fresh header on the cloud's data for this sub-backbone; keep the epoch with the best val accuracy."""
     torch.manual_seed(cfg.run.seed)
-    header = build_header(spec)
+    header = build_header(spec).to(accel.device_of(backbone))
     hp = TrainHParams(lr=cfg.strategy.lr, momentum=0.9, weight_decay=cfg.strategy.weight_decay,
                       batch_size=cfg.strategy.batch_size)
     grids = backbone_grids(backbone, train.x)
+    labels = train.y.to(grids.device)
     opt = torch.optim.SGD(trainable_parameters(header), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     gen = torch.Generator().manual_seed(cfg.run.seed)
     best = (-1.0, copy.deepcopy(header.state_dict()))
     for _ in range(cfg.cloud.header_epochs):
         order = torch.randperm(len(train), generator=gen)
-        batches = [(grids[order[i:i + hp.batch_size]], train.y[order[i:i + hp.batch_size]])
+        batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
                    for i in range(0, len(order), hp.batch_size)]
         train_header_epoch(header, batches, opt)
         _, acc = evaluate_header(backbone, header, val)

@@ -28,6 +28,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from acme_flwr import accel
 from acme_flwr import protocol as P
 from acme_flwr.cloud.elastic_vit import ElasticViT
 from acme_flwr.device.headers import Header, split_header_params
@@ -109,7 +110,8 @@ class AcmeClient:
         seed = int(cfg["seed"]) * 1_000_003 + data.partition_id * 1009 + int(cfg["server-round"])
         torch.manual_seed(seed)
         compute_started = time.perf_counter()
-        metrics, importance = train_header(backbone, header, data.train, hp, seed)
+        with accel.precision(_run_value(context, "run.precision", "fp32")):
+            metrics, importance = train_header(backbone, header, data.train, hp, seed)
         compute = time.perf_counter() - compute_started
         context.state[f"{tag}.header"] = P.arrays_from_state(header.state_dict())
         reply = RecordDict({P.METRICS: MetricRecord({
@@ -136,13 +138,15 @@ class AcmeClient:
                 {k: Array(np.ascontiguousarray(v)) for k, v in pruner.state_dict().items()})
             pruned = pruner.num_pruned
         context.state[f"{tag}.header"] = P.arrays_from_state(header.state_dict())
-        val_loss, val_acc = evaluate_header(backbone, header, data.val)
-        test_loss, test_acc = evaluate_header(backbone, header, data.test)
+        with accel.precision(_run_value(context, "run.precision", "fp32")):
+            val_loss, val_acc = evaluate_header(backbone, header, data.val)
+            test_loss, test_acc = evaluate_header(backbone, header, data.test)
         metrics: dict[str, Any] = {P.NUM_EXAMPLES: len(data.test), "val-acc": val_acc, "val-loss": val_loss,
                                    "test-acc": test_acc, "test-loss": test_loss, "pruned-gates": pruned}
         generic = self.generic_fn(context) if self.generic_fn else None
         if generic is not None:
-            metrics["generic-acc"] = evaluate_header(backbone, header, generic)[1]
+            with accel.precision(_run_value(context, "run.precision", "fp32")):
+                metrics["generic-acc"] = evaluate_header(backbone, header, generic)[1]
         self._checkpoint(context, tag, int(cfg["server-round"]))
         return Message(RecordDict({P.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
@@ -207,7 +211,8 @@ class AcmeClient:
             setup = context.state[f"{tag}.setup"]
             context.state[f"{tag}.setup"] = ConfigRecord({"arch": str(setup["arch"]), "header": spec})
             if bool(cfg.get("calibrate-bn", False)):  # running statistics from this device's own training data
-                calibrate_bn(header, backbone_grids(backbone, self.data_fn(context).train.x), 64)
+                calibrate_bn(header.to(accel.device_of(backbone)),
+                             backbone_grids(backbone, self.data_fn(context).train.x), 64)
                 context.state[f"{tag}.header"] = P.arrays_from_state(header.state_dict())
             else:
                 context.state[f"{tag}.header"] = msg.content[P.HEADER]
@@ -242,7 +247,8 @@ class AcmeClient:
             p.requires_grad_(False)
         header = build_header(json.loads(str(setup["header"])))
         P.load_arrays(header, context.state[f"{tag}.header"])
-        return backbone.eval(), header
+        device = accel.resolve_device(_run_value(context, "run.device", "auto"))  # this node's own accelerator
+        return backbone.to(device).eval(), header.to(device)
 
     def _pruner(self, context: Context, tag: str, header: Header, cfg: ConfigRecord) -> GatePruner:
         pruner = GatePruner(header.num_gates, int(cfg["prune-per-iteration"]), int(cfg["prune-max"]),
@@ -251,3 +257,8 @@ class AcmeClient:
             saved = {k: v.numpy() for k, v in context.state[f"{tag}.pruner"].items()}
             pruner.load_state_dict({**saved, "steps": saved["steps"].reshape(())})
         return pruner
+
+
+def _run_value(context: Context, key: str, default: str) -> str:
+    """A run-config value this node uses for itself (device placement), with the library's default."""
+    return str(context.run_config.get(key, default))

@@ -101,7 +101,33 @@ def prepare(out: Path, num_supernodes: int | None = None, overrides: Sequence[st
     if out.exists() and not out.is_dir():
         raise ConfigError(f"run.out_dir={str(out)!r} exists and is not a directory")
     check_resume(cfg, out)
+    preflight(cfg)
     return cfg
+
+
+# data sets read from data.root (a missing one is reported before anything starts); others ship with a package
+_LOCAL_DATA = ("cifar100", "fashion_mnist")
+
+
+def preflight(cfg: AcmeConfig) -> None:
+    """Local data and weights the run will read exist: one-line ConfigError naming what to put where, before any
+    process starts (the ServerApp would otherwise find out after the SuperLink and Ray are up)."""
+    from acme_flwr.cloud.elastic_vit import _WEIGHT_FILES
+    from acme_flwr.data import DataNotFoundError, load_dataset
+
+    if cfg.model.pretrained_path:
+        path = Path(cfg.model.pretrained_path).expanduser()
+        if not (path / "config.json").is_file() or not any((path / f).is_file() for f in _WEIGHT_FILES):
+            raise ConfigError(f"model.pretrained_path={cfg.model.pretrained_path!r} is not a save_pretrained "
+                              f"directory: it needs config.json and one of {list(_WEIGHT_FILES)} (e.g. "
+                              "google/vit-base-patch16-224 saved with save_pretrained); nothing is downloaded")
+    if cfg.data.name in _LOCAL_DATA:
+        try:
+            load_dataset(cfg.data.name, cfg.data.root, cfg.run.seed)
+        except DataNotFoundError as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
+    elif cfg.data.name == "imagefolder" and not Path(cfg.data.root).expanduser().is_dir():
+        raise ConfigError(f"data.root={cfg.data.root!r} is not a directory; an ImageFolder needs root/<class>/<image>")
 
 
 class _Launch:
@@ -187,7 +213,7 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
     run_config = out / "run_config.toml"
     run_config.write_text(toml_lines(cfg.to_flat()))
     cmd = [_tool("flwr"), "run", str(app_dir), "--stream", "--run-config", str(run_config),
-           "--federation-config", f"num-supernodes={cfg.topology.num_devices} client-resources-num-cpus=1"]
+           "--federation-config", federation_config(cfg)]
     run = _Launch(flwr_home)
     try:
         run.start_superlink()
@@ -243,6 +269,19 @@ def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
         else:
             term.write(f"  {text.strip()}\n")
         term.flush()
+
+
+def federation_config(cfg: AcmeConfig, cuda_available: bool | None = None) -> str:
+    """Simulation resources: 1 CPU per simulated device, plus ``run.client_gpus`` of a GPU each when the run uses
+    CUDA (several devices share one GPU); on a CPU-only machine, or with ``run.device=cpu``, no GPU is asked for."""
+    out = f"num-supernodes={cfg.topology.num_devices} client-resources-num-cpus=1"
+    if cfg.run.device == "cpu":
+        return out
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return out + (f" client-resources-num-gpus={cfg.run.client_gpus:g}" if cuda_available else "")
 
 
 def _toml_pair(override: str) -> str:

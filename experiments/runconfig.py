@@ -81,8 +81,13 @@ def check_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> None
 def config_from_hydra(dcfg: Any) -> AcmeConfig:
     """A composed Hydra config (DictConfig) → validated AcmeConfig; the ``hydra`` node is ignored."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
-    raw = OmegaConf.to_container(dcfg, resolve=True, throw_on_missing=True)
+    try:
+        raw = OmegaConf.to_container(dcfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:  # a preset's `???`: the user must give it
+        key = getattr(exc, "full_key", None) or "a key"
+        raise ConfigError(f"{key} has no value (the preset marks it required); give it, e.g. {key}=/path") from None
     assert isinstance(raw, dict)
     raw.pop("hydra", None)
     cfg = AcmeConfig.from_dict(raw)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from acme_flwr import accel
 from acme_flwr.runtime import fingerprint
 
 from .elastic_vit import ElasticViT, kept_layers
@@ -174,7 +175,9 @@ def _train_loop(
                 if len(losses) >= total:
                     break
                 opt.zero_grad(set_to_none=True)
-                losses.append(step_loss(x[idx], y[idx]))
+                xb, yb = accel.to_model(model, x[idx], y[idx])
+                with accel.autocast(model):
+                    losses.append(step_loss(xb, yb))
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 sched.step()
@@ -215,12 +218,15 @@ def head_neuron_importance(
     was_training = model.training
     model.eval()
     cfg = model.config
-    head_mask = torch.ones(cfg.num_layers, max(cfg.heads), requires_grad=True)
+    device = accel.device_of(model)
+    head_mask = torch.ones(cfg.num_layers, max(cfg.heads), requires_grad=True, device=device)
     params = [p for layer in model.layers for p in (layer.mlp.fc1.weight, layer.mlp.fc1.bias, layer.mlp.fc2.weight)]
-    head_imp = torch.zeros(cfg.num_layers, max(cfg.heads))
-    neuron_imp = [torch.zeros(f) for f in cfg.ffn]
+    head_imp = torch.zeros(cfg.num_layers, max(cfg.heads), device=device)
+    neuron_imp = [torch.zeros(f, device=device) for f in cfg.ffn]
     for idx in torch.arange(len(y)).split(batch_size):
-        loss = F.cross_entropy(model(x[idx], head_mask=head_mask, width=1.0, depth=1.0), y[idx])
+        xb, yb = accel.to_model(model, x[idx], y[idx])
+        with accel.autocast(model):
+            loss = F.cross_entropy(model(xb, head_mask=head_mask, width=1.0, depth=1.0).float(), yb)
         grads = torch.autograd.grad(loss, [head_mask, *params])
         head_imp += grads[0].abs().detach()
         for layer_i in range(cfg.num_layers):
@@ -320,7 +326,9 @@ def subnet_accuracy_table(
         for w in sorted(widths, reverse=True):
             correct = 0
             for idx in torch.arange(len(y_val)).split(batch_size):
-                correct += (model(x_val[idx], width=w, depth=d).argmax(-1) == y_val[idx]).sum().item()
+                xb, yb = accel.to_model(model, x_val[idx], y_val[idx])
+                with accel.autocast(model):
+                    correct += (model(xb, width=w, depth=d).argmax(-1) == yb).sum().item()
             table.append((float(d), float(w), correct / max(1, len(y_val))))
     model.train(was_training)
     return table

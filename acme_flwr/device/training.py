@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from acme_flwr import accel
 from acme_flwr.cloud.elastic_vit import ElasticViT
 from acme_flwr.task import TensorSplit
 
@@ -41,15 +42,30 @@ class TrainHParams:
 
 @torch.no_grad()
 def backbone_grids(backbone: ElasticViT, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Patch-token grids ``(N, hidden, g, g)`` of the frozen backbone for all of ``x``."""
+    """Patch-token grids ``(N, hidden, g, g)`` of the frozen backbone for all of ``x``, on the backbone's device."""
     backbone.eval()
-    return torch.cat([backbone.forward_features(x[i:i + batch_size]).grid for i in range(0, len(x), batch_size)])
+    out = []
+    for i in range(0, len(x), batch_size):
+        (xb,) = accel.to_model(backbone, x[i:i + batch_size])
+        with accel.autocast(backbone):
+            out.append(backbone.forward_features(xb).grid.float())
+    return torch.cat(out)
+
+
+def _place(device: torch.device | None, *modules: nn.Module) -> None:
+    """Move ``modules`` to ``device`` (``None``: leave them where they are)."""
+    if device is not None:
+        for m in modules:
+            m.to(device)
 
 
 def train_header(backbone: ElasticViT, header: Header, data: TensorSplit, hp: TrainHParams,
-                 seed: int) -> tuple[dict[str, float], np.ndarray]:
-    """Local epochs of header training; returns metrics and the gate importance accumulated over them."""
+                 seed: int, device: torch.device | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Local epochs of header training (on ``device``, default where the models are); returns metrics and the gate
+    importance accumulated over them (CPU numpy)."""
+    _place(device, backbone, header)
     grids = backbone_grids(backbone, data.x)
+    labels = data.y.to(grids.device)
     importance = TaylorImportance(header, mode=hp.accumulation) if header.num_gates else None
     params = trainable_parameters(header)
     optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
@@ -57,7 +73,7 @@ def train_header(backbone: ElasticViT, header: Header, data: TensorSplit, hp: Tr
     metrics: dict[str, float] = {}
     for _ in range(hp.local_epochs):
         order = torch.randperm(len(data), generator=gen)
-        batches = [(grids[order[i:i + hp.batch_size]], data.y[order[i:i + hp.batch_size]])
+        batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
                    for i in range(0, len(order), hp.batch_size)]
         metrics = train_header_epoch(header, batches, optimizer, importance)
     vec = importance.vector() if importance is not None else np.zeros(0, dtype=np.float32)
@@ -66,13 +82,16 @@ def train_header(backbone: ElasticViT, header: Header, data: TensorSplit, hp: Tr
 
 @torch.no_grad()
 def evaluate_header(backbone: ElasticViT, header: Header, data: TensorSplit,
-                    batch_size: int = 256) -> tuple[float, float]:
-    """(loss, accuracy) of backbone + header on ``data``."""
+                    batch_size: int = 256, device: torch.device | None = None) -> tuple[float, float]:
+    """(loss, accuracy) of backbone + header on ``data`` (on ``device``, default where the models are)."""
+    _place(device, backbone, header)
     header.eval()
     grids = backbone_grids(backbone, data.x, batch_size)
-    logits = torch.cat([header(grids[i:i + batch_size]) for i in range(0, len(grids), batch_size)])
-    loss = float(F.cross_entropy(logits, data.y))
-    acc = float((logits.argmax(1) == data.y).float().mean())
+    with accel.autocast(header):
+        logits = torch.cat([header(grids[i:i + batch_size]) for i in range(0, len(grids), batch_size)]).float()
+    y = data.y.to(logits.device)
+    loss = float(F.cross_entropy(logits, y))
+    acc = float((logits.argmax(1) == y).float().mean())
     return loss, acc
 
 
@@ -84,7 +103,8 @@ def cls_feature_matrix(backbone: ElasticViT, data: TensorSplit, k: int, seed: in
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=gen)[: min(k, len(data))]
     idx = idx[torch.argsort(data.y[idx], stable=True)]
-    return backbone.forward_features(data.x[idx]).cls.double().numpy().astype(np.float32)
+    (xb,) = accel.to_model(backbone, data.x[idx])
+    return backbone.forward_features(xb).cls.double().cpu().numpy().astype(np.float32)
 
 
 def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -129,7 +149,8 @@ def train_header_epoch(
         optimizer.zero_grad(set_to_none=True)
         for g in gates:  # gates are outside the optimizer: clear their gradients ourselves
             g.weight.grad = None
-        logits = model(inputs)
+        with accel.autocast(inputs.device):
+            logits = model(inputs).float()
         loss = loss_fn(logits, labels)
         loss.backward()
         optimizer.step()

@@ -35,6 +35,8 @@ def device_train_child(child: ENASChild, arcs: Sequence[Sequence[int]], grids: t
     """Device side of "train": one SGD step per arc (cycling shuffled local batches); returns metrics."""
     if not arcs:
         raise ValueError("device_train_child needs at least one arc")
+    child.to(grids.device)  # the step runs where the device's grids are
+    y = y.to(grids.device)
     opt = torch.optim.SGD(child.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     child.train()
@@ -59,7 +61,8 @@ def device_train_child(child: ENASChild, arcs: Sequence[Sequence[int]], grids: t
 def device_evaluate_arcs(child: ENASChild, arcs: Sequence[Sequence[int]], grids: torch.Tensor, y: torch.Tensor,
                          batch_size: int = 256) -> tuple[list[int], list[int]]:
     """Device side of "evaluate": (correct, total) of each arc on the local validation grids."""
-    child.eval()
+    child.to(grids.device).eval()
+    y = y.to(grids.device)
     correct = []
     for arc in arcs:
         c = 0

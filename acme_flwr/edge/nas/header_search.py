@@ -136,9 +136,10 @@ def search_header(backbone: ElasticViT, train: TensorSplit, val: TensorSplit, nu
 
     started = time.perf_counter()
     grids_train, grids_val = backbone_grids(backbone, train.x), backbone_grids(backbone, val.x)
+    y_train, y_val = train.y.to(grids_train.device), val.y.to(grids_val.device)  # the search runs where the grids are
     child = ENASChild(grids_train.shape[1], num_classes, cfg.out_filters, cfg.num_cells, cfg.num_layers, cfg.dropout,
-                      seed=cfg.seed)
-    source = ProxyReward.from_config(child, cfg, x_train=grids_train, y_train=train.y, x_val=grids_val, y_val=val.y)
+                      seed=cfg.seed).to(grids_train.device)
+    source = ProxyReward.from_config(child, cfg, x_train=grids_train, y_train=y_train, x_val=grids_val, y_val=y_val)
     result = search(source, cfg, progress=progress)
     t_search = time.perf_counter() - started
     with torch.random.fork_rng(devices=[]):
@@ -147,7 +148,7 @@ def search_header(backbone: ElasticViT, train: TensorSplit, val: TensorSplit, nu
                                bn_running_stats=bn_running_stats)
         if bn_running_stats:
             calibrate_bn(header, grids_train, cfg.batch_size)
-        accs = _finetune(header, (grids_train, train.y), (grids_val, val.y), cfg, progress)
+        accs = _finetune(header, (grids_train, y_train), (grids_val, y_val), cfg, progress)
     info = {"arc": list(header.arc), "arc_str": arc_to_str(header.arc), "num_cells": cfg.num_cells,
             "num_layers": cfg.num_layers, "channels": cfg.out_filters, "num_gates": header.num_gates,
             "search_val_acc": result.best_score, "finetune_val_acc": max(accs), "exported_val_acc": accs[0],
@@ -168,12 +169,13 @@ def adapt_header(base: EdgeSearch, backbone: ElasticViT, train: TensorSplit, val
                  progress: bool = True) -> EdgeSearch:
     """A copy of ``base``'s header (same arc, same gates) fine-tuned on another sub-backbone's grids."""
     started = time.perf_counter()
-    header = copy.deepcopy(base.header)
     grids_train, grids_val = backbone_grids(backbone, train.x), backbone_grids(backbone, val.x)
+    header = copy.deepcopy(base.header).to(grids_train.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         calibrate_bn(header, grids_train, cfg.batch_size)  # running statistics of this backbone's tokens
-        accs = _finetune(header, (grids_train, train.y), (grids_val, val.y), cfg, progress)
+        accs = _finetune(header, (grids_train, train.y.to(grids_train.device)),
+                         (grids_val, val.y.to(grids_val.device)), cfg, progress)
     info = {**base.info, "finetune_val_acc": max(accs), "exported_val_acc": accs[0], "shared_arc": True,
             "adapt_time_s": round(time.perf_counter() - started, 3)}
     return EdgeSearch(header, info)
