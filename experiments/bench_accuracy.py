@@ -34,12 +34,12 @@ SETTINGS: dict[str, list[str]] = {
 
 
 def snapshot() -> Path:
-    """Copy the app's files (what a FAB holds) to a temp dir."""
+    """Copy the app's files (what a FAB holds) and its Hydra ``conf/`` to a temp dir."""
     dst = Path(tempfile.mkdtemp(prefix="acme-snapshot-"))
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
-        if rel.startswith(("acme_flwr/", "strategies/", "clients/")) or rel == "pyproject.toml":
+        if rel.startswith(("acme_flwr/", "strategies/", "clients/", "conf/")) or rel == "pyproject.toml":
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dst / rel)
     return dst
