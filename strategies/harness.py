@@ -13,11 +13,12 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
 from acme_flwr.comm import message_bytes
+from acme_flwr.device.headers import split_header_params
 from acme_flwr.logs import quiet_flower_errors
 from acme_flwr.packages import CloudPackages, Package
 from acme_flwr.results import RunRecorder
@@ -25,6 +26,7 @@ from acme_flwr.runtime import fingerprint
 
 from .base import EdgeTierStrategy, short_reason
 from .nas_search import federated_header_search
+from .utils import check_same_layout
 
 logger = logging.getLogger(__name__)
 
@@ -88,14 +90,24 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         query_bytes = message_bytes(query)
         errors = []
         no_handler = 0
+        asked = set(nodes)
         for r in replies:
+            if r.metadata.src_node_id not in asked:
+                self.record.add_failure(0, "discover", str(r.metadata.src_node_id), "rejected: reply from a node "
+                                        "that was not asked")
+                continue
+            asked.discard(r.metadata.src_node_id)  # one answer per node
             if r.has_error():
                 if NO_HANDLER in r.error.reason:
                     no_handler += 1
                 else:
                     errors.append(f"node {r.metadata.src_node_id}: {short_reason(r.error.reason)}")
                 continue
-            prof = dict(r.content[P.PROFILE_REC])
+            try:
+                prof = self.check_profile(r.content)
+            except Exception as exc:  # noqa: BLE001 - a hostile profile is a rejected device, never a crash
+                errors.append(f"node {r.metadata.src_node_id}: rejected profile: {short_reason(str(exc), 300)}")
+                continue
             pid = int(prof["partition-id"])
             if pid in self.node_of:
                 self.record.add_failure(0, "discover", str(pid), "two nodes claim this partition-id")
@@ -120,6 +132,25 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
                            no_handler, len(nodes))
         logger.info("%s: discovered %d devices", self.record.name, len(self.node_of))
 
+    def check_profile(self, content: RecordDict) -> dict[str, Any]:
+        """A profile reply as a dict, or InvalidReply: one ConfigRecord, a partition-id in range, a known device
+        class and non-negative sizes."""
+        P.check_layout(content, {P.PROFILE_REC: ConfigRecord})
+        prof = dict(content[P.PROFILE_REC])
+        pid = prof.get("partition-id")
+        n = self.topology.num_devices
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0 or (n is not None and pid >= n):
+            raise P.InvalidReply(f"partition-id {pid!r} is not an integer in [0, {n})")
+        for key in ("num-train", "raw-train-bytes"):
+            value = prof.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise P.InvalidReply(f"{key} {value!r} is not a non-negative integer")
+        if self.deployment is not None:
+            cls = prof.get("device-class")
+            if not isinstance(cls, str) or cls not in self.deployment.packages:
+                raise P.InvalidReply(f"device-class {cls!r} is not one of {sorted(self.deployment.packages)}")
+        return prof
+
     def setup(self, grid: Grid) -> None:
         """Ship each device its sub-backbone + header (bytes counted on both tiers), collect features if asked."""
         if self.deployment is None:
@@ -141,6 +172,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
                 self.ledger.add(0, "cloud-edge", "down", n)
             msgs.append(Message(content, dst_node_id=self.node_of[pid], message_type=P.SETUP))
         self._sent[(0, "setup")] = set(self.node_of)
+        self._outbox[(0, "setup")] = {self.pid_of[m.metadata.dst_node_id]: m for m in msgs}
         ok = self._accept(0, "setup", grid.send_and_receive(msgs, timeout=self.timeout), self._validate_setup)
         for pid, content in ok.items():
             if P.FEATURES in content.array_records:
@@ -172,8 +204,46 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         return RecordDict({P.CONFIG: ConfigRecord({})})
 
     def _validate_setup(self, pid: int, content: RecordDict) -> None:
-        if self.feature_samples and P.FEATURES not in content.array_records:
-            raise ValueError("setup reply has no feature statistics")
+        """Metrics, plus (if asked for) 1 to ``feature_samples`` finite [CLS] feature rows of the backbone's width."""
+        k = int(self.feature_samples)
+        P.check_layout(content, {P.METRICS: MetricRecord, **({P.FEATURES: ArrayRecord} if k else {})})
+        if k:
+            width = int(self.package_of(pid).backbone.config.hidden_size)
+            feats = P.read_array(content[P.FEATURES], "cls")
+            if feats.ndim != 2 or not 0 < feats.shape[0] <= k or feats.shape[1] != width:
+                raise P.InvalidReply(f"feature statistics of shape {feats.shape}; expected (1..{k}, {width})")
+
+    # ------------------------------------------------------------------------------------------------- replies
+    def _asked_to_send(self, pid: int) -> str:
+        """What this round's train message asked device ``pid`` to send back (importance, header, body, none)."""
+        sent = self.sent_message(self._validating[0], "train", pid)
+        return str(sent.content[P.CONFIG].get("send", "importance")) if sent is not None else "none"
+
+    def validate_train_reply(self, pid: int, content: RecordDict) -> None:
+        """Exactly the records the device was asked for (metrics with a positive ``num-examples``; importance, or
+        header weights with the package's header layout); subclasses check the payload further."""
+        send = self._asked_to_send(pid)
+        arrays = {"importance": P.IMPORTANCE, "header": P.HEADER, "body": P.HEADER}.get(send)
+        P.check_layout(content, {P.METRICS: MetricRecord, **({arrays: ArrayRecord} if arrays else {})})
+        P.check_metrics(content[P.METRICS])
+        if arrays == P.HEADER:
+            check_same_layout(content[P.HEADER], self._header_layout(pid, send), f"device {pid} header")
+        super().validate_train_reply(pid, content)
+
+    def validate_evaluate_reply(self, pid: int, content: RecordDict) -> None:
+        """Only metrics: finite, a positive ``num-examples``, accuracies in [0, 1]."""
+        P.check_layout(content, {P.METRICS: MetricRecord})
+        metrics = P.check_metrics(content[P.METRICS])
+        for key, value in metrics.items():
+            if key.endswith("-acc") and not (isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0):
+                raise P.InvalidReply(f"metric {key!r}={value!r} is not an accuracy in [0, 1]")
+
+    def _header_layout(self, pid: int, send: str) -> ArrayRecord:
+        """The header weights a device of ``pid``'s package sends for ``send`` (all of them, or the FedPer body)."""
+        header = self.package_of(pid).header
+        state = header.state_dict()
+        keys = split_header_params(header)[0] if send == "body" else list(state)
+        return P.arrays_from_state({k: state[k] for k in keys})
 
     # ------------------------------------------------------------------------------------------------- header groups
     def package_of(self, pid: int) -> Package:
