@@ -125,14 +125,19 @@ def _setup_bytes(block: dict[str, Any]) -> int:
     return int(block["bytes"]["total"]) - sum(sum(dd.values()) for r in block["rounds"] for dd in r["bytes"].values())
 
 
+def _default(root: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The default run's directory and summary (None until it has been collected)."""
+    path = root / "default"
+    return path, json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else None
+
+
 # ------------------------------------------------------------------------------------------------------ tables
 @table("default")
 def default_table(root: Path) -> Table | str:
     """The default run (``make run``): headline numbers per strategy, as its summary.csv has them."""
-    path = root / "default"
-    if not (path / "summary.json").exists():
+    path, s = _default(root)
+    if s is None:
         return _missing("default", "make run")
-    s = json.loads((path / "summary.json").read_text())
     rows = []
     for name, b in s["strategies"].items():
         acc = b["accuracy"]
@@ -150,10 +155,9 @@ def default_table(root: Path) -> Table | str:
 @table("default_packages")
 def default_packages(root: Path) -> Table | str:
     """What PFG picked per device class in the default run, and the mixing groups that follow from it."""
-    path = root / "default"
-    if not (path / "summary.json").exists():
+    path, s = _default(root)
+    if s is None:
         return _missing("default", "make run")
-    s = json.loads((path / "summary.json").read_text())
     picks = s["cloud"]["picks"]
     groups = s["strategies"][s["strategy"]].get("mixing_groups", {})
     table_ = s["cloud"].get("table") or []
@@ -166,7 +170,8 @@ def default_packages(root: Path) -> Table | str:
         sizes = ", ".join(f"edge {e}: {len(v[0]) if v else 0}" for e, v in sorted(members.items()))
         rows.append([cls, f"{pick['size_constraint']:g}", f"({w:g}, {d:g})",
                      _pct(measured.get((round(d, 6), round(w, 6)))), sizes])
-    note = _provenance(path)
+    note = (_provenance(path) + f" Run wall time {s['wall_time_s']:.0f} s, of which the cloud stage (elastic backbone, "
+            f"PFG, warm headers) {s['cloud'].get('wall_time_s', 0):.0f} s.")
     if accs:
         note += f" Sub-net accuracy table: {100 * min(accs):.1f}–{100 * max(accs):.1f} % over {len(accs)} sub-nets."
     return ["device class", "size budget", "sub-backbone (w, d)", "its sub-net accuracy % (cloud val)",
@@ -176,10 +181,9 @@ def default_packages(root: Path) -> Table | str:
 @table("default_bytes")
 def default_bytes(root: Path) -> Table | str:
     """Bytes of the default run per strategy: one-time setup vs personalization rounds, and both references."""
-    path = root / "default"
-    if not (path / "summary.json").exists():
+    path, s = _default(root)
+    if s is None:
         return _missing("default", "make run")
-    s = json.loads((path / "summary.json").read_text())
     rows = []
     for name, b in s["strategies"].items():
         by, refs = b["bytes"], b["bytes"]["references"]
