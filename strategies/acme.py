@@ -90,6 +90,7 @@ class AcmeStrategy(AcmeProtocolStrategy):
         fb.min_evaluate_nodes, fb.min_train_nodes = self.min_evaluate_nodes, self.min_train_nodes
         fb.ledger, fb.record, fb.last_round, fb.round_offset = self.ledger, self.record, self.last_round, \
             self.round_offset
+        fb.max_reply_bytes = self.max_reply_bytes
         self.node_of, self.pid_of, self.profiles = {}, {}, {}
         for pid, node in sorted(node_of.items()):
             fb._bind(pid, node, {"partition-id": pid})

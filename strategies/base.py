@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
@@ -378,6 +379,9 @@ class EdgeTierStrategy(FedAvg):
             size = self.ledger.add_message(server_round, "edge-device", "up", msg.content, pid)
             try:
                 P.check_size(size, self.max_reply_bytes)
+                if phase in ("train", "evaluate") and msg.content.config_records:
+                    raise P.InvalidReply(f"unexpected ConfigRecord(s) {sorted(msg.content.config_records)} in a "
+                                         f"{phase} reply")
                 for record in msg.content.metric_records.values():
                     P.check_metrics(record, required=())
                 validate(pid, msg.content)
@@ -530,10 +534,23 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
     return nodes
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Interrupt|Warning|Died\w*))\b:?\s*(.*)$")
+
+
 def short_reason(reason: str, limit: int = 400) -> str:
-    """The informative tail of a client error (Ray wraps it in a long traceback)."""
-    tail = reason.rsplit("Message:", 1)[-1].strip().rstrip("'>").strip()
-    return tail[-limit:]
+    """A client error as one readable line: the last ``SomeError: message`` line of the (Ray-wrapped) traceback,
+    without its module path; else the text with its whitespace collapsed; at most ``limit`` characters."""
+    text = reason.rsplit("Message:", 1)[-1] if "Message:" in reason else reason
+    lines = [ln.strip().strip("'<>\"").strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("Traceback (", 'File "', "^", "~"))]
+    found = [m for m in map(_EXCEPTION_LINE.match, lines) if m]
+    if found:
+        name, message = found[-1].groups()
+        line = f"{name}: {message}" if message else name
+    else:
+        line = " ".join(lines) if lines else reason
+    line = " ".join(line.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def metrics_of(content: RecordDict) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
@@ -228,6 +229,12 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         P.check_metrics(content[P.METRICS])
         if arrays == P.HEADER:
             check_same_layout(content[P.HEADER], self._header_layout(pid, send), f"device {pid} header")
+        elif arrays == P.IMPORTANCE:
+            if list(content[P.IMPORTANCE].keys()) != ["v"]:
+                raise P.InvalidReply(f"importance record must hold exactly 'v'; has {list(content[P.IMPORTANCE])[:5]}")
+            vec = P.read_array(content[P.IMPORTANCE], "v")
+            if vec.dtype != np.float32:
+                raise P.InvalidReply(f"importance has dtype {vec.dtype}, expected float32")
         super().validate_train_reply(pid, content)
 
     def validate_evaluate_reply(self, pid: int, content: RecordDict) -> None:
