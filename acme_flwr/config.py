@@ -49,6 +49,9 @@ class RunSection:
     precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))  # bf16 = autocast where supported
     # GPU share of one simulated device (Ray's client-resources-num-gpus) when the run uses CUDA; ignored on CPU
     client_gpus: float = field(default=0.25, metadata=_range(0.0, 1.0, low_open=True))
+    # devices keep their frozen sub-backbone's token grids in memory between messages (per worker process, LRU, at
+    # most this many MiB); 0 = recompute them on every message
+    feature_cache_mb: int = field(default=1024, metadata=_range(0, None))
 
 
 @dataclass
@@ -172,6 +175,12 @@ class StrategySection:
     feature_samples: int = field(default=200, metadata=_range(1, None))
     fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
     timeout: float = field(default=600.0, metadata=_range(1.0, None))
+    # baselines' hyper-parameters (their papers' values; reference/pfl-baselines.md)
+    fedrep_head_epochs: int = field(default=10, metadata=_range(0, None))  # FedRep: head epochs per round
+    fedrep_body_epochs: int = field(default=1, metadata=_range(1, None))  # FedRep: body epochs per round
+    fedbabu_finetune_epochs: int = field(default=5, metadata=_range(0, None))  # FedBABU: head fine-tuning to evaluate
+    ditto_lambda: float = field(default=0.1, metadata=_range(0.0, None))  # Ditto: proximal weight λ
+    ditto_personal_epochs: int = field(default=0, metadata=_range(0, None))  # Ditto: personal epochs (0: local)
 
 
 @dataclass

@@ -1,12 +1,21 @@
-"""Overhead benchmark (issue 5): device training throughput inside the Flower runtime vs a plain PyTorch loop.
+"""Overhead benchmark (issues 5, 11): device training throughput inside the Flower runtime vs a plain PyTorch loop,
+without and with the frozen-feature cache, in one session.
 
-Runs ACME alone through ``flwr run`` (Ray, 1 CPU per client) and reads each device's ``train-time-s`` (measured
-inside the ``train.acme`` handler, from message in to reply built: state deserialization, model rebuild, data,
-training) and its example count. Then, in this process, it trains the same devices' headers on the same
-sub-backbones with the same hyper-parameters in a plain loop (one thread, as each Ray worker has). Ratios from one
-run are printed; target: handler throughput ≥ 0.9 × plain throughput.
+Runs ACME alone through ``flwr run`` twice (Ray, 1 CPU per client): "before" with ``run.feature_cache_mb=0`` (every
+message rebuilds the sub-backbone from ``context.state`` and recomputes its token grids, as the handlers did before
+the cache) and "after" with the cache on. Each device's ``train-time-s`` is measured inside the ``train.acme``
+handler (message in to reply built: state decoding, model rebuild, features, training, reply encoding). Then, in this
+process, it trains the same devices' headers on the same sub-backbones with the same hyper-parameters in two plain
+loops (one thread, as each Ray worker has): grids recomputed every round (what ``train_header`` alone does) and grids
+computed once per device (the header's cost only: the floor). Ratios from this one run are printed; target: handler
+throughput >= 0.9 x plain throughput at 1 local epoch. It also measures what keeping the grids in ``context.state``
+instead would cost: their serialized size and encode + decode time per message, against the rest of the state.
 
-    python -m experiments.bench_overhead [--rounds 3] [--devices 10]
+    python -m experiments.bench_overhead [--preset fmnist|default] [--rounds 3] [--devices 10]
+
+``--preset fmnist`` (default when the Fashion-MNIST files are installed) uses ``+experiment=fmnist`` with
+``cloud.enabled=false cloud.header_epochs=1``: the overhead depends on the shapes, not on trained weights, so the
+~20 min cloud stage is skipped and every device gets the full vit_fmnist backbone (the most expensive sub-net).
 """
 
 from __future__ import annotations
@@ -16,12 +25,17 @@ import copy
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from flwr.app import RecordDict
 
+from acme_flwr import protocol as P
 from acme_flwr.cloud.models import input_shape
+from acme_flwr.comm import message_bytes
 from acme_flwr.config import AcmeConfig
-from acme_flwr.device.training import TrainHParams, train_header
+from acme_flwr.device.training import TrainHParams, backbone_grids, train_header
 from acme_flwr.packages import build_packages
 from acme_flwr.runtime import cache_dir
 from acme_flwr.task import federated_data
@@ -29,56 +43,87 @@ from acme_flwr.topology import device_profile
 
 from .launch import REPO, launch
 
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+PRESETS = {"fmnist": ["+experiment=fmnist", "cloud.enabled=false", "cloud.header_epochs=1"], "default": []}
+
+
+def _flower(out: Path, devices: int, overrides: list[str]) -> dict[str, Any]:
+    """One ``flwr run`` of ACME; the handlers' train timings and the run's wall time."""
+    started = time.perf_counter()
+    summary = json.loads(launch(out, devices, overrides).read_text())
+    wall = time.perf_counter() - started
+    rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    dev = [r for r in rows if r["tier"] == "device" and r["phase"] == "train"]
+    return {"config": summary["config"], "wall": wall, "time": sum(r["train-time-s"] for r in dev),
+            "compute": sum(r["train-compute-s"] for r in dev), "examples": sum(r["num-examples"] for r in dev),
+            "rounds_wall": sum(r["wall_time"] for r in rows if r["tier"] == "cloud" and r["phase"] == "train")}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="fmnist" if FMNIST.exists() else "default")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--devices", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "overhead")
     args = parser.parse_args()
-    overrides = ["strategy.names=acme", f"strategy.rounds={args.rounds}", f"topology.num_devices={args.devices}",
-                 f"strategy.local_epochs={args.local_epochs}"]
-    summary_path = launch(args.out, args.devices, overrides)
-    summary = json.loads(summary_path.read_text())
-    rows = [json.loads(line) for line in (args.out / "rounds.jsonl").read_text().splitlines()]
-    dev = [r for r in rows if r["tier"] == "device" and r["phase"] == "train"]
-    flower_time = sum(r["train-time-s"] for r in dev)
-    flower_compute = sum(r["train-compute-s"] for r in dev)
-    flower_examples = sum(r["num-examples"] for r in dev)
-    round_wall = sum(r["wall_time"] for r in rows if r["tier"] == "cloud" and r["phase"] == "train")
+    common = [*PRESETS[args.preset], "strategy.names=acme", f"strategy.rounds={args.rounds}",
+              f"topology.num_devices={args.devices}", f"strategy.local_epochs={args.local_epochs}"]
+    before = _flower(args.out / "before", args.devices, [*common, "run.feature_cache_mb=0"])
+    after = _flower(args.out / "after", args.devices, common)
 
     torch.set_num_threads(1)
-    cfg = AcmeConfig.from_dict(summary["config"])
+    cfg = AcmeConfig.from_dict(after["config"])
     data = federated_data(cfg, *input_shape(cfg))
     deployment = build_packages(cfg, data, cache_dir(cfg), progress=False)
     s = cfg.strategy
     hp = TrainHParams(lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, batch_size=s.batch_size,
                       local_epochs=s.local_epochs, accumulation=s.importance_accumulation)
-    plain_time, plain_examples = 0.0, 0
+    t_recompute = t_once = 0.0
+    examples = 0
+    state_bytes = grid_bytes = 0
+    t_state = 0.0
     for pid in range(args.devices):
         pkg = deployment.for_class(device_profile(pid, cfg.device_classes).device_class)
-        header = copy.deepcopy(pkg.header)
         device = data.device(pid)
-        for rnd in range(1, args.rounds + 1):
+        header = copy.deepcopy(pkg.header)
+        for rnd in range(1, args.rounds + 1):  # plain loop 1: train_header computes the grids every round
             t0 = time.perf_counter()
             metrics, _ = train_header(pkg.backbone, header, device.train, hp, seed=rnd)
-            plain_time += time.perf_counter() - t0
-            plain_examples += int(metrics["num_examples"])
+            t_recompute += time.perf_counter() - t0
+            examples += int(metrics["num_examples"])
+        header = copy.deepcopy(pkg.header)
+        t0 = time.perf_counter()  # plain loop 2: grids once per device, then the header's cost only
+        grids = backbone_grids(pkg.backbone, device.train.x)
+        for rnd in range(1, args.rounds + 1):
+            train_header(None, header, device.train, hp, seed=rnd, grids=grids)
+        t_once += time.perf_counter() - t0
+        # the alternative of keeping the grids in context.state: serialized with every message
+        state = P.arrays_from_state({**pkg.backbone.state_dict(), **pkg.header.state_dict()})
+        state_bytes += message_bytes(RecordDict({"s": state}))
+        t0 = time.perf_counter()
+        rec = P.arrays_from_state({"grids": grids})  # encode (as context.state would hold it), serialize, decode
+        grid_bytes += message_bytes(RecordDict({"grids": rec}))
+        torch.from_numpy(np.array(rec["grids"].numpy(), copy=True))
+        t_state += time.perf_counter() - t0
 
-    flower_tput = flower_examples / flower_time
-    plain_tput = plain_examples / plain_time
-    print(f"\ndevice training, {args.devices} devices x {args.rounds} rounds ({flower_examples} examples):")
-    print(f"  inside Flower (train.acme handler, Ray worker): {flower_tput:10.1f} examples/s")
-    print(f"  plain PyTorch loop, same model and batches:      {plain_tput:10.1f} examples/s")
-    print(f"  ratio handler / plain = {flower_tput / plain_tput:.3f}   (target >= 0.9)")
-    print(f"  of the handler time, training itself (train_header) is {flower_compute / flower_time:.3f}; the rest "
-          "is message decoding, model rebuild from context.state and reply encoding")
-    print(f"  training alone inside Flower vs plain loop: {plain_time / flower_compute:.3f} (< 1: the two Ray workers "
-          "share 2 cores with the SuperLink, ServerApp and Ray; the plain loop ran alone)")
-    print(f"  whole train rounds (send, 2 workers, receive, aggregate): {round_wall:.2f} s wall for "
-          f"{plain_time:.2f} s of plain compute -> round efficiency {plain_time / 2 / round_wall:.3f} "
-          "(1.0 = both cores busy with training only)")
+    plain_re, plain_once = examples / t_recompute, examples / t_once
+    tput = {k: r["examples"] / r["time"] for k, r in (("before", before), ("after", after))}
+    print(f"\n[{args.preset}] device training, {args.devices} devices x {args.rounds} rounds x {args.local_epochs} "
+          f"local epoch(s) ({after['examples']} examples per run), one session:")
+    print(f"  plain loop, grids every round (train_header): {plain_re:10.1f} examples/s")
+    print(f"  plain loop, grids once per device:            {plain_once:10.1f} examples/s")
+    for k, r in (("before", before), ("after", after)):
+        print(f"  handler {k:6s} (feature cache {'off' if k == 'before' else 'on '}):  {tput[k]:10.1f} examples/s   "
+              f"ratio / plain-every-round {tput[k] / plain_re:.3f}   / plain-once {tput[k] / plain_once:.3f}   "
+              f"training share of handler time {r['compute'] / r['time']:.3f}")
+    print(f"  handler throughput after / before = {tput['after'] / tput['before']:.3f}   (target after / plain >= 0.9)")
+    print(f"  whole flwr run wall time after / before = {after['wall'] / before['wall']:.3f} "
+          f"({after['wall']:.1f} s vs {before['wall']:.1f} s); train rounds {after['rounds_wall']:.1f} s vs "
+          f"{before['rounds_wall']:.1f} s")
+    print(f"  grids in context.state instead: +{grid_bytes / args.devices / 1e6:.2f} MB per device and message "
+          f"(the state already holds {state_bytes / args.devices / 1e6:.2f} MB), "
+          f"{t_state / args.devices * 1e3:.1f} ms encode + decode per message")
 
 
 if __name__ == "__main__":

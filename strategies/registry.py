@@ -14,6 +14,9 @@ from acme_flwr.results import RunRecorder
 from acme_flwr.topology import Topology
 
 from .acme import AcmeStrategy
+from .ditto import Ditto
+from .fedbabu import FedBABU
+from .fedrep import FedRep
 from .header_fedavg import HeaderFedAvg
 
 Factory = Callable[[AcmeConfig, Topology, CloudPackages, RunRecorder], Strategy]
@@ -47,6 +50,26 @@ def _header_baseline(name: str, share: str) -> Factory:
 
 for _name, _share in (("fedavg_header", "all"), ("fedper", "body"), ("local", "none")):
     STRATEGIES.register(_name)(_header_baseline(_name, _share))
+
+
+@STRATEGIES.register("fedrep")
+def _fedrep(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
+    s = cfg.strategy
+    return FedRep(topology=topology, deployment=deployment, head_epochs=s.fedrep_head_epochs,
+                  body_epochs=s.fedrep_body_epochs, **_common(cfg, recorder, "fedrep"))
+
+
+@STRATEGIES.register("fedbabu")
+def _fedbabu(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
+    return FedBABU(topology=topology, deployment=deployment, finetune_epochs=cfg.strategy.fedbabu_finetune_epochs,
+                   **_common(cfg, recorder, "fedbabu"))
+
+
+@STRATEGIES.register("ditto")
+def _ditto(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
+    s = cfg.strategy
+    return Ditto(topology=topology, deployment=deployment, lam=s.ditto_lambda, personal_epochs=s.ditto_personal_epochs,
+                 **_common(cfg, recorder, "ditto"))
 
 
 def build_strategy(name: str, cfg: AcmeConfig, topology: Topology, deployment: CloudPackages,

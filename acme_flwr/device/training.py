@@ -8,8 +8,11 @@ this is exactly the same computation as running it inside every step, at a fract
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,34 +62,85 @@ def _place(device: torch.device | None, *modules: nn.Module) -> None:
             m.to(device)
 
 
-def train_header(backbone: ElasticViT, header: Header, data: TensorSplit, hp: TrainHParams,
-                 seed: int, device: torch.device | None = None) -> tuple[dict[str, float], np.ndarray]:
+Phase = tuple[Collection[str] | None, int]  # (names of the parameters to train, None = all; epochs)
+
+
+def train_header(backbone: ElasticViT | None, header: Header, data: TensorSplit, hp: TrainHParams,
+                 seed: int, device: torch.device | None = None, *, grids: torch.Tensor | None = None,
+                 phases: Sequence[Phase] | None = None, proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
+                 importance: bool = True) -> tuple[dict[str, float], np.ndarray]:
     """Local epochs of header training (on ``device``, default where the models are); returns metrics and the gate
-    importance accumulated over them (CPU numpy)."""
-    _place(device, backbone, header)
-    grids = backbone_grids(backbone, data.x)
+    importance accumulated over them (CPU numpy; zeros of length 0 when ``importance`` is false).
+
+    ``grids``: the frozen backbone's token grids of ``data.x`` computed beforehand (:class:`FeatureCache`), else they
+    are computed here (``backbone`` may then be ``None``). ``phases``: ``(parameter names, epochs)`` run one after the
+    other, each with a fresh optimizer over its own parameters, the others frozen (FedRep: head then body; FedBABU:
+    body only); default: every parameter for ``hp.local_epochs``. ``proximal``: ``(λ, w)`` adds ``λ/2·‖θ − w‖²`` over
+    the trained parameters (Ditto's personal header; ``w`` by parameter name)."""
+    _place(device, *(m for m in (backbone, header) if m is not None))
+    if grids is None:
+        if backbone is None:
+            raise ValueError("train_header needs a backbone or precomputed grids")
+        grids = backbone_grids(backbone, data.x)
     labels = data.y.to(grids.device)
-    importance = TaylorImportance(header, mode=hp.accumulation) if header.num_gates else None
-    params = trainable_parameters(header)
-    optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    tracker = TaylorImportance(header, mode=hp.accumulation) if importance and header.num_gates else None
     gen = torch.Generator().manual_seed(seed)
     metrics: dict[str, float] = {}
-    for _ in range(hp.local_epochs):
-        order = torch.randperm(len(data), generator=gen)
-        batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
-                   for i in range(0, len(order), hp.batch_size)]
-        metrics = train_header_epoch(header, batches, optimizer, importance)
-    vec = importance.vector() if importance is not None else np.zeros(0, dtype=np.float32)
+    for names, epochs in phases if phases is not None else [(None, hp.local_epochs)]:
+        params = trainable_parameters(header, names)
+        if not params or epochs <= 0:
+            continue
+        optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        loss_fn = _proximal_loss(header, params, *proximal) if proximal is not None else None
+        with _frozen_except(header, params):
+            for _ in range(epochs):
+                order = torch.randperm(len(data), generator=gen)
+                batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
+                           for i in range(0, len(order), hp.batch_size)]
+                metrics = train_header_epoch(header, batches, optimizer, tracker, loss_fn=loss_fn)
+    vec = tracker.vector() if tracker is not None else np.zeros(0, dtype=np.float32)
     return metrics, vec
 
 
+@contextlib.contextmanager
+def _frozen_except(module: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Within the block only ``params`` (and gate weights, whose gradients importance reads) require grad."""
+    keep = {id(p) for p in params} | {id(g.weight) for g in gate_layers(module)}
+    frozen = [p for p in module.parameters() if p.requires_grad and id(p) not in keep]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _proximal_loss(module: nn.Module, params: Sequence[nn.Parameter], lam: float,
+                   reference: dict[str, torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy + ``lam/2·‖θ − w‖²`` over ``params`` (``w``: ``reference`` by parameter name, detached)."""
+    ids = {id(p) for p in params}
+    pairs = [(p, reference[n].detach().to(p.device, p.dtype)) for n, p in module.named_parameters() if id(p) in ids]
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        prox = sum(((p - w) ** 2).sum() for p, w in pairs)
+        return F.cross_entropy(logits, labels) + 0.5 * lam * prox
+
+    return loss_fn
+
+
 @torch.no_grad()
-def evaluate_header(backbone: ElasticViT, header: Header, data: TensorSplit,
-                    batch_size: int = 256, device: torch.device | None = None) -> tuple[float, float]:
-    """(loss, accuracy) of backbone + header on ``data`` (on ``device``, default where the models are)."""
-    _place(device, backbone, header)
+def evaluate_header(backbone: ElasticViT | None, header: Header, data: TensorSplit,
+                    batch_size: int = 256, device: torch.device | None = None, *,
+                    grids: torch.Tensor | None = None) -> tuple[float, float]:
+    """(loss, accuracy) of backbone + header on ``data`` (on ``device``, default where the models are); ``grids``:
+    the backbone's token grids of ``data.x`` computed beforehand (then ``backbone`` may be ``None``)."""
+    _place(device, *(m for m in (backbone, header) if m is not None))
     header.eval()
-    grids = backbone_grids(backbone, data.x, batch_size)
+    if grids is None:
+        if backbone is None:
+            raise ValueError("evaluate_header needs a backbone or precomputed grids")
+        grids = backbone_grids(backbone, data.x, batch_size)
     with accel.autocast(header):
         logits = torch.cat([header(grids[i:i + batch_size]) for i in range(0, len(grids), batch_size)]).float()
     y = data.y.to(logits.device)
@@ -107,10 +161,12 @@ def cls_feature_matrix(backbone: ElasticViT, data: TensorSplit, k: int, seed: in
     return backbone.forward_features(xb).cls.double().cpu().numpy().astype(np.float32)
 
 
-def trainable_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """Parameters to hand to the optimizer: everything that requires grad except gate weights (never trained)."""
+def trainable_parameters(module: nn.Module, names: Collection[str] | None = None) -> list[nn.Parameter]:
+    """Parameters to hand to the optimizer: everything that requires grad except gate weights (never trained);
+    with ``names``, only the parameters of those names (e.g. the head or the body of :func:`split_header_params`)."""
     gate_ids = {id(g.weight) for g in gate_layers(module)}
-    return [p for p in module.parameters() if p.requires_grad and id(p) not in gate_ids]
+    return [p for n, p in module.named_parameters()
+            if p.requires_grad and id(p) not in gate_ids and (names is None or n in names)]
 
 
 @torch.no_grad()
@@ -174,3 +230,55 @@ def train_header_epoch(
     }
 
 
+
+
+def split_fingerprint(x: torch.Tensor, samples: int = 4096) -> str:
+    """A cheap fingerprint of a fixed data tensor: dtype, shape, sum and ``samples`` strided elements (a cache key
+    part that changes when the data does, without hashing megabytes on every message)."""
+    flat = x.detach().reshape(-1)
+    step = max(1, flat.numel() // samples)
+    h = hashlib.sha256(f"{x.dtype}{tuple(x.shape)}{float(flat.double().sum())!r}".encode())
+    h.update(flat[::step].cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FeatureCache:
+    """A bounded LRU of a frozen backbone's token grids on fixed images, so a device computes them once per run.
+
+    Devices refine only the header on a frozen sub-backbone, so the grids of their fixed training, validation and
+    test images never change. Keys must name everything the grids depend on (the client uses run, node, partition,
+    strategy tag, backbone fingerprint, split, data fingerprint, device and precision); entries are evicted least
+    recently used beyond ``max_entries`` or ``max_bytes``. ``max_entries=0`` disables caching."""
+
+    def __init__(self, max_entries: int = 64, max_bytes: int = 1 << 30) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The cached tensor of ``key``, or ``compute()`` (stored unless it alone exceeds the byte bound)."""
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        value = compute()
+        size = value.element_size() * value.numel()
+        if self.max_entries <= 0 or size > self.max_bytes:
+            return value
+        self._items[key] = value
+        while len(self._items) > self.max_entries or self.nbytes > self.max_bytes:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()

@@ -1,0 +1,41 @@
+"""FedBABU (Oh et al., ICLR 2022) on the header: train and average the body only; fine-tune the head to evaluate.
+
+During all federated rounds each device's classifier (the head) stays frozen at its initialisation (the warm header
+of its package, the same for every device of a mixing group); devices train the body for ``local_epochs`` and send
+it; edges and cloud average bodies as FedPer does. At evaluation a device fine-tunes a copy of the head on its own
+training data for ``finetune_epochs`` and reports that (``val-acc``/``test-acc``, the personalized accuracy) next to
+the federated model without fine-tuning (``global-val-acc``/``global-test-acc``). The fine-tuned copy is not kept.
+Nothing is pruned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from acme_flwr.packages import CloudPackages
+from acme_flwr.topology import Topology
+
+from .header_fedavg import HeaderFedAvg
+
+
+class FedBABU(HeaderFedAvg):
+    """Body averaged with the head frozen; ``finetune_epochs`` of head fine-tuning before each evaluation."""
+
+    name = "fedbabu"
+
+    def __init__(self, *args: Any, topology: Topology | None = None, deployment: CloudPackages | None = None,
+                 finetune_epochs: int = 5, **kwargs: Any) -> None:
+        if finetune_epochs < 0:
+            raise ValueError(f"FedBABU needs finetune_epochs >= 0; got {finetune_epochs}")
+        super().__init__(*args, topology=topology, deployment=deployment, share="body", **kwargs)
+        self.finetune_epochs = int(finetune_epochs)
+
+    def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        return self.content(server_round, self._edge_arrays(pid), send="body", mode="fedbabu")
+
+    def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
+                         config: ConfigRecord) -> RecordDict:
+        return self.content(server_round, self._edge_arrays(pid), mode="fedbabu",
+                            **{"finetune-epochs": self.finetune_epochs})

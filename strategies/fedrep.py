@@ -1,0 +1,37 @@
+"""FedRep (Collins et al., ICML 2021) on the header: a shared body (representation), a personal head.
+
+Each round a device first trains its classifier (the head) for ``head_epochs`` with the body frozen, then the body
+for ``body_epochs`` with the head frozen, and sends the body only; the edge averages the bodies of the devices that
+received the same package (example-weighted), the cloud averages the edges' bodies every ``edge_rounds_per_cloud``
+rounds. Same devices, sub-backbones, byte accounting and edge-model delivery as FedPer (:class:`HeaderFedAvg`
+with ``share="body"``); nothing is pruned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+from acme_flwr.packages import CloudPackages
+from acme_flwr.topology import Topology
+
+from .header_fedavg import HeaderFedAvg
+
+
+class FedRep(HeaderFedAvg):
+    """Body averaged, head personal; per round ``head_epochs`` on the head, then ``body_epochs`` on the body."""
+
+    name = "fedrep"
+
+    def __init__(self, *args: Any, topology: Topology | None = None, deployment: CloudPackages | None = None,
+                 head_epochs: int = 10, body_epochs: int = 1, **kwargs: Any) -> None:
+        if head_epochs < 0 or body_epochs < 1:
+            raise ValueError(f"FedRep needs head_epochs >= 0 and body_epochs >= 1; got {head_epochs}, {body_epochs}")
+        super().__init__(*args, topology=topology, deployment=deployment, share="body", **kwargs)
+        self.head_epochs = int(head_epochs)
+        self.body_epochs = int(body_epochs)
+
+    def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+        return self.content(server_round, self._edge_arrays(pid), send="body", mode="fedrep",
+                            **{"head-epochs": self.head_epochs, "body-epochs": self.body_epochs})
