@@ -150,7 +150,8 @@ class RunRecorder:
 
     def _write_csv(self, blocks: dict[str, dict[str, Any]]) -> None:
         cols = ["strategy", "acc_mean", "acc_std", "acc_worst10", "generic_acc", "bytes_total", "bytes_up_device",
-                "fedavg_full_bytes", "ratio_to_fedavg", "centralized_bytes", "ratio_to_centralized", "failures"]
+                "fedavg_full_bytes", "ratio_to_fedavg", "centralized_bytes", "ratio_to_centralized", "failures",
+                "devices"]
         with (self.out_dir / "summary.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=cols)
             writer.writeheader()
@@ -172,14 +173,33 @@ def headline(name: str, block: dict[str, Any]) -> dict[str, Any]:
             "ratio_to_fedavg": _ratio(total, refs.get("fedavg_full", {}).get("bytes")),
             "centralized_bytes": refs.get("centralized", {}).get("bytes"),
             "ratio_to_centralized": _ratio(total, refs.get("centralized", {}).get("bytes")),
-            "failures": block.get("failures", {}).get("count", 0)}
+            "failures": block.get("failures", {}).get("count", 0), "devices": _devices(block)}
+
+
+def _devices(block: dict[str, Any]) -> str:
+    """``reported/expected`` devices of a strategy block, with ``DEGRADED`` when some were lost."""
+    dev = block.get("devices")
+    if not dev:
+        return ""
+    return f"{dev['reported']}/{dev['expected']}" + (" DEGRADED" if block.get("degraded") else "")
+
+
+def lost_device_lines(summary: dict[str, Any]) -> list[str]:
+    """One warning line per strategy that lost devices (empty when none did)."""
+    out = []
+    for name, block in summary.get("strategies", {}).items():
+        lost = block.get("lost_devices") or []
+        if lost:
+            where = ", ".join(f"{d['partition-id']} (round {d['round']} {d['phase']}: {d['reason']})" for d in lost)
+            out.append(f"DEGRADED: {name} reports on {_devices(block).split()[0]} devices; lost {where}")
+    return out
 
 
 def format_table(summary: dict[str, Any]) -> str:
     """A fixed-width results table of every strategy in a summary."""
     rows = [headline(name, b) for name, b in summary["strategies"].items()]
     cols = ["strategy", "acc_mean", "acc_std", "acc_worst10", "generic_acc", "bytes_total", "ratio_to_fedavg",
-            "ratio_to_centralized", "failures"]
+            "ratio_to_centralized", "failures", "devices"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     line = "  ".join(c.ljust(widths[c]) for c in cols)
     out = [line, "-" * len(line)]

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from acme_flwr.config import AcmeConfig, ConfigError
-from acme_flwr.results import format_table
+from acme_flwr.results import format_table, lost_device_lines
 
 from . import procs
 from .runconfig import CONF_DIR, check_resume, compose, toml_lines
@@ -344,7 +344,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = sum(b["failures"]["count"] for b in data["strategies"].values())
     print(f"\nwall time {time.time() - started:.1f} s; failed device replies (all strategies): {failures}")
     print(f"summary: {summary}")
-    return 0
+    return lost_devices_verdict(data)
+
+
+def lost_devices_verdict(summary: dict[str, Any]) -> int:
+    """Print one line per strategy that lost devices; 3 if ``run.on_lost_devices=fail`` and some did, else 0."""
+    lines = lost_device_lines(summary)
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+    return 3 if lines and summary.get("config", {}).get("run", {}).get("on_lost_devices") == "fail" else 0
 
 
 if __name__ == "__main__":

@@ -267,7 +267,39 @@ class EdgeTierStrategy(FedAvg):
         self.record.bytes = {**totals, "total": total, "references": refs,
                              "per_device": {str(k): v for k, v in sorted(self.ledger.per_device.items())}}
         self.record.accuracy = self._accuracy()
+        if self._ready:  # a strategy restored from a finished checkpoint keeps the verdict it was saved with
+            self._record_lost_devices()
         return self.record.to_dict()
+
+    def _record_lost_devices(self) -> None:
+        """``lost_devices`` (partition-id, round, phase, reason of the failure that started the loss), ``devices``
+        (expected vs. answering the last round) and ``degraded`` in the summary block; a lost device is one that
+        never took part (discovery or setup) or did not answer anything it was asked in the last round."""
+        expected = self.topology.num_devices if self.topology.num_devices is not None else len(self.node_of)
+        last = max((r["round"] for r in self.record.rounds), default=None)
+        asked_last = set().union(*(self._sent.get((last, ph), set()) for ph in ("train", "evaluate"))) \
+            if last is not None else set()
+        answered: dict[int, int] = {}  # pid -> last round it answered
+        for entry in self.record.rounds:
+            for ph in ("train", "evaluate"):
+                for pid in (entry.get(ph) or {}).get("device", {}):
+                    answered[int(pid)] = max(answered.get(int(pid), 0), entry["round"])
+        lost = []
+        for pid in range(expected):
+            if pid in self.node_of and not (pid in asked_last and answered.get(pid, -1) != last):
+                continue
+            since = answered.get(pid, -1)
+            fails = [f for f in self.record.failures if f["node"] == str(pid) and f["round"] > since]
+            if fails:
+                f = fails[0]
+                lost.append({"partition-id": pid, "round": f["round"], "phase": f["phase"], "reason": f["reason"]})
+            else:
+                lost.append({"partition-id": pid, "round": 0, "phase": "discover",
+                             "reason": f"no node answered discovery for this partition-id "
+                                       f"({len(self.node_of)} of {expected} devices found)"})
+        self.record.extra["lost_devices"] = lost
+        self.record.extra["devices"] = {"expected": expected, "reported": expected - len(lost)}
+        self.record.extra["degraded"] = bool(lost)
 
     # ------------------------------------------------------------------------------------------------- internals
     def wait_for_nodes(self, grid: Grid) -> list[int]:

@@ -18,7 +18,7 @@ from acme_flwr.logs import use_flower_logging
 from acme_flwr.packages import build_packages
 from acme_flwr.partition import format_label_report
 from acme_flwr.plots import plot_run
-from acme_flwr.results import RunRecorder, format_table, resume_conflicts
+from acme_flwr.results import RunRecorder, format_table, lost_device_lines, resume_conflicts
 from acme_flwr.runtime import cache_dir, out_dir
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
@@ -60,6 +60,7 @@ def main(grid: Grid, context: Context) -> None:
     for i, name in enumerate(cfg.strategy_names, 1):
         logger.info("[STRATEGY %d/%d] %s", i, len(cfg.strategy_names), name)
         strategy = build_strategy(name, cfg, topology, deployment, recorder)
+        strategy.max_reply_bytes = cfg.strategy.max_reply_bytes
         done = 0
         checkpoint = checkpoint_path(recorder.out_dir / "checkpoints", name)
         if cfg.run.resume and checkpoint.exists():
@@ -80,6 +81,12 @@ def main(grid: Grid, context: Context) -> None:
         logger.exception("plotting failed; summary.json is complete")
     logger.info("results:\n%s", format_table(json.loads(Path(path).read_text())))
     logger.info("summary written to %s", path)
+    lost = lost_device_lines(json.loads(Path(path).read_text()))
+    for line in lost:  # loud: a later strategy must never silently report on a subset of the devices
+        logger.warning("%s", line)
+    if lost and cfg.run.on_lost_devices == "fail":
+        raise RuntimeError(f"run.on_lost_devices=fail: {len(lost)} strategy(ies) lost devices (see lost_devices in "
+                           f"{path})")
 
 
 def check_resumable(cfg: AcmeConfig, checkpoint_dir: Path) -> None:

@@ -46,7 +46,7 @@ Hostile = Callable[[Message, Message, "HostileGrid"], list[Message]]
 
 class HostileGrid(InProcessGrid):
     """Assigns message ids as Flower's grids do, runs the real ClientApp, then lets ``hostile`` rewrite the replies
-    of ``TARGET`` to messages of type ``mtype`` (from ``from_round`` on; setup/profile messages count as round 0)."""
+    of ``TARGET`` to messages of type ``mtype`` (``"*"``: any; from ``from_round`` on; setup/profile messages count as round 0)."""
 
     def __init__(self, app: ClientApp, hostile: Hostile | None, mtype: str, from_round: int = 1,
                  run_config: dict | None = None) -> None:
@@ -66,7 +66,7 @@ class HostileGrid(InProcessGrid):
             except Exception as exc:  # noqa: BLE001 - as Flower: an error reply
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             rnd = int(msg.content["config"].get("server-round", 0)) if "config" in msg.content else 0
-            if (self.hostile is not None and node == TARGET and msg.metadata.message_type == self.mtype
+            if (self.hostile is not None and node == TARGET and self.mtype in ("*", msg.metadata.message_type)
                     and rnd >= self.from_round):
                 replies += self.hostile(msg, reply, self)
             else:
@@ -419,3 +419,34 @@ def _npz_with_pickle() -> bytes:
     buf = io.BytesIO()
     np.savez(buf, a0=np.array([_Canary()], dtype=object))
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------- lost devices
+def test_a_device_that_stops_answering_is_lost_loudly(packages, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from acme_flwr.results import format_table
+    from experiments.launch import lost_devices_verdict
+
+    strategy, block = _run("acme", packages, tmp_path, lambda q, r, g: [], "*", rounds=3, from_round=2)
+    assert block["lost_devices"] == [{"partition-id": 1, "round": 2, "phase": "train",
+                                      "reason": "no reply (timeout or lost)"}]
+    assert block["devices"] == {"expected": 4, "reported": 3} and block["degraded"] is True
+    assert set(block["rounds"][-1]["train"]["device"]) == {"0", "2", "3"}  # the round completed with the others
+    summary = {"strategies": {"acme": block}, "config": {"run": {"on_lost_devices": "fail"}}}
+    assert "3/4 DEGRADED" in format_table(summary)
+    assert lost_devices_verdict(summary) == 3
+    assert lost_devices_verdict({**summary, "config": {"run": {"on_lost_devices": "warn"}}}) == 0
+    err = capsys.readouterr().err
+    assert "DEGRADED: acme reports on 3/4 devices; lost 1 (round 2 train: no reply (timeout or lost))" in err
+
+
+def test_a_device_missing_from_discovery_is_lost_and_a_transient_failure_is_not(packages, tmp_path: Path) -> None:  # noqa: ANN001
+    _, block = _run("local", packages, tmp_path, lambda q, r, g: [], P.PROFILE, from_round=0)
+    assert [(d["partition-id"], d["phase"]) for d in block["lost_devices"]] == [(1, "discover")]
+    assert "3 of 4 devices found" in block["lost_devices"][0]["reason"] and block["devices"]["reported"] == 3
+    _, block = _run("fedavg_header", packages, tmp_path / "t", lambda q, r, g: [] if _round(q) == 1 else [r],
+                    P.TRAIN, rounds=2)
+    assert block["failures"]["count"] == 1 and block["lost_devices"] == [] and block["degraded"] is False
+
+
+def _round(msg: Message) -> int:
+    return int(msg.content[P.CONFIG]["server-round"])
