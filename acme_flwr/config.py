@@ -43,6 +43,9 @@ class RunSection:
     out_dir: str = ""  # absolute path recommended: the ServerApp runs in the SuperLink's cwd
     name: str = "default"
     resume: bool = False  # continue from the checkpoints in run.out_dir (same config) instead of starting over
+    # a strategy that lost devices (never discovered, or silent in its last round) is reported as degraded in the
+    # summary and the table; warn: the run still succeeds with a warning, fail: it exits non-zero
+    on_lost_devices: str = field(default="warn", metadata=_choices("warn", "fail"))
     # where every stage computes (cloud stages, edge search, devices' header training and evaluation): auto = the
     # first CUDA device when one is visible, else the CPU; wire messages are always CPU arrays
     device: str = field(default="auto", metadata={"choices": _DeviceChoices(("auto", "cpu", "cuda", "cuda:N"))})
@@ -175,6 +178,8 @@ class StrategySection:
     feature_samples: int = field(default=200, metadata=_range(1, None))
     fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
     timeout: float = field(default=600.0, metadata=_range(1.0, None))
+    # a device reply larger than this many serialized bytes is rejected and recorded (0: no cap)
+    max_reply_bytes: int = field(default=512 * 1024 * 1024, metadata=_range(0, None))
     # baselines' hyper-parameters (their papers' values; reference/pfl-baselines.md)
     fedrep_head_epochs: int = field(default=10, metadata=_range(0, None))  # FedRep: head epochs per round
     fedrep_body_epochs: int = field(default=1, metadata=_range(1, None))  # FedRep: body epochs per round
