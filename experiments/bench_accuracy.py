@@ -92,6 +92,7 @@ def main() -> None:
         raise SystemExit(f"unknown settings {unknown}; allowed: {list(SETTINGS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     app = snapshot()
+    failed: list[str] = []
     try:
         for setting in settings:
             for seed in seeds:
@@ -102,9 +103,15 @@ def main() -> None:
                              f"topology.num_devices={args.devices}", f"topology.num_edges={args.edges}", *args.extra]
                 print(f"running {setting} seed {seed} ...", flush=True)
                 with (args.out / f"{setting}-seed{seed}.log").open("w") as log:
-                    launch(job, args.devices, overrides, app_dir=app, stream_to=log)
+                    try:
+                        launch(job, args.devices, overrides, app_dir=app, stream_to=log)
+                    except RuntimeError as exc:  # one failed job (e.g. Ray failed to start) does not stop the sweep
+                        failed.append(f"{setting} seed {seed}")
+                        print(f"  failed: {exc} (log: {log.name}); re-run to retry", flush=True)
     finally:
         shutil.rmtree(app, ignore_errors=True)
+    if failed:
+        print(f"{len(failed)} jobs failed: {', '.join(failed)}; the table leaves them out", flush=True)
     md = table(args.out, settings, seeds)
     (args.out / "accuracy.md").write_text(md + "\n")
     print(md)
