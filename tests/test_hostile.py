@@ -46,7 +46,7 @@ Hostile = Callable[[Message, Message, "HostileGrid"], list[Message]]
 
 class HostileGrid(InProcessGrid):
     """Assigns message ids as Flower's grids do, runs the real ClientApp, then lets ``hostile`` rewrite the replies
-    of ``TARGET`` to messages of type ``mtype`` (``"*"``: any; from ``from_round`` on; setup/profile messages count as round 0)."""
+    of ``TARGET`` to messages of type ``mtype`` (``"*"``: any) from ``from_round`` on (setup/profile: round 0)."""
 
     def __init__(self, app: ClientApp, hostile: Hostile | None, mtype: str, from_round: int = 1,
                  run_config: dict | None = None) -> None:
