@@ -66,7 +66,7 @@ def table(out: Path, settings: list[str], seeds: list[int]) -> str:
         for name in names:
             vals = cells.get((setting, name), [])
             n_seeds = max(n_seeds, len(vals))
-            p = np.array([v[0] for v in vals]) * 100
+            p = np.array([v[0] for v in vals if v[0] is not None]) * 100  # a run whose devices all failed has none
             g = np.array([v[1] for v in vals if v[1] is not None]) * 100
             row.append(f"{p.mean():.1f} ± {p.std():.1f}" if len(p) else "–")
             gen_row.append(f"{g.mean():.1f} ± {g.std():.1f}" if len(g) else "–")
