@@ -114,7 +114,8 @@ def _ratio(a: float | None, b: float | None, fmt: str = ".4f") -> str:
     return "–" if not a or not b else format(a / b, fmt)
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]  # a run whose devices all failed has no accuracy
     if not values:
         return "–"
     arr = 100 * np.asarray(values, dtype=float)
@@ -150,6 +151,36 @@ def default_table(root: Path) -> Table | str:
     header = ["strategy", "personalized acc % (mean ± std)", "worst 10 %", "generic acc %", "round (by val)",
               "bytes total", "/ FedAvg-full", "failures"]
     return header, rows, _provenance(path)
+
+
+@table("fmnist")
+def fmnist_table(root: Path) -> Table | str:
+    """One Fashion-MNIST job (+experiment=fmnist): every method on the same devices, packages and splits."""
+    path = root / "fmnist"
+    command = ("python -m experiments.launch --out outputs/fmnist +experiment=fmnist "
+               "strategy.names=acme,fedavg_header,fedper,local")
+    if not (path / "summary.json").exists():
+        return _missing("fmnist", command)
+    s = json.loads((path / "summary.json").read_text())
+    rows = []
+    for name, b in s["strategies"].items():
+        acc = b["accuracy"]
+        p, g = acc.get("personalized") or {}, acc.get("generic") or {}
+        rows.append([name, f"{_pct(p.get('mean'))} ± {_pct(p.get('std'))}", _pct(p.get("worst10")),
+                     _pct(g.get("mean")), _int(b["bytes"]["total"]),
+                     _ratio(b["bytes"]["total"], b["bytes"]["references"].get("fedavg_full", {}).get("bytes")),
+                     str(b["failures"]["count"])])
+    table_ = s["cloud"].get("table") or []
+    accs = {(d, w): a for d, w, a in table_}
+    picks = ", ".join(f"{c} → ({p['grid_width']:g}, {p['grid_depth']:g})" for c, p in s["cloud"]["picks"].items())
+    stages = {k: v.get("seconds") for k, v in s["cloud"].get("stage_log", {}).items() if isinstance(v, dict)}
+    train_s = sum(v for v in stages.values() if isinstance(v, (int, float)))
+    full = _pct(accs.get((1.0, 1.0)))
+    note = (_provenance(path) + f" Sub-net accuracy on the cloud's validation split: full {full} %,"
+            f" smallest {_pct(accs.get((min(d for d, _ in accs), min(w for _, w in accs))))} %; PFG picks {picks}. "
+            f"Cloud stage training {train_s:.0f} s (cached afterwards); run wall time {s['wall_time_s']:.0f} s.")
+    return ["strategy", "personalized acc % (mean ± std)", "worst 10 %", "generic acc %", "bytes total",
+            "/ FedAvg-full", "failures"], rows, note
 
 
 @table("default_packages")
@@ -259,8 +290,10 @@ def accuracy_grid(root: Path) -> Table | str:
             blocks = cells.get((setting, name), [])
             row.append(_mean_std([b["accuracy"]["generic"]["mean"] for b in blocks
                                   if b["accuracy"].get("generic")]))
-        rows.append([*row, str(seeds)])
-    header = ["setting", *(f"{n} personalized" for n in names), *(f"{n} generic" for n in names), "seeds"]
+        failures = sum(b["failures"]["count"] for n in names for b in cells.get((setting, n), []))
+        rows.append([*row, str(seeds), str(failures)])
+    header = ["setting", *(f"{n} personalized" for n in names), *(f"{n} generic" for n in names), "seeds",
+              "failed replies"]
     return header, rows, _provenance(path)
 
 
