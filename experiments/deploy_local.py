@@ -24,9 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
-import json
 import logging
-import signal
 import ssl
 import subprocess
 import sys
@@ -37,11 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acme_flwr.config import AcmeConfig, ConfigError
-from acme_flwr.results import format_table
+from acme_flwr.config import AcmeConfig
 
 from . import procs
-from .launch import REPO, _free_port, _Launch, _on_sigterm, _Terminated, _tool, lost_devices_verdict, prepare
+from .launch import REPO, _free_port, _Launch, _tool, lost_devices_verdict, prepare, run_cli
 from .runconfig import CONF_DIR, toml_lines
 
 logger = logging.getLogger(__name__)
@@ -265,26 +262,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="SuperNodes (devices) to start (default: topology.num_devices of the config)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for experiments.launch")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.time()
-    try:
-        summary = deploy(args.out, args.num_supernodes, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; everything this script started is stopped", file=sys.stderr)
-        return 130
-    except _Terminated as exc:
-        print("terminated; everything this script started is stopped", file=sys.stderr)
-        return int(exc.code or 143)
-    data = json.loads(summary.read_text())
-    print("\n" + format_table(data))
-    print(f"\ndeployed run: {time.time() - started:.1f} s; summary: {summary}")
+    code, data = run_cli(lambda: deploy(args.out, args.num_supernodes, args.overrides), "this script")
+    if data is None:
+        return code
+    print(f"\ndeployed run: {time.time() - started:.1f} s; summary: {Path(data['out_dir']) / 'summary.json'}")
     return lost_devices_verdict(data)
 
 

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -307,6 +307,30 @@ def _on_sigterm(signum: int, _frame: object) -> None:
     raise _Terminated(128 + signum)
 
 
+def run_cli(run: Callable[[], Path], who: str) -> tuple[int, dict[str, Any] | None]:
+    """Run a command-line entry point's ``run()`` (which returns a summary path) with the shared exit codes: 2 for a
+    config error, 1 for a failed run, 130/143 for SIGINT/SIGTERM (after ``who`` stopped what it started)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        summary = run()
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2, None
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1, None
+    except KeyboardInterrupt:
+        print(f"interrupted; everything {who} started is stopped", file=sys.stderr)
+        return 130, None
+    except _Terminated as exc:
+        print(f"terminated; everything {who} started is stopped", file=sys.stderr)
+        return int(exc.code or 143), None
+    data = json.loads(summary.read_text())
+    print("\n" + format_table(data))
+    return 0, data
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None,
@@ -318,32 +342,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides, e.g. partition.alpha=0.1 dataset=synthetic +experiment=smoke")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.time()
-    try:
+
+    def run() -> Path:
         out = args.out
         if out is None:
             given = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] == "run.out_dir"]
             out = Path(given[-1]) if given and given[-1] else REPO / "outputs" / "default"
-        summary = launch(out, args.num_supernodes, args.overrides, stream_to=None if args.verbose else PROGRESS)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; everything the launcher started is stopped", file=sys.stderr)
-        return 130
-    except _Terminated as exc:
-        print("terminated; everything the launcher started is stopped", file=sys.stderr)
-        return int(exc.code or 143)
-    data = json.loads(summary.read_text())
-    print("\n" + format_table(data))
+        return launch(out, args.num_supernodes, args.overrides, stream_to=None if args.verbose else PROGRESS)
+
+    code, data = run_cli(run, "the launcher")
+    if data is None:
+        return code
     failures = sum(b["failures"]["count"] for b in data["strategies"].values())
     print(f"\nwall time {time.time() - started:.1f} s; failed device replies (all strategies): {failures}")
-    print(f"summary: {summary}")
+    print(f"summary: {Path(data['out_dir']) / 'summary.json'}")
     return lost_devices_verdict(data)
 
 

@@ -72,3 +72,18 @@ class InProcessGrid(Grid):
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             replies.append(reply)
         return replies
+
+
+class RecordingGrid(InProcessGrid):
+    """Also keeps every (sent, reply) pair, so tests can recompute what the edge should have done."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.replies: list[tuple[Message | None, Message]] = []
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        by_id = {m.metadata.message_id: m for m in messages}
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        self.replies += [(by_id.get(r.metadata.reply_to_message_id), r) for r in replies]
+        return replies

@@ -26,7 +26,7 @@ from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
 from .conftest import SMOKE
-from .inprocess import InProcessGrid
+from .inprocess import RecordingGrid
 
 BASELINES = ["fedrep", "fedbabu", "ditto"]
 
@@ -38,21 +38,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     data = federated_data(cfg, *input_shape(cfg))
     deployment = build_packages(cfg, data, tmp_path_factory.mktemp("cache"), progress=False)
     return flat, cfg, deployment, data
-
-
-class RecordingGrid(InProcessGrid):
-    """Keeps every (sent, reply) pair."""
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        super().__init__(*args, **kwargs)
-        self.replies: list[tuple[Message, Message]] = []
-
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
-        messages = list(messages)
-        by_id = {m.metadata.message_id: m for m in messages}
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies += [(by_id[r.metadata.reply_to_message_id], r) for r in replies]
-        return replies
 
 
 def _run(name: str, setup, tmp_path, topo: Topology, nodes: int, deployment=None, app: ClientApp | None = None,  # noqa: ANN001

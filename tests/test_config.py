@@ -70,7 +70,7 @@ def test_every_hydra_option_composes_into_a_valid_config(override: str) -> None:
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         composed = OmegaConf.to_container(compose("config", overrides=[override]))
-    if override.split("=")[1] in {"cifar100", "imagefolder", "vit_b16", "paper"}:  # need a local path: '???' until given
+    if override.split("=")[1] in {"cifar100", "imagefolder", "vit_b16", "paper"}:  # local paths: '???' until given
         composed = {s: {k: ("/some/dir" if v == "???" else v) for k, v in vals.items()} for s, vals in composed.items()}
     AcmeConfig.from_dict(composed)
 

@@ -19,7 +19,7 @@ from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
 from .conftest import SMOKE
-from .inprocess import DROP, InProcessGrid
+from .inprocess import DROP, InProcessGrid, RecordingGrid
 
 
 @pytest.fixture(scope="module")
@@ -236,21 +236,6 @@ def test_resume_with_a_changed_config_is_refused(tmp_path) -> None:  # noqa: ANN
 
 
 # ---------------------------------------------------------------------------------------------- fairness (issue 10)
-class RecordingGrid(InProcessGrid):
-    """Also keeps every reply, so tests can recompute what the edge should have done."""
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        super().__init__(*args, **kwargs)
-        self.replies: list[tuple[Message, Message]] = []
-
-    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
-        messages = list(messages)
-        by_id = {m.metadata.message_id: m for m in messages}
-        replies = list(super().send_and_receive(messages, timeout=timeout))
-        self.replies += [(by_id.get(r.metadata.reply_to_message_id), r) for r in replies]
-        return replies
-
-
 def _recorded(name: str, setup, tmp_path, topo: Topology, rounds: int = 2, intercept=None):  # noqa: ANN001, ANN202
     flat, cfg, deployment, _ = setup
     recorder = RunRecorder(tmp_path, cfg.to_dict(), cfg.run.seed)
