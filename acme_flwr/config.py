@@ -88,6 +88,11 @@ class PartitionSection:
     # where the data set has one
     test_source: str = field(default="auto", metadata=_choices("auto", "official", "partition"))
 
+    def partitioner_params(self) -> dict[str, Any]:
+        """The keyword arguments every registered partitioner accepts (each uses the ones it needs)."""
+        return {"alpha": self.alpha, "min_size": self.min_size, "classes_per_client": self.classes_per_client,
+                "category": self.category, "per_class_fraction": self.per_class_fraction}
+
 
 @dataclass
 class ModelSection:

@@ -74,8 +74,7 @@ class FederatedData:
         cloud_idx, device_pool = _stratified_cut(labels, pool, d.cloud_fraction, rng)
         self.cloud_indices = cloud_idx
         parts = partition(p.kind, labels[device_pool], cfg.topology.num_devices, cfg.run.seed + 1,
-                          alpha=p.alpha, min_size=p.min_size, classes_per_client=p.classes_per_client,
-                          category=p.category, per_class_fraction=p.per_class_fraction)
+                          **p.partitioner_params())
         self.partitions = [device_pool[part] for part in parts]
         official_tests = self.test_source == "official"
         self.splits: list[ClientSplit] = split_clients(self.partitions, p.val_fraction,

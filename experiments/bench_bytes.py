@@ -58,9 +58,7 @@ def _device_train_sizes(cfg: AcmeConfig, devices: int, per_class: int) -> list[i
     """Training images per device from the config's partitioner on CIFAR-100's label layout (``per_class`` each)."""
     labels = np.repeat(np.arange(100), per_class)
     p = cfg.partition
-    parts = partition(p.kind, labels, devices, cfg.run.seed + 1, alpha=p.alpha, min_size=p.min_size,
-                      classes_per_client=p.classes_per_client, category=p.category,
-                      per_class_fraction=p.per_class_fraction)
+    parts = partition(p.kind, labels, devices, cfg.run.seed + 1, **p.partitioner_params())  # as FederatedData does
     # CIFAR-100 has an official test split: device test sets come from it, val is cut from the partition
     return [len(s.train) for s in split_clients(parts, p.val_fraction, 0.0, cfg.run.seed)]
 

@@ -38,8 +38,7 @@ from typing import Any
 from acme_flwr.config import AcmeConfig
 
 from . import procs
-from .launch import REPO, _free_port, _Launch, _tool, lost_devices_verdict, prepare, run_cli
-from .runconfig import CONF_DIR, toml_lines
+from .launch import REPO, _free_port, _Launch, _tool, accept_run, lost_devices_verdict, run_cli
 
 logger = logging.getLogger(__name__)
 CONNECTION = "deploy"  # the connection name in the private Flower configuration
@@ -230,14 +229,7 @@ def deploy(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
 
     Same arguments as :func:`experiments.launch.launch`; raises ConfigError (``out`` untouched) or RuntimeError
     (no summary written). Every process started is stopped and ``flwr_home`` removed when this returns."""
-    out = out.expanduser().resolve()
-    conf_dir = app_dir / "conf" if (app_dir / "conf").is_dir() else CONF_DIR
-    cfg = prepare(out, num_supernodes, overrides, cfg, conf_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = out / "summary.json"
-    before = summary.stat().st_mtime_ns if summary.exists() else None
-    run_config = out / "run_config.toml"
-    run_config.write_text(toml_lines(cfg.to_flat()))
+    out, cfg, run_config, written = accept_run(out, num_supernodes, overrides, cfg, app_dir)
     run = LocalDeployment(flwr_home)
     rc: int | None = None
     try:
@@ -250,9 +242,7 @@ def deploy(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
             proc.kill()
     finally:
         run.close()
-    if not summary.exists() or summary.stat().st_mtime_ns == before:
-        raise RuntimeError(f"the deployed run wrote no {summary} (flwr exit code {rc}); see the log above")
-    return summary
+    return written("the deployed run", rc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

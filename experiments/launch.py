@@ -203,15 +203,7 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
     ``overrides`` are composed on ``app_dir``'s ``conf/`` (or a ready ``cfg`` is used); ConfigError leaves
     ``out`` untouched. ``flwr_home``: the private FLWR_HOME (created if missing, removed afterwards); default a
     new temp dir. Every process the run starts is stopped when this returns or the calling process ends."""
-    out = out.expanduser().resolve()
-    conf_dir = app_dir / "conf" if (app_dir / "conf").is_dir() else CONF_DIR
-    cfg = prepare(out, num_supernodes, overrides, cfg, conf_dir)
-    # accepted: from here on the output directory is this run's
-    out.mkdir(parents=True, exist_ok=True)
-    summary = out / "summary.json"
-    before = summary.stat().st_mtime_ns if summary.exists() else None
-    run_config = out / "run_config.toml"
-    run_config.write_text(toml_lines(cfg.to_flat()))
+    out, cfg, run_config, written = accept_run(out, num_supernodes, overrides, cfg, app_dir)
     cmd = [_tool("flwr"), "run", str(app_dir), "--stream", "--run-config", str(run_config),
            "--federation-config", federation_config(cfg)]
     run = _Launch(flwr_home)
@@ -226,9 +218,30 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
             rc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT).wait()
     finally:
         run.close()
-    if not summary.exists() or summary.stat().st_mtime_ns == before:
-        raise RuntimeError(f"the run wrote no {summary} (flwr exit code {rc}); see the log above")
-    return summary
+    return written("the run", rc)
+
+
+def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], cfg: AcmeConfig | None,
+               app_dir: Path) -> tuple[Path, AcmeConfig, Path, Callable[[str, int | None], Path]]:
+    """Validate (:func:`prepare`); only then claim ``out`` and write its ``run_config.toml``. Returns the resolved
+    directory, the config, the run-config path and ``written(what, rc)``, which returns the ``summary.json`` this
+    run wrote or raises RuntimeError if it wrote none (an older one does not count)."""
+    out = out.expanduser().resolve()
+    conf_dir = app_dir / "conf" if (app_dir / "conf").is_dir() else CONF_DIR
+    cfg = prepare(out, num_supernodes, overrides, cfg, conf_dir)
+    # accepted: from here on the output directory is this run's
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / "summary.json"
+    before = summary.stat().st_mtime_ns if summary.exists() else None
+    run_config = out / "run_config.toml"
+    run_config.write_text(toml_lines(cfg.to_flat()))
+
+    def written(what: str, rc: int | None) -> Path:
+        if not summary.exists() or summary.stat().st_mtime_ns == before:
+            raise RuntimeError(f"{what} wrote no {summary} (flwr exit code {rc}); see the log above")
+        return summary
+
+    return out, cfg, run_config, written
 
 
 PROGRESS = "progress"  # launch(stream_to=PROGRESS): condensed terminal output, full log in <out>/run.log
