@@ -72,6 +72,11 @@ def precision(value: str) -> Iterator[None]:
         _PRECISION.reset(token)
 
 
+def current_precision() -> str:
+    """The precision the enclosing :func:`precision` block set (``fp32`` outside any)."""
+    return _PRECISION.get()
+
+
 def autocast(device: torch.device | nn.Module) -> contextlib.AbstractContextManager[object]:
     """bf16 autocast where the current precision asks for it and the device supports it; otherwise a no-op."""
     device = device_of(device) if isinstance(device, nn.Module) else device

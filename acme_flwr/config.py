@@ -87,6 +87,9 @@ class PartitionSection:
     # distribution), cut from the device's partition (disjoint from every device's training data), or auto: official
     # where the data set has one
     test_source: str = field(default="auto", metadata=_choices("auto", "official", "partition"))
+    # at most this many images per device (its train + val pool, drawn uniformly from its partition; the test set
+    # follows the result): devices with a few hundred images, as in cross-device FL; 0: the whole partition
+    max_samples: int = field(default=0, metadata=_range(0, None))
 
     def partitioner_params(self) -> dict[str, Any]:
         """The keyword arguments every registered partitioner accepts (each uses the ones it needs)."""
@@ -140,6 +143,9 @@ class CloudSection:
     cost_model: str = field(default="original", metadata={"choices": _CostModelChoices(
         ("original", "params", "macs", "measured:<path to a JSON latency table>"))})
     cache_dir: str = ""
+    # seed of the cloud's side: its data cut (cloud share, generic test set), backbone init and training, warm headers
+    # and PFG; -1: run.seed. A sweep over run.seed with it fixed varies the devices over one cached cloud stage
+    seed: int = field(default=-1, metadata=_range(-1, None))
 
 
 @dataclass
@@ -342,6 +348,11 @@ class AcmeConfig:
     @property
     def depths(self) -> list[float]:
         return parse_list(self.cloud.depths, float)
+
+    @property
+    def cloud_seed(self) -> int:
+        """The seed of everything the cloud does (``cloud.seed``, or ``run.seed`` when it is -1)."""
+        return self.cloud.seed if self.cloud.seed >= 0 else self.run.seed
 
     @property
     def strategy_names(self) -> list[str]:

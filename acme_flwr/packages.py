@@ -15,6 +15,7 @@ once. (Not to be confused with Flower's Deployment Engine: this module builds wh
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from acme_flwr.device.training import (
 )
 from acme_flwr.edge.nas.header_search import EdgeSearch, adapt_header, edge_search_config, search_header
 from acme_flwr.edge.nas.search import SearchConfig
+from acme_flwr.runtime import fingerprint
 from acme_flwr.task import FederatedData, TensorSplit
 
 logger = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ def cloud_stage_config(cfg: AcmeConfig) -> CloudStageConfig:
     c = cfg.cloud
     return CloudStageConfig(widths=sorted(cfg.widths, reverse=True), depths=sorted(cfg.depths, reverse=True),
                             teacher_epochs=c.teacher_epochs, width_epochs=c.width_epochs, depth_epochs=c.depth_epochs,
-                            lr=c.lr, teacher_lr=c.lr, batch_size=c.batch_size, faithful=c.faithful, seed=cfg.run.seed)
+                            lr=c.lr, teacher_lr=c.lr, batch_size=c.batch_size, faithful=c.faithful, seed=cfg.cloud_seed)
 
 
 def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None,
@@ -119,7 +121,7 @@ def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path |
 
 def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None, progress: bool,
                     device: torch.device) -> CloudPackages:
-    torch.manual_seed(cfg.run.seed)
+    torch.manual_seed(cfg.cloud_seed)
     overrides: dict[str, Any] = {"num_labels": data.num_classes}
     if cfg.model.pretrained_path:
         overrides["pretrained_path"] = cfg.model.pretrained_path
@@ -142,7 +144,7 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
         if table is None:
             w, d, pick = 1.0, 1.0, {"method": "none (cloud.enabled=false)"}
         else:
-            pick = select_backbone(table, budget, method=cfg.cloud.selection, cost_model=costs, seed=cfg.run.seed)
+            pick = select_backbone(table, budget, method=cfg.cloud.selection, cost_model=costs, seed=cfg.cloud_seed)
             try:
                 snapped = snap_to_grid(pick, cfg.widths, cfg.depths, size_constraint=budget, cost_model=costs)
                 w, d = float(snapped["width"]), float(snapped["depth"])
@@ -171,7 +173,7 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
                            "nas.scope=shared", sorted({pkg.header.num_gates for pkg in by_point.values()}))
     else:
         for point, sub in subs.items():
-            by_point[point] = Package(*point, sub, warm_header(sub, spec, train, val, cfg), spec)
+            by_point[point] = Package(*point, sub, warm_header(sub, spec, train, val, cfg, cache_dir), spec)
     packages = {name: by_point[point] for name, point in point_of.items()}
     nas_federated = None
     if cfg.nas.enabled and cfg.nas.reward == "federated":  # the strategy searches with its devices (setup time)
@@ -234,7 +236,7 @@ def nas_search_config(cfg: AcmeConfig, width: float, depth: float) -> SearchConf
     n = cfg.nas
     return edge_search_config(width, depth, epochs=n.epochs, controller_steps=n.controller_steps,
                               channels=n.child_channels, batch_size=n.batch_size, lr=n.lr,
-                              finetune_epochs=n.finetune_epochs, threshold=n.header_rule_threshold, seed=cfg.run.seed)
+                              finetune_epochs=n.finetune_epochs, threshold=n.header_rule_threshold, seed=cfg.cloud_seed)
 
 
 def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorSplit, val: TensorSplit,
@@ -270,16 +272,31 @@ def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorS
 
 
 def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, val: TensorSplit,
-                cfg: AcmeConfig) -> Header:
-    """Train a fresh header on the cloud's data for this sub-backbone; keep the epoch with the best val accuracy."""
-    torch.manual_seed(cfg.run.seed)
+                cfg: AcmeConfig, cache_dir: str | Path | None = None) -> Header:
+    """Train a fresh header on the cloud's data for this sub-backbone; keep the epoch with the best val accuracy.
+
+    With ``cache_dir`` the result is stored under a hash of everything it depends on (the sub-backbone's weights,
+    the header spec, the data, the hyper-parameters, seed, device and precision) and loaded on a later call: a sweep
+    over device-side settings trains each warm header once, like the cloud stage it follows."""
+    torch.manual_seed(cfg.cloud_seed)
     header = build_header(spec).to(accel.device_of(backbone))
+    key = json.dumps({"spec": spec, "epochs": cfg.cloud.header_epochs, "lr": cfg.strategy.lr,
+                      "wd": cfg.strategy.weight_decay, "bs": cfg.strategy.batch_size, "seed": cfg.cloud_seed,
+                      "device": str(accel.device_of(backbone)), "precision": accel.current_precision(),
+                      "data": fingerprint(train.x, train.y, val.x, val.y),
+                      "backbone": fingerprint(*backbone.state_dict().values())}, sort_keys=True)
+    path = (Path(cache_dir) / "warm_headers" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+            if cache_dir is not None else None)
+    if path is not None and path.is_file():
+        header.load_state_dict(torch.load(path, map_location=accel.device_of(backbone), weights_only=True))
+        logger.info("warm header: cache hit %s", path.name)
+        return header
     hp = TrainHParams(lr=cfg.strategy.lr, momentum=0.9, weight_decay=cfg.strategy.weight_decay,
                       batch_size=cfg.strategy.batch_size)
     grids = backbone_grids(backbone, train.x)
     labels = train.y.to(grids.device)
     opt = torch.optim.SGD(trainable_parameters(header), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
-    gen = torch.Generator().manual_seed(cfg.run.seed)
+    gen = torch.Generator().manual_seed(cfg.cloud_seed)
     best = (-1.0, copy.deepcopy(header.state_dict()))
     for _ in range(cfg.cloud.header_epochs):
         order = torch.randperm(len(train), generator=gen)
@@ -291,4 +308,9 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
             best = (acc, copy.deepcopy(header.state_dict()))
     header.load_state_dict(best[1])
     logger.info("warm header: val accuracy %.4f after %d epochs", max(best[0], 0.0), cfg.cloud.header_epochs)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(header.state_dict(), tmp)
+        tmp.replace(path)
     return header

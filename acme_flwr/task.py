@@ -59,11 +59,11 @@ class FederatedData:
         self.image_size = image_size
         self.num_channels = num_channels
         d, p = cfg.data, cfg.partition
-        self.data: ImageData = load_dataset(d.name, d.root, cfg.run.seed, synthetic_classes=d.synthetic_classes,
+        self.data: ImageData = load_dataset(d.name, d.root, cfg.cloud_seed, synthetic_classes=d.synthetic_classes,
                                             synthetic_samples=d.synthetic_samples, image_size=image_size)
         self.test_source = resolve_test_source(p.test_source, self.data)
         labels = self.data.labels
-        rng = np.random.default_rng(cfg.run.seed)
+        rng = np.random.default_rng(cfg.cloud_seed)  # the cloud's side: generic test set and cloud share
         if self.data.has_official_test:
             official = np.asarray(self.data.official_test)
             pool, test_pool = np.flatnonzero(~official), np.flatnonzero(official)
@@ -75,6 +75,10 @@ class FederatedData:
         self.cloud_indices = cloud_idx
         parts = partition(p.kind, labels[device_pool], cfg.topology.num_devices, cfg.run.seed + 1,
                           **p.partitioner_params())
+        if p.max_samples:
+            cap = np.random.default_rng([cfg.run.seed, 23])
+            parts = [part if len(part) <= p.max_samples else np.sort(cap.choice(part, p.max_samples, replace=False))
+                     for part in parts]
         self.partitions = [device_pool[part] for part in parts]
         official_tests = self.test_source == "official"
         self.splits: list[ClientSplit] = split_clients(self.partitions, p.val_fraction,
@@ -123,7 +127,7 @@ class FederatedData:
         """The cloud's own data for backbone training, split into train and validation."""
         if len(self.cloud_indices) == 0:
             raise ValueError("data.cloud_fraction is 0: the cloud stage needs data; set it > 0 or cloud.enabled=false")
-        idx = np.random.default_rng(self.cfg.run.seed + 7).permutation(self.cloud_indices)
+        idx = np.random.default_rng(self.cfg.cloud_seed + 7).permutation(self.cloud_indices)
         n_val = max(1, int(val_fraction * len(idx)))
         return self.tensors(idx[n_val:]), self.tensors(idx[:n_val])
 

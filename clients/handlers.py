@@ -13,9 +13,10 @@ handles (its own ``@app.train()`` stays untouched):
 All device state (backbone, header, pruner, Ditto's personal header) lives in ``context.state`` under the strategy's
 tag, never in module globals: Ray reuses worker processes across nodes. The one thing kept outside it is a bounded
 cache of the frozen sub-backbone's token grids on the device's fixed images (:class:`FeatureCache`, on the
-``AcmeClient`` object), keyed by run, node, partition, tag, backbone and data fingerprints, device and precision: a
-hit skips rebuilding the backbone and its forward pass; a miss (another worker, an evicted entry) recomputes the same
-grids. Keeping the grids in ``context.state`` instead would serialize them with every message.
+``AcmeClient`` object), keyed by run, backbone and data fingerprints, device and precision (strategies and devices
+with the same package share it): a hit skips rebuilding the backbone and its forward pass; a miss (another worker, an
+evicted entry) recomputes the same grids. Keeping the grids in ``context.state`` instead would serialize them with
+every message.
 
 Train modes (round config ``mode``; the baselines of ``strategies/``): ``standard`` (the whole header, local epochs),
 ``fedrep`` (``head-epochs`` on the classifier with the body frozen, then ``body-epochs`` on the body with the
@@ -359,8 +360,8 @@ def _device(context: Context) -> torch.device:
 
 
 class _Features:
-    """One message's access to the frozen backbone's token grids: from the client's cache when the same run, node,
-    tag, backbone, data split, device and precision were seen before, else computed (the backbone rebuilt once)."""
+    """One message's access to the frozen backbone's token grids: from the client's cache when the same run,
+    backbone, data split, device and precision were seen before, else computed (the backbone rebuilt once)."""
 
     def __init__(self, client: AcmeClient, context: Context, tag: str) -> None:
         self.client, self.context, self.tag = client, context, tag
@@ -380,6 +381,6 @@ class _Features:
         if cache is None or not digest or limit_mb <= 0:
             return backbone_grids(self.backbone, split.x)
         cache.max_bytes = limit_mb << 20
-        key = (c.run_id, c.node_id, str(c.node_config.get("partition-id", "")), self.tag, digest, name,
-               split_fingerprint(split.x), str(_device(c)), _run_value(c, "run.precision", "fp32"))
+        key = (c.run_id, digest, name, split_fingerprint(split.x), str(_device(c)),
+               _run_value(c, "run.precision", "fp32"))
         return cache.get(key, lambda: backbone_grids(self.backbone, split.x))

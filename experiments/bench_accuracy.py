@@ -1,13 +1,15 @@
-"""Accuracy benchmark (issue 5): ACME vs baselines over heterogeneity levels and seeds, on the embedded default.
+"""Accuracy grids: ACME vs baselines over heterogeneity settings and seeds, one ``flwr run`` per (setting, seed)
+with every strategy on the same devices, packages and splits.
 
-One ``flwr run`` per (setting, seed) with every strategy on the same devices; the accuracy of each strategy is
-taken at its round with the best mean validation accuracy (never test). Prints and writes a markdown table of
-personalized accuracy (mean ± std over seeds of the per-run device mean) and generic accuracy.
+Two grids: ``digits`` (the embedded default; ACME, FedAvg-header, FedPer, local on 9 devices) and ``fmnist``
+(``+experiment=fmnist``: Dirichlet α ∈ {0.05, 0.1, 0.5} and ACME's C2/C3/C4 × seeds 0–2, every method of the preset
+and ACME's ablation, one cached cloud stage for all of it). Each strategy reports its final round (never one chosen
+on test accuracy). The code is snapshotted first, so editing the repo while the sweep runs cannot mix versions;
+finished jobs are skipped on a re-run, and a failed job is reported and skipped, never fatal (re-run to retry).
 
-The code is snapshotted first, so editing the repo while the sweep runs cannot mix versions; finished jobs are
-skipped on a re-run (delete the output directory to start over).
-
-    python -m experiments.bench_accuracy --seeds 0,1,2 --settings dir0.1,dir0.5,dir1.0,C2,C3,C4
+    python -m experiments.bench_accuracy --grid fmnist                       # outputs/bench/fmnist_grid
+    python -m experiments.bench_accuracy --seeds 0,1,2 --settings dir0.1,dir0.5,C2
+    python -m experiments.report collect outputs/bench/fmnist_grid --as fmnist_grid --command "..."
 """
 
 from __future__ import annotations
@@ -17,19 +19,39 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from acme_flwr.config import ConfigError
+
 from .launch import REPO, launch
 
 SETTINGS: dict[str, list[str]] = {
-    "dir0.1": ["partition.kind=dirichlet", "partition.alpha=0.1"],
-    "dir0.5": ["partition.kind=dirichlet", "partition.alpha=0.5"],
-    "dir1.0": ["partition.kind=dirichlet", "partition.alpha=1.0"],
-    "C2": ["partition.kind=acme", "partition.category=C2", "partition.per_class_fraction=0.3"],
-    "C3": ["partition.kind=acme", "partition.category=C3", "partition.per_class_fraction=0.3"],
-    "C4": ["partition.kind=acme", "partition.category=C4", "partition.per_class_fraction=0.3"],
+    **{f"dir{a}": ["partition.kind=dirichlet", f"partition.alpha={a}"] for a in ("0.05", "0.1", "0.5", "1.0")},
+    **{c: ["partition.kind=acme", f"partition.category={c}", "partition.per_class_fraction=0.3"]
+       for c in ("C2", "C3", "C4")},
+}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One named comparison: its settings, the overrides every job gets, and where it writes."""
+
+    settings: tuple[str, ...]
+    overrides: tuple[str, ...]
+    out: str
+
+
+GRIDS: dict[str, Grid] = {
+    # 9 devices on 1 edge = 3 device classes x 3: every mixing group (same package) has 3 devices
+    "digits": Grid(("dir0.1", "dir0.5", "dir1.0", "C2", "C3", "C4"),
+                   ("strategy.names=acme,fedavg_header,fedper,local", "topology.num_devices=9",
+                    "topology.num_edges=1"), "accuracy"),
+    # the preset has the devices, the cap, the methods and the ablation; cloud.seed=0 there shares one cloud stage
+    "fmnist": Grid(("dir0.05", "dir0.1", "dir0.5", "C2", "C3", "C4"), ("+experiment=fmnist",), "fmnist_grid"),
 }
 
 
@@ -76,44 +98,46 @@ def table(out: Path, settings: list[str], seeds: list[int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "accuracy")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="digits")
+    parser.add_argument("--out", type=Path, default=None, help="default: outputs/bench/<the grid's name>")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--settings", default=",".join(SETTINGS))
-    parser.add_argument("--strategies", default="acme,fedavg_header,fedper,local")
-    # 9 devices on 1 edge = 3 device classes x 3: every mixing group (same package) has 3 devices
-    parser.add_argument("--devices", type=int, default=9)
-    parser.add_argument("--edges", type=int, default=1)
-    parser.add_argument("extra", nargs="*", help="more run-config overrides for every job")
+    parser.add_argument("--settings", default=None, help=f"comma-separated subset of {list(SETTINGS)}")
+    parser.add_argument("extra", nargs="*", help="more run-config overrides for every job (e.g. strategy.names=...)")
     args = parser.parse_args()
+    grid = GRIDS[args.grid]
+    out = args.out or REPO / "outputs" / "bench" / grid.out
     seeds = [int(s) for s in args.seeds.split(",")]
-    settings = args.settings.split(",")
+    settings = args.settings.split(",") if args.settings else list(grid.settings)
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise SystemExit(f"unknown settings {unknown}; allowed: {list(SETTINGS)}")
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     app = snapshot()
     failed: list[str] = []
+    started = time.monotonic()
     try:
         for setting in settings:
             for seed in seeds:
-                job = args.out / setting / f"seed{seed}"
+                job = out / setting / f"seed{seed}"
                 if (job / "summary.json").exists():
                     continue
-                overrides = [*SETTINGS[setting], f"run.seed={seed}", f"strategy.names={args.strategies}",
-                             f"topology.num_devices={args.devices}", f"topology.num_edges={args.edges}", *args.extra]
+                overrides = [*grid.overrides, *SETTINGS[setting], f"run.seed={seed}", *args.extra]
                 print(f"running {setting} seed {seed} ...", flush=True)
-                with (args.out / f"{setting}-seed{seed}.log").open("w") as log:
+                job_started = time.monotonic()
+                with (out / f"{setting}-seed{seed}.log").open("w") as log:
                     try:
-                        launch(job, args.devices, overrides, app_dir=app, stream_to=log)
-                    except RuntimeError as exc:  # one failed job (e.g. Ray failed to start) does not stop the sweep
+                        launch(job, None, overrides, app_dir=app, stream_to=log)
+                        print(f"  done in {time.monotonic() - job_started:.0f} s", flush=True)
+                    except (RuntimeError, ConfigError) as exc:  # one failed job does not stop the sweep
                         failed.append(f"{setting} seed {seed}")
                         print(f"  failed: {exc} (log: {log.name}); re-run to retry", flush=True)
     finally:
         shutil.rmtree(app, ignore_errors=True)
+    print(f"grid {args.grid}: {time.monotonic() - started:.0f} s for the jobs this call ran", flush=True)
     if failed:
         print(f"{len(failed)} jobs failed: {', '.join(failed)}; the table leaves them out", flush=True)
-    md = table(args.out, settings, seeds)
-    (args.out / "accuracy.md").write_text(md + "\n")
+    md = table(out, settings, seeds)
+    (out / "accuracy.md").write_text(md + "\n")
     print(md)
 
 

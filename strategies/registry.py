@@ -32,13 +32,24 @@ def _common(cfg: AcmeConfig, recorder: RunRecorder, name: str) -> dict[str, Any]
                              "accumulation": s.importance_accumulation}}
 
 
-@STRATEGIES.register("acme")
-def _acme(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
-    s = cfg.strategy
-    return AcmeStrategy(topology=topology, deployment=deployment, variant=s.variant, distance=s.distance,
-                        temperature=s.temperature, prune_per_iteration=s.prune_per_iteration,
-                        prune_max_fraction=s.prune_max_fraction,
-                        feature_samples=s.feature_samples, **_common(cfg, recorder, "acme"))
+def _acme_variant(name: str, variant: str | None = None, distance: str | None = None) -> Factory:
+    """ACME with ``variant``/``distance`` fixed (``None``: ``strategy.variant`` / ``strategy.distance``)."""
+    def factory(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
+        s = cfg.strategy
+        return AcmeStrategy(topology=topology, deployment=deployment, variant=variant or s.variant,
+                            distance=distance or s.distance, temperature=s.temperature,
+                            prune_per_iteration=s.prune_per_iteration, prune_max_fraction=s.prune_max_fraction,
+                            feature_samples=s.feature_samples, **_common(cfg, recorder, name))
+
+    return factory
+
+
+STRATEGIES.register("acme")(_acme_variant("acme"))
+# the paper's ablation (Table IV) as names, so one run compares them on the same devices and packages
+for _variant, _distance in (("wo_pruning", None), ("pruning_alone", None), ("pruning_avg", None),
+                            ("pruning_per", "emd"), ("pruning_per", "js")):
+    _vname = f"acme_{_variant}" + (f"_{_distance}" if _distance else "")
+    STRATEGIES.register(_vname)(_acme_variant(_vname, _variant, _distance))
 
 
 def _header_baseline(name: str, share: str) -> Factory:

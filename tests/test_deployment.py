@@ -98,3 +98,23 @@ def test_a_bad_latency_table_is_refused_before_training(content: str | None, nee
     message = str(err.value)
     assert message.startswith(f"cloud.cost_model='measured:{path}'") and "\n" not in message
     assert not list(tmp_path.glob("elastic_backbone_*.pt"))  # nothing trained
+
+
+def test_warm_headers_are_cached_and_keyed_by_what_they_depend_on(tmp_path: Path) -> None:
+    """A second build loads each warm header from the cache (bit-identical); other header epochs train anew."""
+    from acme_flwr.packages import warm_header
+
+    cfg = AcmeConfig.from_flat(SMOKE)
+    data = federated_data(cfg, *input_shape(cfg))
+    first = build_packages(cfg, data, tmp_path, progress=False)
+    cached = sorted((tmp_path / "warm_headers").glob("*.pt"))
+    assert len(cached) == len({(p.width, p.depth) for p in first.packages.values()})
+    second = build_packages(cfg, data, tmp_path, progress=False)
+    for name, pkg in first.packages.items():
+        for k, v in pkg.header.state_dict().items():
+            torch.testing.assert_close(second.packages[name].header.state_dict()[k], v, rtol=0, atol=0)
+    pkg = next(iter(first.packages.values()))
+    train, val = data.cloud()
+    other = AcmeConfig.from_flat({**SMOKE, "cloud.header_epochs": 1})
+    warm_header(pkg.backbone, pkg.header_spec, train, val, other, tmp_path)
+    assert len(sorted((tmp_path / "warm_headers").glob("*.pt"))) == len(cached) + 1

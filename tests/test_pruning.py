@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from acme_flwr.device.gates import GateLayer
@@ -234,3 +237,32 @@ def test_validate_importance_rejects(vec: np.ndarray, match: str) -> None:
 def test_validate_importance_accepts_float64() -> None:
     out = validate_importance(np.ones(8), 8)
     assert out.dtype == np.float32 and out.shape == (8,)
+
+
+def test_a_head_only_phase_without_importance_skips_the_body_backward() -> None:
+    """FedRep's head epochs and FedBABU's fine-tuning track no importance: the gates are frozen with the body, so
+    no gradient reaches the body, and the header ends exactly where the gate-keeping version ends."""
+    from acme_flwr.device.headers import split_header_params
+    from acme_flwr.device.training import TrainHParams, _frozen_except, train_header
+    from acme_flwr.task import TensorSplit
+
+    torch.manual_seed(0)
+    header = create_header("gated_temp_cnn", 16, 5, channels=8)
+    grids, y = torch.randn(40, 16, 4, 4), torch.randint(0, 5, (40,))
+    _, head = split_header_params(header)
+    params = trainable_parameters(header, head)
+    with _frozen_except(header, params, keep_gates=False):
+        F.cross_entropy(header(grids), y).backward()
+    assert all(p.grad is None for n, p in header.named_parameters() if n not in head)
+    assert all(p.grad is not None for n, p in header.named_parameters() if n in head)
+    twins = [copy.deepcopy(header) for _ in range(2)]
+    for t in twins:
+        t.zero_grad(set_to_none=True)
+    data = TensorSplit(torch.zeros(40, 1), y)
+    hp = TrainHParams(batch_size=8)
+    torch.manual_seed(0)  # dropout draws
+    train_header(None, twins[0], data, hp, 0, grids=grids, phases=[(head, 2)], importance=False)
+    torch.manual_seed(0)
+    train_header(None, twins[1], data, hp, 0, grids=grids, phases=[(head, 2)], importance=True)
+    for a, b in zip(twins[0].state_dict().values(), twins[1].state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)

@@ -40,3 +40,40 @@ def test_a_changed_result_file_changes_the_readme(tmp_path: Path) -> None:
 def test_missing_inputs_render_as_a_note_not_numbers(tmp_path: Path) -> None:
     out = report.render(tmp_path)
     assert all(v.startswith("_No results yet") for v in out.values())
+
+
+def _fake_grid(tmp_path: Path, personalized: dict[str, list[float]]) -> Path:
+    """A results root whose fmnist_grid holds C2 jobs (one per seed) made from the committed default summary, with
+    the given personalized accuracy per strategy and seed."""
+    root = tmp_path / "results"
+    summary = json.loads((report.RESULTS / "default" / "summary.json").read_text())
+    template = summary["strategies"]["acme"]
+    seeds = len(next(iter(personalized.values())))
+    for seed in range(seeds):
+        blocks = {}
+        for name, accs in personalized.items():
+            block = json.loads(json.dumps(template))
+            block["accuracy"]["personalized"]["mean"] = accs[seed]
+            block["wall_time_s"] = 10.0 + seed
+            blocks[name] = block
+        job = root / "fmnist_grid" / "C2" / f"seed{seed}"
+        job.mkdir(parents=True)
+        (job / "summary.json").write_text(json.dumps({**summary, "strategies": blocks}))
+    (root / "fmnist_grid" / "provenance.json").write_text(json.dumps(
+        {"command": "test", "date": "today", "commit": "x", "machine": "m", "versions": {}, "jobs": seeds}))
+    return root
+
+
+def test_fmnist_claims_are_computed_from_the_grid(tmp_path: Path) -> None:
+    if not (report.RESULTS / "default" / "summary.json").exists():
+        return
+    accs = {"acme": [0.80, 0.82], "acme_pruning_per_js": [0.79, 0.81], "acme_pruning_avg": [0.78, 0.80],
+            "acme_pruning_alone": [0.78, 0.79], "acme_wo_pruning": [0.70, 0.71], "fedper": [0.75, 0.77]}
+    text = report.render(_fake_grid(tmp_path / "a", accs))["fmnist_claims"]
+    assert "EMD ≥ JS holds" in text and "JS ≥ Avg holds" in text and "Alone > wo_pruning holds" in text
+    assert "best baseline fedper 76.0 ± 1.0 %" in text and "ACME is above it" in text
+    assert "PFG's trade-off" in text
+    flipped = report.render(_fake_grid(tmp_path / "b", {**accs, "acme_wo_pruning": [0.9, 0.9]}))["fmnist_claims"]
+    assert "Alone > wo_pruning does not hold" in flipped
+    grid = report.render(_fake_grid(tmp_path / "c", accs))["fmnist_grid"]
+    assert "| acme | 81.0 ± 1.0 |" in grid and "C2 (2 seeds)" in grid

@@ -371,3 +371,19 @@ def test_drop_in_never_selects_a_round_on_test_accuracy(tmp_path) -> None:  # no
                    num_rounds=3)
     acc = strategy.finalize()["accuracy"]
     assert acc["chosen_round"] == 3 and acc["chosen_by"].startswith("final round")
+
+
+@pytest.mark.parametrize(("name", "variant", "distance"), [
+    ("acme_wo_pruning", "wo_pruning", "emd"), ("acme_pruning_alone", "pruning_alone", "emd"),
+    ("acme_pruning_avg", "pruning_avg", "emd"), ("acme_pruning_per_emd", "pruning_per", "emd"),
+    ("acme_pruning_per_js", "pruning_per", "js")])
+def test_acme_ablation_names_fix_their_variant(name: str, variant: str, distance: str, setup, tmp_path) -> None:  # noqa: ANN001
+    """The ablation runs beside ``acme`` in one run: each name fixes its variant and distance whatever the config
+    says, records under its own name (its own device state tag), and ``acme`` still follows the config."""
+    _, cfg, deployment, topology = setup
+    recorder = RunRecorder(tmp_path, cfg.to_dict(), 0)
+    strategy = build_strategy(name, cfg, topology, deployment, recorder)
+    assert isinstance(strategy, AcmeStrategy)
+    assert (strategy.variant_name, strategy.distance, strategy.tag) == (variant, distance, name)
+    plain = build_strategy("acme", cfg, topology, deployment, recorder)
+    assert (plain.variant_name, plain.distance) == (cfg.strategy.variant, cfg.strategy.distance)

@@ -101,3 +101,31 @@ def test_partition_test_source_ignores_the_official_split_for_devices(fmnist_roo
     assert_leak_free(fd)
     official = fd.data.official_test
     assert not any(official[s.test].any() or official[s.val].any() for s in fd.splits)
+
+
+def test_a_fixed_cloud_seed_keeps_the_cloud_side_while_run_seed_varies_the_devices() -> None:
+    """``cloud.seed``: three run seeds share one cloud share and generic set (one cached cloud stage), while the
+    device partitions differ, and every split stays leak-free."""
+    runs = [build(**{"data.name": "digits", "run.seed": seed, "cloud.seed": 0}) for seed in (0, 1, 2)]
+    for fd in runs:
+        assert_leak_free(fd)
+        np.testing.assert_array_equal(fd.cloud_indices, runs[0].cloud_indices)
+        np.testing.assert_array_equal(fd.generic_indices, runs[0].generic_indices)
+    assert not np.array_equal(runs[0].splits[0].train, runs[1].splits[0].train)
+    default = build(**{"data.name": "digits", "run.seed": 1})  # -1: the cloud follows run.seed, as before the key
+    assert not np.array_equal(default.cloud_indices, runs[0].cloud_indices)
+    np.testing.assert_array_equal(default.cloud_indices, build(**{"data.name": "digits", "run.seed": 1,
+                                                                  "cloud.seed": 1}).cloud_indices)
+
+
+@pytest.mark.parametrize("kind", ["dirichlet", "acme"])
+def test_max_samples_caps_each_device_and_stays_leak_free(kind: str) -> None:
+    full = build(**{"data.name": "digits", "partition.kind": kind})
+    capped = build(**{"data.name": "digits", "partition.kind": kind, "partition.max_samples": 40})
+    assert_leak_free(capped)
+    for big, small in zip(full.partitions, capped.partitions, strict=True):
+        assert len(small) == min(40, len(big))
+        assert set(small.tolist()) <= set(big.tolist())  # a subsample of the same device's partition
+    for s in capped.splits:
+        assert len(s.train) + len(s.val) + len(s.test) <= 40
+    np.testing.assert_array_equal(capped.cloud_indices, full.cloud_indices)  # the cloud's side is untouched

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .convs import DepthwiseConv2d
 from .gates import GateLayer
 
 __all__ = [
@@ -61,8 +62,7 @@ class SepConv(nn.Module):
         self.kernel_size = kernel_size
         self.pw_gate_after_bn = pw_gate_after_bn
         for unit in (1, 2):
-            self.add_module(f"dw{unit}", nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2,
-                                                   groups=channels, bias=False))
+            self.add_module(f"dw{unit}", DepthwiseConv2d(channels, kernel_size))
             self.add_module(f"gate_dw{unit}", GateLayer(channels) if gated else nn.Identity())
             self.add_module(f"pw{unit}", nn.Conv2d(channels, channels, 1, bias=False))
             self.add_module(f"gate_pw{unit}", GateLayer(channels) if gated else nn.Identity())

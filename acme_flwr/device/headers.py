@@ -21,6 +21,7 @@ from torch import nn
 
 from acme_flwr.registry import Registry
 
+from .convs import DepthwiseConv2d
 from .gates import GateLayer, gate_layers
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class _Separable5(nn.Sequential):
 
     def __init__(self, channels: int, pw_gate_after_bn: bool = True, bn_running_stats: bool = True) -> None:
         def unit() -> list[nn.Module]:  # ReLU, depthwise 5x5, gate, pointwise 1x1, gate, BN
-            return [nn.ReLU(), nn.Conv2d(channels, channels, 5, padding=2, groups=channels, bias=False),
+            return [nn.ReLU(), DepthwiseConv2d(channels, 5),
                     GateLayer(channels), nn.Conv2d(channels, channels, 1, bias=False), GateLayer(channels),
                     nn.BatchNorm2d(channels, track_running_stats=bn_running_stats)]
 

@@ -92,7 +92,7 @@ def train_header(backbone: ElasticViT | None, header: Header, data: TensorSplit,
             continue
         optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         loss_fn = _proximal_loss(header, params, *proximal) if proximal is not None else None
-        with _frozen_except(header, params):
+        with _frozen_except(header, params, keep_gates=tracker is not None):
             for _ in range(epochs):
                 order = torch.randperm(len(data), generator=gen)
                 batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
@@ -103,9 +103,10 @@ def train_header(backbone: ElasticViT | None, header: Header, data: TensorSplit,
 
 
 @contextlib.contextmanager
-def _frozen_except(module: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
-    """Within the block only ``params`` (and gate weights, whose gradients importance reads) require grad."""
-    keep = {id(p) for p in params} | {id(g.weight) for g in gate_layers(module)}
+def _frozen_except(module: nn.Module, params: Sequence[nn.Parameter], keep_gates: bool = True) -> Iterator[None]:
+    """Within the block only ``params`` (and, with ``keep_gates``, the gate weights whose gradients importance reads)
+    require grad; without importance a head-only phase then skips the body's backward pass entirely."""
+    keep = {id(p) for p in params} | ({id(g.weight) for g in gate_layers(module)} if keep_gates else set())
     frozen = [p for p in module.parameters() if p.requires_grad and id(p) not in keep]
     for p in frozen:
         p.requires_grad_(False)
@@ -246,11 +247,13 @@ class FeatureCache:
     """A bounded LRU of a frozen backbone's token grids on fixed images, so a device computes them once per run.
 
     Devices refine only the header on a frozen sub-backbone, so the grids of their fixed training, validation and
-    test images never change. Keys must name everything the grids depend on (the client uses run, node, partition,
-    strategy tag, backbone fingerprint, split, data fingerprint, device and precision); entries are evicted least
-    recently used beyond ``max_entries`` or ``max_bytes``. ``max_entries=0`` disables caching."""
+    test images never change. Keys must name everything the grids depend on (the client uses run, backbone
+    fingerprint, split, data fingerprint, device and precision, so strategies and devices that share a package share
+    its grids, e.g. of the generic test set); entries are evicted least recently used beyond ``max_entries`` or
+    ``max_bytes``. ``max_entries=0`` disables caching. The entry bound is generous on purpose: a worker cycles through
+    every device it serves each round, and an LRU smaller than that cycle misses on every access."""
 
-    def __init__(self, max_entries: int = 64, max_bytes: int = 1 << 30) -> None:
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 1 << 30) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._items: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
