@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,14 +115,26 @@ class FederatedData:
         x = to_tensor(self.data.images[indices], self.image_size, self.num_channels, self.data.mean, self.data.std)
         return TensorSplit(x, torch.from_numpy(self.data.labels[indices]).long())
 
+    #: devices whose tensors a worker keeps built (normalised, resized once: e.g. 224x224 for ViT-B/16), read-only
+    DEVICE_CACHE = 64
+
     def device(self, partition_id: int) -> DeviceData:
+        """This device's tensors, built once per worker process and reused by every message (read-only)."""
         if not 0 <= partition_id < len(self.splits):
             raise ValueError(f"partition-id {partition_id} is outside [0, {len(self.splits)}): does "
                              "topology.num_devices match the federation's num-supernodes?")
+        cache: OrderedDict[int, DeviceData] = self.__dict__.setdefault("_devices", OrderedDict())
+        if partition_id in cache:
+            cache.move_to_end(partition_id)
+            return cache[partition_id]
         s = self.splits[partition_id]
         hist = np.bincount(self.data.labels[s.train], minlength=self.num_classes).tolist()
-        return DeviceData(partition_id, self.tensors(s.train), self.tensors(s.val), self.tensors(s.test),
-                          len(s.train) * self.data.sample_bytes, hist)
+        built = DeviceData(partition_id, self.tensors(s.train), self.tensors(s.val), self.tensors(s.test),
+                           len(s.train) * self.data.sample_bytes, hist)
+        cache[partition_id] = built
+        while len(cache) > self.DEVICE_CACHE:
+            cache.popitem(last=False)
+        return built
 
     def cloud(self, val_fraction: float = 0.2) -> tuple[TensorSplit, TensorSplit]:
         """The cloud's own data for backbone training, split into train and validation."""

@@ -129,3 +129,10 @@ def test_max_samples_caps_each_device_and_stays_leak_free(kind: str) -> None:
     for s in capped.splits:
         assert len(s.train) + len(s.val) + len(s.test) <= 40
     np.testing.assert_array_equal(capped.cloud_indices, full.cloud_indices)  # the cloud's side is untouched
+
+
+def test_device_tensors_are_built_once_per_worker() -> None:
+    fd = build(**{"data.name": "digits"})
+    first = fd.device(3)
+    assert fd.device(3) is first  # every message of a device reuses its normalised (resized) tensors
+    assert fd.device(4) is not first and fd.device(4).partition_id == 4
