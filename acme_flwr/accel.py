@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 from collections.abc import Iterator
 
 import torch
@@ -70,6 +71,23 @@ def precision(value: str) -> Iterator[None]:
         yield
     finally:
         _PRECISION.reset(token)
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run the enclosed work with ``n`` intra-op threads, then restore the previous count. For large-model work
+    only (the cloud's backbone stages): the headers' tiny ops run best on one thread, and on more they spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def current_precision() -> str:

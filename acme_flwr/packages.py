@@ -133,9 +133,11 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
     table = None
     stage_log: dict[str, Any] = {}
     if cfg.cloud.enabled:
-        model, table, stage_log = build_elastic_backbone(model, (accel.pin(train.x, device), train.y),
-                                                         (accel.pin(val.x, device), val.y),
-                                                         cloud_stage_config(cfg), cache_dir, progress=progress)
+        # before any message, while the simulated devices wait: the backbone stages may use every core
+        with accel.threads(accel.cores()):
+            model, table, stage_log = build_elastic_backbone(model, (accel.pin(train.x, device), train.y),
+                                                             (accel.pin(val.x, device), val.y),
+                                                             cloud_stage_config(cfg), cache_dir, progress=progress)
     picks: dict[str, dict[str, Any]] = {}
     spec = header_spec(cfg, model.config.hidden_size, data.num_classes)
     full_params += sum(p.numel() for p in build_header(spec).parameters())
@@ -293,7 +295,7 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
         return header
     hp = TrainHParams(lr=cfg.strategy.lr, momentum=0.9, weight_decay=cfg.strategy.weight_decay,
                       batch_size=cfg.strategy.batch_size)
-    grids = backbone_grids(backbone, train.x)
+    grids, val_grids = backbone_grids(backbone, train.x), backbone_grids(backbone, val.x)  # frozen: once
     labels = train.y.to(grids.device)
     opt = torch.optim.SGD(trainable_parameters(header), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     gen = torch.Generator().manual_seed(cfg.cloud_seed)
@@ -303,7 +305,7 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
         batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
                    for i in range(0, len(order), hp.batch_size)]
         train_header_epoch(header, batches, opt)
-        _, acc = evaluate_header(backbone, header, val)
+        _, acc = evaluate_header(None, header, val, grids=val_grids)
         if acc > best[0]:
             best = (acc, copy.deepcopy(header.state_dict()))
     header.load_state_dict(best[1])

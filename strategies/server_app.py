@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -31,16 +30,12 @@ logger = logging.getLogger("acme_flwr")
 app = ServerApp()
 
 
-def _cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Validate config → cloud stage (cached) → every strategy in ``strategy.names`` → results contract."""
     use_flower_logging()  # our lines go through Flower's handlers, once (no second root handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    torch.set_num_threads(1)  # beside the clients' workers; the cloud's backbone stages take every core themselves
     cfg = AcmeConfig.from_flat(context.run_config)
     for name in cfg.strategy_names:
         if name not in STRATEGIES:
@@ -57,11 +52,7 @@ def main(grid: Grid, context: Context) -> None:
                      "device_splits": [{"train": len(s.train), "val": len(s.val), "test": len(s.test)}
                                        for s in data.splits]}
     logger.info("per-device label distribution (training splits):\n%s", format_label_report(report))
-    # the cloud stage runs before any message, while the simulated clients wait: it may use every core; the rounds
-    # that follow run the ServerApp beside the clients' workers, on one
-    torch.set_num_threads(_cores())
     deployment = build_packages(cfg, data, cache_dir(cfg), progress=False)
-    torch.set_num_threads(1)
     recorder.cloud = {"table": deployment.table, "picks": deployment.picks, "full_params": deployment.full_params,
                       "stage_log": _brief(deployment.stage_log), "wall_time_s": round(time.time() - started, 2)}
     topology = Topology(cfg.topology.num_devices, cfg.topology.num_edges, cfg.topology.assignment,

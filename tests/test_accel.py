@@ -129,3 +129,11 @@ def test_paper_dry_is_the_paper_pipeline_at_full_size_without_data_or_weights(tm
     assert (dry.partition.kind, dry.partition.category) == (paper.partition.kind, paper.partition.category)
     assert dry.topology == paper.topology
     prepare(tmp_path / "out", None, ["+experiment=paper_dry"])  # nothing local is needed
+
+
+def test_threads_sets_and_restores_the_intra_op_thread_count() -> None:
+    before = torch.get_num_threads()
+    with accel.threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    assert accel.cores() >= 1
