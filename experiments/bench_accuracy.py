@@ -116,8 +116,8 @@ def main() -> None:
     failed: list[str] = []
     started = time.monotonic()
     try:
-        for setting in settings:
-            for seed in seeds:
+        for seed in seeds:  # seed-major: a sweep stopped early still covers every setting
+            for setting in settings:
                 job = out / setting / f"seed{seed}"
                 if (job / "summary.json").exists():
                     continue
