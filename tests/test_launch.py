@@ -204,3 +204,20 @@ def test_nothing_outlives_the_launcher(tmp_path: Path, sig: signal.Signals, wait
     assert rc == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + signal.SIGTERM)
     print(f"{sig.name}: {len(pids)} processes of the launch ({', '.join(names)}) gone and FLWR_HOME removed "
           f"{took:.2f} s after the signal")
+
+
+def test_peak_memory_sees_the_processes_a_benchmark_starts() -> None:
+    """bench_paper_dry's monitor reads every descendant's peak RSS (here a child holding 64 MiB)."""
+    import subprocess
+    import sys
+
+    from experiments.bench_paper_dry import PeakMemory
+
+    monitor = PeakMemory(interval=0.1)
+    monitor.start()
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(64 << 20); time.sleep(1.5)"])
+    child.wait()
+    monitor.stop()
+    roles = monitor.by_role()
+    assert roles["other"]["max_peak_mib"] >= 64
+    assert roles["launcher"]["processes"] == 1
