@@ -268,7 +268,7 @@ def paper_dry(root: Path) -> Table | str:
              f"{r['cloud_wall_time_s']:.0f} s"]]
     rows += [[f"cloud stage: {name}", f"{sec:.0f} s"] for name, sec in r["cloud_stage_seconds"].items()
              if isinstance(sec, (int, float))]
-    rows += [[f"peak memory: {role} ({m['processes']} process{'es' if m['processes'] != 1 else ''})",
+    rows += [[f"peak memory per process: {role} (max over {m['processes']})",
               f"{m['max_peak_mib']:,.0f} MiB".replace(",", " ")] for role, m in r["peak_memory"].items()]
     strategies = ", ".join(f"{n}: {v['failures']} failed replies, personalized accuracy {_pct(v['personalized'])} % "
                            "(random init: meaningless)" for n, v in r["strategies"].items())
