@@ -137,3 +137,38 @@ def test_threads_sets_and_restores_the_intra_op_thread_count() -> None:
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
     assert accel.cores() >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_round_of_the_pipeline_on_cuda_gives_the_cpu_metrics(tmp_path) -> None:  # noqa: ANN001
+    """Cloud stage → PFG → extraction → one ACME round with run.device=cuda vs cpu (in-process devices, small
+    model): the same picks and device metrics within float tolerance."""
+    from flwr.app import ArrayRecord
+
+    from acme_flwr.cloud.models import input_shape
+    from acme_flwr.packages import build_packages
+    from acme_flwr.results import RunRecorder
+    from acme_flwr.task import federated_data
+    from acme_flwr.topology import Topology
+    from clients.client_app import app
+    from strategies.registry import build_strategy
+    from tests.conftest import SMOKE
+    from tests.inprocess import InProcessGrid
+
+    blocks = {}
+    for device in ("cpu", "cuda"):
+        flat = {**SMOKE, "run.device": device, "strategy.rounds": 1}
+        cfg = AcmeConfig.from_flat(flat)
+        deployment = build_packages(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path / device, progress=False)
+        strategy = build_strategy("acme", cfg, Topology(4, 2, "round_robin", 2), deployment,
+                                  RunRecorder(tmp_path / f"run-{device}", cfg.to_dict(), 0))
+        strategy.start(grid=InProcessGrid(app, 4, flat), initial_arrays=ArrayRecord(), num_rounds=1)
+        blocks[device] = (deployment.picks, strategy.finalize())
+    (picks_cpu, cpu), (picks_gpu, gpu) = blocks["cpu"], blocks["cuda"]
+    assert {c: (p["grid_width"], p["grid_depth"]) for c, p in picks_cpu.items()} == \
+           {c: (p["grid_width"], p["grid_depth"]) for c, p in picks_gpu.items()}
+    assert cpu["failures"]["count"] == gpu["failures"]["count"] == 0
+    per_cpu, per_gpu = cpu["accuracy"]["personalized"]["per_device"], gpu["accuracy"]["personalized"]["per_device"]
+    assert per_cpu.keys() == per_gpu.keys()
+    np.testing.assert_allclose([per_cpu[k] for k in per_cpu], [per_gpu[k] for k in per_cpu], atol=0.05)
