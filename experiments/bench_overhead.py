@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "overhead")
+    parser.add_argument("--json", type=Path, default=None, help="also write the ratios here (for the report)")
     args = parser.parse_args()
     common = [*PRESETS[args.preset], "strategy.names=acme", f"strategy.rounds={args.rounds}",
               f"topology.num_devices={args.devices}", f"strategy.local_epochs={args.local_epochs}"]
@@ -121,6 +122,15 @@ def main() -> None:
     print(f"  whole flwr run wall time after / before = {after['wall'] / before['wall']:.3f} "
           f"({after['wall']:.1f} s vs {before['wall']:.1f} s); train rounds {after['rounds_wall']:.1f} s vs "
           f"{before['rounds_wall']:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "command": f"python -m experiments.bench_overhead --preset {args.preset} --json {args.json}",
+            "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "devices": args.devices, "rounds": args.rounds,
+            "local_epochs": args.local_epochs, "plain_every_round": plain_re, "plain_once": plain_once,
+            "handler_before": tput["before"], "handler_after": tput["after"],
+            "after_over_plain_once": tput["after"] / plain_once,
+            "wall_after_over_before": after["wall"] / before["wall"],
+            "grid_state_mb_per_message": grid_bytes / args.devices / 1e6}, indent=1) + "\n")
     print(f"  grids in context.state instead: +{grid_bytes / args.devices / 1e6:.2f} MB per device and message "
           f"(the state already holds {state_bytes / args.devices / 1e6:.2f} MB), "
           f"{t_state / args.devices * 1e3:.1f} ms encode + decode per message")
