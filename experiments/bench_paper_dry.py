@@ -24,7 +24,7 @@ from .launch import PROGRESS, REPO, launch
 
 ROLES = (("ClientAppActor", "ray device actor"), ("flwr-simulation", "ServerApp (flwr-simulation)"),
          ("flower-superlink", "SuperLink"), ("flwr run", "flwr run"), ("raylet", "ray services"),
-         ("gcs_server", "ray services"), ("ray", "ray services"))
+         ("gcs_server", "ray services"), ("ray::", "ray services"), ("/ray/", "ray services"))
 
 
 def _children() -> dict[int, list[int]]:
