@@ -282,8 +282,9 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
     over device-side settings trains each warm header once, like the cloud stage it follows."""
     torch.manual_seed(cfg.cloud_seed)
     header = build_header(spec).to(accel.device_of(backbone))
-    key = json.dumps({"spec": spec, "epochs": cfg.cloud.header_epochs, "lr": cfg.strategy.lr,
-                      "wd": cfg.strategy.weight_decay, "bs": cfg.strategy.batch_size, "seed": cfg.cloud_seed,
+    hp = TrainHParams(lr=cfg.strategy.lr, momentum=0.9, weight_decay=cfg.strategy.weight_decay,
+                      batch_size=cfg.strategy.batch_size)
+    key = json.dumps({"spec": spec, "epochs": cfg.cloud.header_epochs, "hp": hp.__dict__, "seed": cfg.cloud_seed,
                       "device": str(accel.device_of(backbone)), "precision": accel.current_precision(),
                       "data": fingerprint(train.x, train.y, val.x, val.y),
                       "backbone": fingerprint(*backbone.state_dict().values())}, sort_keys=True)
@@ -292,9 +293,7 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
     if path is not None and path.is_file():
         header.load_state_dict(torch.load(path, map_location=accel.device_of(backbone), weights_only=True))
         logger.info("warm header: cache hit %s", path.name)
-        return header
-    hp = TrainHParams(lr=cfg.strategy.lr, momentum=0.9, weight_decay=cfg.strategy.weight_decay,
-                      batch_size=cfg.strategy.batch_size)
+        return header.eval()  # the mode a freshly trained one is left in (its last step evaluates it)
     grids, val_grids = backbone_grids(backbone, train.x), backbone_grids(backbone, val.x)  # frozen: once
     labels = train.y.to(grids.device)
     opt = torch.optim.SGD(trainable_parameters(header), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
