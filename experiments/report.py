@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 README = REPO / "README.md"
 KEEP = ("summary.json", "summary.csv")
+CODE = ("acme_flwr", "strategies", "clients")  # what a result depends on (a change there makes it "dirty")
 
 Table = tuple[list[str], list[list[str]], str]  # header, rows, provenance line
 TABLES: dict[str, Callable[[Path], Table | str]] = {}
@@ -56,7 +57,7 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def collect(src: Path, name: str, command: str) -> Path:
+def collect(src: Path, name: str, command: str, commit: str | None = None) -> Path:
     """Copy a run's (or a sweep's) summaries into ``experiments/results/<name>`` with their provenance."""
     src = src.resolve()
     found = sorted(p for p in src.rglob("summary.json"))
@@ -73,8 +74,9 @@ def collect(src: Path, name: str, command: str) -> Path:
             if (summary.parent / keep).exists():
                 shutil.copy2(summary.parent / keep, dst / rel / keep)
         versions = versions or json.loads(summary.read_text()).get("versions", {})
-    provenance = {"command": command, "date": dt.date.today().isoformat(), "commit": _git("rev-parse", "--short",
-                  "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", "acme_flwr", "strategies", "clients")),
+    provenance = {"command": command, "date": dt.date.today().isoformat(),
+                  "commit": commit or _git("rev-parse", "--short", "HEAD"),
+                  "dirty": not commit and bool(_git("status", "--porcelain", "--", *CODE)),
                   "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.system()}", "versions": versions,
                   "jobs": len(found)}
     (dst / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
@@ -636,11 +638,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("src", type=Path)
     c.add_argument("--as", dest="name", required=True)
     c.add_argument("--command", required=True, help="the command that produced src (printed under the table)")
+    c.add_argument("--commit", default=None,
+                   help="the commit whose code produced src, when it is not HEAD (e.g. a sweep's snapshot)")
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md's tables are not the report's")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.cmd == "collect":
-        print(collect(args.src, args.name, args.command))
+        print(collect(args.src, args.name, args.command, args.commit))
         return 0
     tables = render(args.results)
     text = README.read_text()
