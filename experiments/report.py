@@ -121,7 +121,7 @@ def _mean_std(values: list[float | None]) -> str:
     if not values:
         return "–"
     arr = 100 * np.asarray(values, dtype=float)
-    return f"{arr.mean():.1f} ± {arr.std():.1f}"
+    return f"{arr.mean():.1f}" if len(arr) == 1 else f"{arr.mean():.1f} ± {arr.std():.1f}"  # one seed: no spread
 
 
 def _setup_bytes(block: dict[str, Any]) -> int:
@@ -370,7 +370,7 @@ def _per_setting(root: Path, value: Callable[[dict[str, Any]], float | None]) ->
     path, cells, settings, names = grid
     rows = [[name, *(_mean_std([value(b) for b in cells.get((s, name), [])]) for s in settings)] for name in names]
     seeds = {s: max(len(cells.get((s, n), [])) for n in names) for s in settings}
-    header = ["method", *(f"{s} ({seeds[s]} seeds)" for s in settings)]
+    header = ["method", *(f"{s} ({seeds[s]} seed{'s' if seeds[s] != 1 else ''})" for s in settings)]
     return header, rows, _provenance(path)
 
 
@@ -430,6 +430,11 @@ def fmnist_grid_costs(root: Path) -> Table | str:
 def _mean(blocks: list[dict[str, Any]], kind: str = "personalized") -> tuple[float, float, int] | None:
     vals = [v for v in (_acc(b, kind) for b in blocks) if v is not None]
     return (100 * float(np.mean(vals)), 100 * float(np.std(vals)), len(vals)) if vals else None
+
+
+def _pm(stat: tuple[float, float, int]) -> str:
+    """``mean ± std`` of a :func:`_mean` result; the mean alone for one seed."""
+    return f"{stat[0]:.1f}" if stat[2] == 1 else f"{stat[0]:.1f} ± {stat[1]:.1f}"
 
 
 def _holds(ok: bool) -> str:
@@ -501,7 +506,7 @@ def fmnist_claims(root: Path) -> str:
                   else "one seed only, so there is no spread over seeds to judge the gaps by")
         paper = PAPER_ABLATION[setting]
         out.append(f"- **Ablation {setting}** (EMD / JS / Avg / Alone / wo_pruning, %): "
-                   + " / ".join(f"{vals[n][0]:.1f} ± {vals[n][1]:.1f}" for n in ABLATION)
+                   + " / ".join(_pm(vals[n]) for n in ABLATION)
                    + f" (paper: {' / '.join(f'{v:.1f}' for v in paper)}). EMD ≥ JS {_holds(emd >= js)}, "
                    f"JS ≥ Avg {_holds(js >= avg)}, Avg ≈ Alone (within 1 point) {_holds(abs(avg - alone) <= 1.0)}, "
                    f"Alone > wo_pruning {_holds(alone > wo)}; {spread}.")
@@ -517,8 +522,8 @@ def fmnist_claims(root: Path) -> str:
         verdict = ("above" if diff > noise else "below" if diff < -noise else "within one std of") + " it"
         if min(acme[2], others[best][2]) < 2:
             verdict = ("above" if diff > 0 else "below" if diff < 0 else "level with") + " it on one seed, no spread"
-        out.append(f"- **ACME vs the best baseline, {setting}**: ACME {acme[0]:.1f} ± {acme[1]:.1f} %, best baseline "
-                   f"{best} {others[best][0]:.1f} ± {others[best][1]:.1f} % ({diff:+.1f} points: ACME is {verdict}).")
+        out.append(f"- **ACME vs the best baseline, {setting}**: ACME {_pm(acme)} %, best baseline {best} "
+                   f"{_pm(others[best])} % ({diff:+.1f} points: ACME is {verdict}).")
     acme_b = [v for s in settings for b in cells.get((s, "acme"), []) if (v := _round_bytes_per_device(b))]
     fed_b = [v for s in settings for b in cells.get((s, "fedavg_header"), []) if (v := _round_bytes_per_device(b))]
     if acme_b and fed_b:
