@@ -545,21 +545,21 @@ def _plot_fmnist(root: Path, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     _, cells, settings, names = grid
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(12, 4))
     x = np.arange(len(settings))
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         vals = [[100 * v for b in cells.get((s, name), []) if (v := _acc(b, "personalized")) is not None]
                 for s in settings]
         ax.bar(x + (i - (len(names) - 1) / 2) * width, [np.mean(v) if v else np.nan for v in vals], width,
-               yerr=[np.std(v) if v else 0 for v in vals], capsize=2, label=name)
+               yerr=[np.std(v) if v else 0 for v in vals], capsize=2, label=name, color=plt.cm.tab20(i % 20))
     ax.set_xticks(x, settings)
     ax.set_ylabel("personalized test accuracy (%)")
     ax.set_xlabel("heterogeneity setting (Fashion-MNIST, 9 devices)")
     lows = [100 * v for b in (b for c in cells.values() for b in c) if (v := _acc(b, "personalized")) is not None]
     if lows:
         ax.set_ylim(max(0.0, min(lows) - 5), min(100.0, max(lows) + 3))
-    ax.legend(fontsize=7, ncol=4)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     target = out / "fmnist_grid.png"
     fig.savefig(target, dpi=110)
