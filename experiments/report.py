@@ -234,14 +234,21 @@ def default_bytes(root: Path) -> Table | str:
     return header, rows, _provenance(path) + f" References: {formulas}."
 
 
+def _json_result(root: Path, filename: str, command: str) -> dict[str, Any] | str:
+    """A benchmark's JSON result file, or the note saying which command writes it."""
+    path = root / filename
+    if not path.exists():
+        return _missing(Path(filename).stem, command)
+    return json.loads(path.read_text())
+
+
 @table("vitb16_bytes")
 def vitb16_bytes(root: Path) -> Table | str:
     """Every message type of the paper's Part III setting serialized at ViT-B/16 size."""
-    path = root / "bytes_vitb16.json"
-    if not path.exists():
-        return _missing("bytes_vitb16", "python -m experiments.bench_bytes --vitb-only --json "
-                        "experiments/results/bytes_vitb16.json")
-    r = json.loads(path.read_text())
+    r = _json_result(root, "bytes_vitb16.json",
+                     "python -m experiments.bench_bytes --vitb-only --json experiments/results/bytes_vitb16.json")
+    if isinstance(r, str):
+        return r
     st = r["setting"]
     rows = [["full ViT-B/16 + 100-class head (FedAvg, one direction)", _int(r["full_model_message"])]]
     rows += [[f"{k}, once per device", _int(v)] for k, v in r["once_per_device"].items()]
@@ -261,11 +268,10 @@ def vitb16_bytes(root: Path) -> Table | str:
 @table("overhead_fmnist")
 def overhead_fmnist(root: Path) -> Table | str:
     """Device training throughput inside the Flower runtime vs a plain PyTorch loop, measured in one session."""
-    path = root / "overhead_fmnist.json"
-    if not path.exists():
-        return _missing("overhead_fmnist", "python -m experiments.bench_overhead --preset fmnist --json "
-                        "experiments/results/overhead_fmnist.json")
-    r = json.loads(path.read_text())
+    r = _json_result(root, "overhead_fmnist.json", "python -m experiments.bench_overhead --preset fmnist --json "
+                     "experiments/results/overhead_fmnist.json")
+    if isinstance(r, str):
+        return r
     rows = [["plain loop, grids recomputed every round (train_header alone)", f"{r['plain_every_round']:.0f}", "–"],
             ["plain loop, grids once per device (the header's cost: the floor)", f"{r['plain_once']:.0f}", "1.000"],
             ["train.acme handler, feature cache off", f"{r['handler_before']:.0f}",
@@ -282,10 +288,10 @@ def overhead_fmnist(root: Path) -> Table | str:
 @table("paper_dry")
 def paper_dry(root: Path) -> Table | str:
     """``+experiment=paper_dry`` here: the full-size pipeline's time per stage and peak memory per process."""
-    path = root / "paper_dry.json"
-    if not path.exists():
-        return _missing("paper_dry", "python -m experiments.bench_paper_dry --json experiments/results/paper_dry.json")
-    r = json.loads(path.read_text())
+    r = _json_result(root, "paper_dry.json",
+                     "python -m experiments.bench_paper_dry --json experiments/results/paper_dry.json")
+    if isinstance(r, str):
+        return r
     rows = [["whole run (launcher start to summary)", f"{r['wall_time_s']:.0f} s"],
             ["cloud side (data, elastic backbone stages, PFG, extraction, warm headers)",
              f"{r['cloud_wall_time_s']:.0f} s"]]
