@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from acme_flwr import accel
+
 from .launch import PROGRESS, REPO, launch
 
 ROLES = (("ClientAppActor", "ray device actor"), ("flwr-simulation", "ServerApp (flwr-simulation)"),
@@ -119,7 +121,7 @@ def main() -> None:
                                  "failures": b["failures"]["count"], "bytes": b["bytes"]["total"]}
                              for n, b in blocks.items()},
               "peak_memory": monitor.by_role(), "summary": str(path),
-              "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, {platform.system()}",
+              "machine": f"{platform.machine()}, {accel.cores()} CPUs, {platform.system()}",
               "date": time.strftime("%Y-%m-%d")}
     text = json.dumps(result, indent=1)
     print(text)

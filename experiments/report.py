@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from acme_flwr import accel
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
 README = REPO / "README.md"
@@ -77,16 +79,10 @@ def collect(src: Path, name: str, command: str, commit: str | None = None) -> Pa
     provenance = {"command": command, "date": dt.date.today().isoformat(),
                   "commit": commit or _git("rev-parse", "--short", "HEAD"),
                   "dirty": not commit and bool(_git("status", "--porcelain", "--", *CODE)),
-                  "machine": f"{platform.machine()}, {_cpus()} CPUs, {platform.system()}", "versions": versions,
+                  "machine": f"{platform.machine()}, {accel.cores()} CPUs, {platform.system()}", "versions": versions,
                   "jobs": len(found)}
     (dst / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
     return dst
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 
 
 def _provenance(path: Path) -> str:
