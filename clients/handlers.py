@@ -10,13 +10,13 @@ handles (its own ``@app.train()`` stays untouched):
 - ``query.acme_nas`` (``nas.reward=federated``): train the edge's shared NAS child on local training data, score arcs
   on the local validation split, or install the searched header (replacing the one from setup).
 
-All device state (backbone, header, pruner, Ditto's personal header) lives in ``context.state`` under the strategy's
-tag, never in module globals: Ray reuses worker processes across nodes. The one thing kept outside it is a bounded
-cache of the frozen sub-backbone's token grids on the device's fixed images (:class:`FeatureCache`, on the
-``AcmeClient`` object), keyed by run, backbone and data fingerprints, device and precision (strategies and devices
-with the same package share it): a hit skips rebuilding the backbone and its forward pass; a miss (another worker, an
-evicted entry) recomputes the same grids. Keeping the grids in ``context.state`` instead would serialize them with
-every message.
+All device state (header, pruner, Ditto's personal header) lives in ``context.state`` under the strategy's tag, and
+the sub-backbone under its fingerprint (one copy for every strategy that deploys it), never in module globals: Ray
+reuses worker processes across nodes. The one thing kept outside it is a bounded cache of the frozen sub-backbone's
+token grids on the device's fixed images (:class:`FeatureCache`, one per worker process), keyed by run, backbone and
+data fingerprints, device and precision (strategies and devices with the same package share it): a hit skips
+rebuilding the backbone and its forward pass; a miss (another worker, an evicted entry) recomputes the same grids.
+Keeping the grids in ``context.state`` instead would serialize them with every message.
 
 Train modes (round config ``mode``; the baselines of ``strategies/``): ``standard`` (the whole header, local epochs),
 ``fedrep`` (``head-epochs`` on the classifier with the body frozen, then ``body-epochs`` on the body with the
@@ -71,13 +71,31 @@ CheckpointFn = Callable[[Context], Path | None]
 TRAIN_MODES = ("standard", "fedrep", "fedbabu", "ditto")
 
 
+_PROCESS_CACHE: FeatureCache | None = None
+
+
+def process_feature_cache() -> FeatureCache:
+    """This worker process's grid cache, shared by every node and strategy the process serves (its keys name run,
+    backbone, split, data, device and precision, so sharing never mixes two nodes' grids)."""
+    global _PROCESS_CACHE
+    if _PROCESS_CACHE is None:
+        _PROCESS_CACHE = FeatureCache()
+    return _PROCESS_CACHE
+
+
+def _backbone_key(digest: str) -> str:
+    """Where a device keeps a sub-backbone in ``context.state``: by its fingerprint, not by strategy tag, so the
+    strategies of one run that deploy the same package keep one copy (the context travels with every message)."""
+    return f"acme.backbone.{digest}"
+
+
 class AcmeClient:
     """The ACME handler set; ``data_fn``/``profile_fn`` tell it the node's data and device profile.
 
     ``checkpoint_fn`` (optional) gives the device's checkpoint directory: after every evaluation round the device
     saves its header and pruner state there, and a resumed run restores them in setup. ``feature_cache``: where the
-    frozen backbone's grids are kept between messages (default: a bounded cache per ``AcmeClient``; ``None``: compute
-    them on every message).
+    frozen backbone's grids are kept between messages (default: the worker process's bounded cache,
+    :func:`process_feature_cache`; ``None``: compute them on every message).
     """
 
     def __init__(self, data_fn: DataFn, profile_fn: ProfileFn, generic_fn: GenericFn | None = None,
@@ -87,7 +105,14 @@ class AcmeClient:
         self.profile_fn = profile_fn
         self.generic_fn = generic_fn
         self.checkpoint_fn = checkpoint_fn
-        self.feature_cache = FeatureCache() if feature_cache == "default" else feature_cache
+        self._feature_cache = feature_cache
+
+    @property
+    def feature_cache(self) -> FeatureCache | None:
+        """Resolved when a message is handled, not when the client is built: Flower's Ray backend pickles the
+        ClientApp (and so this client) with every message, so a cache held by the instance would arrive empty on
+        every message and never hit."""
+        return process_feature_cache() if self._feature_cache == "default" else self._feature_cache
 
     def register(self, app: ClientApp) -> ClientApp:
         """Register the ACME actions on ``app`` and return it."""
@@ -111,9 +136,9 @@ class AcmeClient:
         for key in (P.BACKBONE, P.HEADER):
             if key not in msg.content.array_records:
                 raise ValueError(f"setup message lacks the {key!r} ArrayRecord")
-        context.state[f"{tag}.backbone"] = msg.content[P.BACKBONE]
-        context.state[f"{tag}.header"] = msg.content[P.HEADER]
         digest = fingerprint(*(torch.from_numpy(np.asarray(a.numpy())) for a in msg.content[P.BACKBONE].values()))
+        context.state[_backbone_key(digest)] = msg.content[P.BACKBONE]
+        context.state[f"{tag}.header"] = msg.content[P.HEADER]
         context.state[f"{tag}.setup"] = ConfigRecord({"arch": str(cfg["backbone-arch"]),
                                                       "header": str(cfg["header-spec"]), "backbone-fp": digest})
         context.state.pop(f"{tag}.personal", None)  # a new package: Ditto's personal header starts from it again
@@ -330,8 +355,9 @@ class AcmeClient:
 
     def _backbone(self, context: Context, tag: str) -> ElasticViT:
         """The frozen sub-backbone rebuilt from ``context.state``, on this node's own accelerator."""
-        backbone = ElasticViT.from_arch(json.loads(str(self._setup_of(context, tag)["arch"])))
-        P.load_arrays(backbone, context.state[f"{tag}.backbone"])
+        setup = self._setup_of(context, tag)
+        backbone = ElasticViT.from_arch(json.loads(str(setup["arch"])))
+        P.load_arrays(backbone, context.state[_backbone_key(str(setup["backbone-fp"]))])
         for p in backbone.parameters():
             p.requires_grad_(False)
         return backbone.to(_device(context)).eval()

@@ -6,12 +6,14 @@ Ray-backed `flwr run` path is covered by the end-to-end test.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+from ray import cloudpickle
 
 Hook = Callable[[Message, int], "Message | None | object"]
 DROP = object()  # an intercept returning DROP loses the reply, as a timed-out or vanished node does
@@ -21,12 +23,15 @@ class InProcessGrid(Grid):
     """Node ids are deliberately non-sequential (like Flower's random ids); partition-id i lives on node 1000+7i."""
 
     def __init__(self, app: ClientApp, num_nodes: int, run_config: dict | None = None,
-                 intercept: Hook | None = None) -> None:
+                 intercept: Hook | None = None, pickled: bool = False) -> None:
+        """``pickled``: like Flower's Ray backend, every message gets a freshly unpickled copy of the ClientApp and
+        of the node's Context (whose updated copy is kept), so nothing survives on the app object between messages."""
         TaskIdentity.run_id = 1  # Message() reads the run id of the process it is built in
         TaskIdentity.node_id = 0
         TaskIdentity.task_id = 0
         self.app = app
         self.intercept = intercept
+        self.pickled = pickled
         self.contexts = {
             1000 + 7 * pid: Context(run_id=1, node_id=1000 + 7 * pid,
                                     node_config={"partition-id": pid, "num-partitions": num_nodes},
@@ -66,8 +71,12 @@ class InProcessGrid(Grid):
                 if override is not None:
                     replies.append(override)
                     continue
+            app, context = self.app, self.contexts[node]
+            if self.pickled:
+                app, context = pickle.loads(cloudpickle.dumps((app, context)))
+                self.contexts[node] = context
             try:
-                reply = self.app(msg, self.contexts[node])
+                reply = app(msg, context)
             except Exception as exc:  # a raising ClientApp becomes an error reply, as in Flower
                 reply = Message(Error(code=0, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
             replies.append(reply)

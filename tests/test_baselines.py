@@ -14,7 +14,7 @@ from flwr.clientapp import ClientApp
 
 from acme_flwr import protocol as P
 from acme_flwr.clients import client_app as ca
-from acme_flwr.clients.handlers import AcmeClient
+from acme_flwr.clients.handlers import AcmeClient, process_feature_cache
 from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig
 from acme_flwr.device.headers import split_header_params
@@ -41,11 +41,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 def _run(name: str, setup, tmp_path, topo: Topology, nodes: int, deployment=None, app: ClientApp | None = None,  # noqa: ANN001
-         rounds: int = 2):  # noqa: ANN202
+         rounds: int = 2, grid: RecordingGrid | None = None):  # noqa: ANN202
     flat, cfg, default, _ = setup
     recorder = RunRecorder(tmp_path, cfg.to_dict(), cfg.run.seed)
     strategy = build_strategy(name, cfg, topo, deployment or default, recorder)
-    grid = RecordingGrid(app or ca.app, nodes, flat)
+    grid = grid or RecordingGrid(app or ca.app, nodes, flat)
     strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=rounds)
     return strategy, strategy.finalize(), grid
 
@@ -231,6 +231,26 @@ def test_feature_cache_gives_the_same_updates_as_recomputing(name: str, setup, t
         for key, rec in ra.content.metric_records.items():
             assert {k: v for k, v in rec.items() if k not in timings} == \
                    {k: v for k, v in rb.content[key].items() if k not in timings}
+
+
+def test_feature_cache_survives_the_app_being_pickled_with_every_message(setup, tmp_path) -> None:  # noqa: ANN001
+    """Flower's Ray backend unpickles a fresh copy of the ClientApp for every message. The default cache belongs to
+    the worker process, so each (device, split) is computed once over two strategies and three rounds, and hit after;
+    the devices' contexts keep one copy of their sub-backbone for both strategies."""
+    flat = setup[0]
+    cache = process_feature_cache()
+    cache.clear()  # earlier tests in this process ran the same run id on the same data
+    hits, misses, entries = cache.hits, cache.misses, len(cache)
+    grid = RecordingGrid(ca.app, 4, flat, pickled=True)
+    topo = Topology(4, 2, "round_robin", 2)
+    for name in ("acme", "fedavg_header"):
+        _, block, _ = _run(name, setup, tmp_path / name, topo, 4, rounds=3, grid=grid)
+        assert block["failures"]["count"] == 0
+    new = cache.misses - misses
+    assert new == len(cache) - entries > 0  # every miss is a new (device, split, package) entry, never recomputed
+    assert cache.hits - hits > 5 * new  # 2 strategies x 3 rounds x (train + val + test + generic) per device
+    for context in grid.contexts.values():
+        assert len([k for k in context.state if k.startswith("acme.backbone.")]) == 1
 
 
 def test_feature_cache_is_bounded_and_keyed() -> None:
