@@ -184,5 +184,7 @@ def _cached(cfg_json: str, image_size: int, num_channels: int) -> FederatedData:
 
 def federated_data(cfg: AcmeConfig, image_size: int, num_channels: int) -> FederatedData:
     """Build (or reuse, read-only, within one worker process) the federated data of ``cfg``."""
-    relevant = {k: v for k, v in cfg.to_dict().items() if k in {"run", "data", "partition", "topology"}}
+    # "cloud" too: cloud.seed picks the cloud's share and the generic test set; without it the rebuilt config had
+    # cloud.seed=-1, so every run.seed of a sweep got its own cloud data and cloud stage
+    relevant = {k: v for k, v in cfg.to_dict().items() if k in {"run", "data", "partition", "topology", "cloud"}}
     return _cached(json.dumps(relevant, sort_keys=True), image_size, num_channels)

@@ -9,7 +9,7 @@ import pytest
 
 from acme_flwr.config import AcmeConfig
 from acme_flwr.partition import list_partitioners
-from acme_flwr.task import FederatedData
+from acme_flwr.task import FederatedData, federated_data
 from tests.test_data import write_fashion_mnist
 
 PARTITIONERS = ["iid", "dirichlet", "pathological", "acme"]
@@ -116,6 +116,17 @@ def test_a_fixed_cloud_seed_keeps_the_cloud_side_while_run_seed_varies_the_devic
     assert not np.array_equal(default.cloud_indices, runs[0].cloud_indices)
     np.testing.assert_array_equal(default.cloud_indices, build(**{"data.name": "digits", "run.seed": 1,
                                                                   "cloud.seed": 1}).cloud_indices)
+
+
+def test_federated_data_keeps_cloud_seed() -> None:
+    """The ServerApp and the ClientApp get their data through ``federated_data``'s per-process cache, which rebuilds
+    the config from a key: cloud.seed must survive it (it was dropped, and every run.seed got its own cloud data)."""
+    cfgs = [AcmeConfig.from_flat({"data.name": "digits", "run.seed": seed, "cloud.seed": 0}) for seed in (0, 1)]
+    a, b = (federated_data(c, 8, 1) for c in cfgs)
+    assert a.cfg.cloud_seed == b.cfg.cloud_seed == 0
+    np.testing.assert_array_equal(a.cloud_indices, b.cloud_indices)
+    np.testing.assert_array_equal(a.generic_indices, b.generic_indices)
+    np.testing.assert_array_equal(a.cloud_indices, build(**{"data.name": "digits", "cloud.seed": 0}).cloud_indices)
 
 
 @pytest.mark.parametrize("kind", ["dirichlet", "acme"])
