@@ -71,15 +71,12 @@ CheckpointFn = Callable[[Context], Path | None]
 TRAIN_MODES = ("standard", "fedrep", "fedbabu", "ditto")
 
 
-_PROCESS_CACHE: FeatureCache | None = None
+_PROCESS_CACHE = FeatureCache()
 
 
 def process_feature_cache() -> FeatureCache:
     """This worker process's grid cache, shared by every node and strategy the process serves (its keys name run,
     backbone, split, data, device and precision, so sharing never mixes two nodes' grids)."""
-    global _PROCESS_CACHE
-    if _PROCESS_CACHE is None:
-        _PROCESS_CACHE = FeatureCache()
     return _PROCESS_CACHE
 
 

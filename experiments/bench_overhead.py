@@ -26,7 +26,6 @@ import argparse
 import copy
 import json
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from flwr.app import RecordDict
 
+from acme_flwr import accel
 from acme_flwr import protocol as P
 from acme_flwr.cloud.models import input_shape
 from acme_flwr.comm import message_bytes
@@ -64,8 +64,8 @@ def _flower(out: Path, devices: int, overrides: list[str]) -> dict[str, Any]:
             "rounds_wall": sum(r["wall_time"] for r in rows if r["tier"] == "cloud" and r["phase"] == "train")}
 
 
-def _plain_once(config: dict[str, Any], pids: list[int], rounds: int) -> tuple[int, float]:
-    """The floor's loop (grids once per device, then the header's cost only) on ``pids``: examples and seconds."""
+def _setup(config: dict[str, Any]) -> tuple[AcmeConfig, Any, Any, TrainHParams]:
+    """The plain loops' config, data, packages (from the cloud cache) and hyper-parameters, on one thread."""
     torch.set_num_threads(1)
     cfg = AcmeConfig.from_dict(config)
     data = federated_data(cfg, *input_shape(cfg))
@@ -73,17 +73,28 @@ def _plain_once(config: dict[str, Any], pids: list[int], rounds: int) -> tuple[i
     s = cfg.strategy
     hp = TrainHParams(lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, batch_size=s.batch_size,
                       local_epochs=s.local_epochs, accumulation=s.importance_accumulation)
-    examples, seconds = 0, 0.0
-    for pid in pids:
-        pkg = deployment.for_class(device_profile(pid, cfg.device_classes).device_class)
-        device = data.device(pid)
-        header = copy.deepcopy(pkg.header)
-        t0 = time.perf_counter()
-        grids = backbone_grids(pkg.backbone, device.train.x)
-        for rnd in range(1, rounds + 1):
-            examples += int(train_header(None, header, device.train, hp, seed=rnd, grids=grids)[0]["num_examples"])
-        seconds += time.perf_counter() - t0
-    return examples, seconds
+    return cfg, data, deployment, hp
+
+
+def _package(cfg: AcmeConfig, deployment: Any, pid: int) -> Any:
+    return deployment.for_class(device_profile(pid, cfg.device_classes).device_class)
+
+
+def _once(pkg: Any, device: Any, hp: TrainHParams, rounds: int) -> tuple[int, float, torch.Tensor]:
+    """The floor's loop on one device: grids once, then the header's cost only; examples, seconds and the grids."""
+    header = copy.deepcopy(pkg.header)
+    t0 = time.perf_counter()
+    grids = backbone_grids(pkg.backbone, device.train.x)
+    examples = sum(int(train_header(None, header, device.train, hp, seed=rnd, grids=grids)[0]["num_examples"])
+                   for rnd in range(1, rounds + 1))
+    return examples, time.perf_counter() - t0, grids
+
+
+def _plain_once(config: dict[str, Any], pids: list[int], rounds: int) -> tuple[int, float]:
+    """The floor's loop on ``pids`` in a process of its own: examples and seconds."""
+    cfg, data, deployment, hp = _setup(config)
+    parts = [_once(_package(cfg, deployment, pid), data.device(pid), hp, rounds)[:2] for pid in pids]
+    return sum(e for e, _ in parts), sum(t for _, t in parts)
 
 
 def side_by_side(config: dict[str, Any], devices: int, rounds: int, workers: int) -> float:
@@ -109,19 +120,13 @@ def main() -> None:
     before = _flower(args.out / "before", args.devices, [*common, "run.feature_cache_mb=0"])
     after = _flower(args.out / "after", args.devices, common)
 
-    torch.set_num_threads(1)
-    cfg = AcmeConfig.from_dict(after["config"])
-    data = federated_data(cfg, *input_shape(cfg))
-    deployment = build_packages(cfg, data, cache_dir(cfg), progress=False)
-    s = cfg.strategy
-    hp = TrainHParams(lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, batch_size=s.batch_size,
-                      local_epochs=s.local_epochs, accumulation=s.importance_accumulation)
+    cfg, data, deployment, hp = _setup(after["config"])
     t_recompute = t_once = 0.0
     examples = 0
     state_bytes = grid_bytes = 0
     t_state = 0.0
     for pid in range(args.devices):
-        pkg = deployment.for_class(device_profile(pid, cfg.device_classes).device_class)
+        pkg = _package(cfg, deployment, pid)
         device = data.device(pid)
         header = copy.deepcopy(pkg.header)
         for rnd in range(1, args.rounds + 1):  # plain loop 1: train_header computes the grids every round
@@ -129,12 +134,8 @@ def main() -> None:
             metrics, _ = train_header(pkg.backbone, header, device.train, hp, seed=rnd)
             t_recompute += time.perf_counter() - t0
             examples += int(metrics["num_examples"])
-        header = copy.deepcopy(pkg.header)
-        t0 = time.perf_counter()  # plain loop 2: grids once per device, then the header's cost only
-        grids = backbone_grids(pkg.backbone, device.train.x)
-        for rnd in range(1, args.rounds + 1):
-            train_header(None, header, device.train, hp, seed=rnd, grids=grids)
-        t_once += time.perf_counter() - t0
+        _, seconds, grids = _once(pkg, device, hp, args.rounds)  # plain loop 2: grids once per device
+        t_once += seconds
         # the alternative of keeping the grids in context.state: serialized with every message
         state = P.arrays_from_state({**pkg.backbone.state_dict(), **pkg.header.state_dict()})
         state_bytes += message_bytes(RecordDict({"s": state}))
@@ -145,7 +146,7 @@ def main() -> None:
         t_state += time.perf_counter() - t0
 
     plain_re, plain_once = examples / t_recompute, examples / t_once
-    workers = max(1, min(2, os.cpu_count() or 1))  # the run's Ray workers: 1 CPU each on these 2-core machines
+    workers = min(accel.cores(), args.devices)  # the run's Ray workers: one per core (1 CPU per client)
     plain_pair = side_by_side(after["config"], args.devices, args.rounds, workers)
     tput = {k: r["examples"] / r["time"] for k, r in (("before", before), ("after", after))}
     print(f"\n[{args.preset}] device training, {args.devices} devices x {args.rounds} rounds x {args.local_epochs} "
