@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +25,7 @@ import numpy as np
 
 from acme_flwr.config import ConfigError
 
-from .launch import REPO, launch
+from .launch import REPO, launch, snapshot
 
 SETTINGS: dict[str, list[str]] = {
     **{f"dir{a}": ["partition.kind=dirichlet", f"partition.alpha={a}"] for a in ("0.05", "0.1", "0.5", "1.0")},
@@ -53,18 +51,6 @@ GRIDS: dict[str, Grid] = {
     # the preset has the devices, the cap, the methods and the ablation; cloud.seed=0 there shares one cloud stage
     "fmnist": Grid(("dir0.05", "dir0.1", "dir0.5", "C2", "C3", "C4"), ("+experiment=fmnist",), "fmnist_grid"),
 }
-
-
-def snapshot() -> Path:
-    """Copy the app's files (what a FAB holds) and its Hydra ``conf/`` to a temp dir."""
-    dst = Path(tempfile.mkdtemp(prefix="acme-snapshot-"))
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if rel.startswith(("acme_flwr/", "strategies/", "clients/", "conf/")) or rel == "pyproject.toml":
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dst / rel)
-    return dst
 
 
 def table(out: Path, settings: list[str], seeds: list[int]) -> str:

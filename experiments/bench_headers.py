@@ -24,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench_accuracy import snapshot
-from .launch import REPO, launch
+from .launch import REPO, launch, snapshot
 
 VARIANTS: dict[str, list[str]] = {
     "searched": ["nas.enabled=true", "nas.scope=shared", "strategy.names=acme,local"],

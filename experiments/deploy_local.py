@@ -38,7 +38,7 @@ from typing import Any
 from acme_flwr.config import AcmeConfig
 
 from . import procs
-from .launch import REPO, _free_port, _Launch, _tool, accept_run, lost_devices_verdict, run_cli
+from .launch import REPO, _free_port, _Launch, _tool, accept_run, fab_source, lost_devices_verdict, run_cli
 
 logger = logging.getLogger(__name__)
 CONNECTION = "deploy"  # the connection name in the private Flower configuration
@@ -234,12 +234,13 @@ def deploy(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
     rc: int | None = None
     try:
         run.start_federation(cfg.topology.num_devices)
-        cmd = [_tool("flwr"), "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(run_config)]
-        proc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        with fab_source(app_dir) as fab:
+            cmd = [_tool("flwr"), "run", str(fab), CONNECTION, "--stream", "--run-config", str(run_config)]
+            proc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT)
+            try:
+                rc = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     finally:
         run.close()
     return written("the deployed run", rc)

@@ -16,7 +16,7 @@ import pytest
 
 from acme_flwr.config import AcmeConfig, ConfigError
 from experiments import procs
-from experiments.launch import launch
+from experiments.launch import fab_source, launch
 from experiments.runconfig import check_overrides, compose, schema_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,3 +221,17 @@ def test_peak_memory_sees_the_processes_a_benchmark_starts() -> None:
     roles = monitor.by_role()
     assert roles["other"]["max_peak_mib"] >= 64
     assert roles["launcher"]["processes"] == 1
+
+
+def test_the_fab_is_built_from_a_snapshot_of_the_app_not_the_checkout(tmp_path: Path) -> None:
+    """Flower reads every file under the app directory before filtering (``.venv`` too: ~9 s per run)."""
+    with fab_source(REPO) as fab:
+        assert fab != REPO
+        assert (fab / "pyproject.toml").read_bytes() == (REPO / "pyproject.toml").read_bytes()
+        assert (fab / "strategies" / "server_app.py").is_file() and (fab / "clients" / "client_app.py").is_file()
+        assert (fab / "conf" / "config.yaml").is_file()
+        assert not (fab / ".venv").exists() and not (fab / "tests").exists() and not (fab / ".git").exists()
+    assert not fab.exists()
+    with fab_source(tmp_path) as same:  # not a checkout (e.g. a sweep's own snapshot): used as it is
+        assert same == tmp_path
+    assert tmp_path.exists()

@@ -7,6 +7,8 @@ a late import hides a dependency from the reader, it does not remove it.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,28 @@ def test_every_module_says_what_it_is_for() -> None:
     missing = [name for name, path in MODULES.items()
                if not ast.get_docstring(ast.parse(path.read_text())) and path.stat().st_size > 0]
     assert missing == []
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter in the repo root (where a FAB's top-level packages live) has after ``code``."""
+    out = subprocess.run([sys.executable, "-c", f"import sys\n{code}\nprint(' '.join(sys.modules))"], cwd=ROOT,
+                         capture_output=True, text=True, check=True, timeout=120)
+    return set(out.stdout.split())
+
+
+def test_flwr_runs_check_of_the_app_imports_nothing_heavy() -> None:
+    """``flwr run`` checks the components with ``find_spec``, which executes the packages' ``__init__``: importing
+    torch and the models there cost ~10 s per run before it started."""
+    found = _modules_after("import importlib.util as u\nu.find_spec('strategies.server_app')\n"
+                           "u.find_spec('clients.client_app')")
+    assert {"strategies", "clients"} <= found
+    assert not {"torch", "transformers", "scipy", "flwr"} & found
+
+
+def test_the_apps_import_neither_transformers_nor_scipy_stats() -> None:
+    """The ServerApp and every Ray worker import their app: transformers (~5 s) is only for tests and checkpoint
+    parity, scipy.stats (~1.2 s) only for the edge's EMD, imported when used."""
+    found = _modules_after("import strategies.server_app, clients.client_app\n"
+                           "from acme_flwr.strategies import AcmeStrategy, build_strategy")
+    assert {"torch", "strategies.server_app", "clients.client_app", "acme_flwr.strategies.acme"} <= found
+    assert not {"transformers", "scipy.stats"} & found

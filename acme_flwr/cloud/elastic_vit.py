@@ -1,8 +1,11 @@
 """Elastic ViT: one weight set, width x depth sub-networks (ACME Part I, spec §2.2, §2.3, §2.7).
 
-The model is ViT-B/16-shaped (pre-LN blocks, [CLS] classifier after the final LayerNorm, HF weight names) and built on
-transformers' ``ViTEmbeddings``. The attention and FFN blocks are our own because a sub-network keeps ``h`` heads of
-``head_dim`` each and ``h * head_dim`` need not equal ``hidden_size``, which the stock ``ViTAttention`` cannot express.
+The model is ViT-B/16-shaped (pre-LN blocks, [CLS] classifier after the final LayerNorm, HF weight names), so a
+transformers ``ViTForImageClassification`` checkpoint loads 1:1 (tests check the outputs match). The attention and FFN
+blocks are our own because a sub-network keeps ``h`` heads of ``head_dim`` each and ``h * head_dim`` need not equal
+``hidden_size``, which the stock ``ViTAttention`` cannot express. The embeddings are a copy of transformers'
+``ViTEmbeddings`` (same parameters, same construction order, same forward) so that no process imports transformers to
+build a model: it cost ~5 s in every ServerApp and Ray worker of every run.
 
 Two ways to get a sub-network (w, d):
 
@@ -23,17 +26,15 @@ import logging
 import math
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ViTConfig
-from transformers.activations import ACT2FN
-from transformers.models.vit.modeling_vit import ViTEmbeddings
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,8 @@ class ElasticViTConfig:
             raise ValueError(f"every layer needs >= 1 head and >= 1 FFN neuron, got heads={self.heads} ffn={self.ffn}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
-        if self.hidden_act not in ACT2FN:
-            raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {sorted(ACT2FN)}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act={self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
 
     @classmethod
     def uniform(
@@ -121,25 +122,6 @@ class ElasticViTConfig:
         if unknown:
             raise ValueError(f"unknown ElasticViT arch keys {unknown}; allowed keys are {sorted(allowed)}")
         return cls(**arch)
-
-    def hf_config(self) -> ViTConfig:
-        """The transformers ``ViTConfig`` for the shared pieces (embeddings); heads only matter there for validity."""
-        return ViTConfig(
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=1,
-            intermediate_size=max(self.ffn),
-            hidden_act=self.hidden_act,
-            hidden_dropout_prob=self.hidden_dropout_prob,
-            attention_probs_dropout_prob=self.attention_probs_dropout_prob,
-            initializer_range=self.initializer_range,
-            layer_norm_eps=self.layer_norm_eps,
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            num_channels=self.num_channels,
-            qkv_bias=self.qkv_bias,
-            num_labels=max(self.num_labels, 1),
-        )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -249,6 +231,50 @@ class ElasticAttention(nn.Module):
         return F.linear(ctx, self.o_proj.weight[:, :inner], self.o_proj.bias)
 
 
+# transformers' activation names (``hidden_act`` in a ViT config.json) -> modules; "gelu" is the exact (erf) GELU
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "swish": nn.SiLU,
+                                                 "gelu_pytorch_tanh": partial(nn.GELU, approximate="tanh")}
+
+
+class ViTPatchEmbeddings(nn.Module):
+    """Non-overlapping ``patch_size`` patches -> ``hidden_size`` tokens (transformers' ``ViTPatchEmbeddings``)."""
+
+    def __init__(self, config: ElasticViTConfig) -> None:
+        super().__init__()
+        self.num_channels = config.num_channels
+        self.num_patches = config.grid_size ** 2
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size,
+                                    stride=config.patch_size)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.shape[1] != self.num_channels:
+            raise ValueError(f"input has {pixel_values.shape[1]} channels; the model expects {self.num_channels}")
+        return self.projection(pixel_values).flatten(2).transpose(1, 2)
+
+
+class ViTEmbeddings(nn.Module):
+    """[CLS] token + patch tokens + learned position embeddings (transformers' ``ViTEmbeddings``, no mask token)."""
+
+    def __init__(self, config: ElasticViTConfig) -> None:
+        super().__init__()
+        # the same creation order as transformers' (cls, patches, positions): same RNG draws, same initial weights
+        self.cls_token = nn.Parameter(torch.randn(1, 1, config.hidden_size))
+        self.patch_embeddings = ViTPatchEmbeddings(config)
+        self.position_embeddings = nn.Parameter(torch.randn(1, self.patch_embeddings.num_patches + 1,
+                                                            config.hidden_size))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.image_size = config.image_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        height, width = pixel_values.shape[-2:]
+        if height != self.image_size or width != self.image_size:
+            raise ValueError(f"input image size ({height}*{width}) doesn't match the model "
+                             f"({self.image_size}*{self.image_size})")
+        embeddings = self.patch_embeddings(pixel_values)
+        embeddings = torch.cat((self.cls_token.expand(embeddings.shape[0], -1, -1), embeddings), dim=1)
+        return self.dropout(embeddings + self.position_embeddings)
+
+
 class ElasticMLP(nn.Module):
     """FFN whose forward uses only the first ``neurons`` hidden units (fc1 rows, fc2 columns)."""
 
@@ -256,7 +282,7 @@ class ElasticMLP(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(hidden_size, intermediate_size)
         self.fc2 = nn.Linear(intermediate_size, hidden_size)
-        self.act = ACT2FN[act]
+        self.act = ACTIVATIONS[act]()
 
     def forward(self, x: torch.Tensor, neurons: int) -> torch.Tensor:
         x = self.act(F.linear(x, self.fc1.weight[:neurons], self.fc1.bias[:neurons]))
@@ -324,7 +350,7 @@ class ElasticViT(nn.Module):
     def __init__(self, config: ElasticViTConfig) -> None:
         super().__init__()
         self.config = config
-        self.embeddings = ViTEmbeddings(config.hf_config())
+        self.embeddings = ViTEmbeddings(config)
         self.layers = nn.ModuleList(
             ElasticViTLayer(config, h, f) for h, f in zip(config.heads, config.ffn, strict=True)
         )
