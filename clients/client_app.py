@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch._dynamo  # noqa: F401 - see below
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 
@@ -51,6 +52,10 @@ def generic_test(context: Context) -> TensorSplit:
 
 # One ClientApp gets one CPU (Ray's num_cpus=1); more intra-op threads only oversubscribe the 2-core machines.
 torch.set_num_threads(1)
+# torch.optim's first optimizer imports torch._dynamo (~2.4 s, once per process): imported above, so a worker pays it
+# when it loads the app, with its other imports, and not inside the first message it handles.
+
+
 def checkpoints(context: Context) -> Path:
     """Devices keep their state under ``<run.out_dir>/checkpoints/devices`` (one disk in simulation)."""
     return out_dir(_cfg(context)) / "checkpoints" / "devices"

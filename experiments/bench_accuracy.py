@@ -26,6 +26,7 @@ import numpy as np
 from acme_flwr.config import ConfigError
 
 from .launch import REPO, launch, snapshot
+from .report import LAUNCH_FILE
 
 SETTINGS: dict[str, list[str]] = {
     **{f"dir{a}": ["partition.kind=dirichlet", f"partition.alpha={a}"] for a in ("0.05", "0.1", "0.5", "1.0")},
@@ -113,7 +114,10 @@ def main() -> None:
                 with (out / f"{setting}-seed{seed}.log").open("w") as log:
                     try:
                         launch(job, None, overrides, app_dir=app, stream_to=log)
-                        print(f"  done in {time.monotonic() - job_started:.0f} s", flush=True)
+                        took = time.monotonic() - job_started
+                        # the whole flwr run (SuperLink, Ray, ServerApp start and stop), beside the ServerApp's own
+                        (job / LAUNCH_FILE).write_text(json.dumps({"launcher_wall_s": round(took, 2)}) + "\n")
+                        print(f"  done in {took:.0f} s", flush=True)
                     except (RuntimeError, ConfigError) as exc:  # one failed job does not stop the sweep
                         failed.append(f"{setting} seed {seed}")
                         print(f"  failed: {exc} (log: {log.name}); re-run to retry", flush=True)

@@ -14,6 +14,7 @@ handler throughput >= 0.9 x plain throughput at 1 local epoch. It also measures 
 the state.
 
     python -m experiments.bench_overhead [--preset fmnist|default] [--rounds 3] [--devices 10]
+    python -m experiments.bench_overhead --preset default --whole-run   # `make run`'s whole run, cache off vs on
 
 ``--preset fmnist`` (default when the Fashion-MNIST files are installed) uses ``+experiment=fmnist`` with
 ``cloud.enabled=false cloud.header_epochs=1``: the overhead depends on the shapes, not on trained weights, so the
@@ -59,7 +60,10 @@ def _flower(out: Path, devices: int, overrides: list[str]) -> dict[str, Any]:
     wall = time.perf_counter() - started
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     dev = [r for r in rows if r["tier"] == "device" and r["phase"] == "train"]
+    later = [r for r in dev if r["round"] > 1]  # the grids were computed in round 1 (on the worker that served it)
     return {"config": summary["config"], "wall": wall, "time": sum(r["train-time-s"] for r in dev),
+            "later_time": sum(r["train-time-s"] for r in later),
+            "later_examples": sum(r["num-examples"] for r in later),
             "compute": sum(r["train-compute-s"] for r in dev), "examples": sum(r["num-examples"] for r in dev),
             "rounds_wall": sum(r["wall_time"] for r in rows if r["tier"] == "cloud" and r["phase"] == "train")}
 
@@ -80,21 +84,25 @@ def _package(cfg: AcmeConfig, deployment: Any, pid: int) -> Any:
     return deployment.for_class(device_profile(pid, cfg.device_classes).device_class)
 
 
-def _once(pkg: Any, device: Any, hp: TrainHParams, rounds: int) -> tuple[int, float, torch.Tensor]:
-    """The floor's loop on one device: grids once, then the header's cost only; examples, seconds and the grids."""
+def _once(pkg: Any, device: Any, hp: TrainHParams, rounds: int) -> tuple[list[int], list[float], torch.Tensor]:
+    """The floor's loop on one device: grids once, then the header's cost only; each round's examples and seconds
+    (the first round's include computing the grids) and the grids."""
     header = copy.deepcopy(pkg.header)
+    examples, seconds = [], []
     t0 = time.perf_counter()
     grids = backbone_grids(pkg.backbone, device.train.x)
-    examples = sum(int(train_header(None, header, device.train, hp, seed=rnd, grids=grids)[0]["num_examples"])
-                   for rnd in range(1, rounds + 1))
-    return examples, time.perf_counter() - t0, grids
+    for rnd in range(1, rounds + 1):
+        examples.append(int(train_header(None, header, device.train, hp, seed=rnd, grids=grids)[0]["num_examples"]))
+        seconds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+    return examples, seconds, grids
 
 
 def _plain_once(config: dict[str, Any], pids: list[int], rounds: int) -> tuple[int, float]:
     """The floor's loop on ``pids`` in a process of its own: examples and seconds."""
     cfg, data, deployment, hp = _setup(config)
     parts = [_once(_package(cfg, deployment, pid), data.device(pid), hp, rounds)[:2] for pid in pids]
-    return sum(e for e, _ in parts), sum(t for _, t in parts)
+    return sum(sum(e) for e, _ in parts), sum(sum(t) for _, t in parts)
 
 
 def side_by_side(config: dict[str, Any], devices: int, rounds: int, workers: int) -> float:
@@ -106,6 +114,27 @@ def side_by_side(config: dict[str, Any], devices: int, rounds: int, workers: int
     return sum(e for e, _ in parts) / sum(t for _, t in parts)
 
 
+def whole_run(args: argparse.Namespace) -> None:
+    """The preset's whole run as configured (every strategy, its devices and rounds: ``make run`` for ``default``),
+    feature cache off then on, one session: the wall-time ratio a user sees."""
+    runs = {}
+    for key, extra in (("off", ["run.feature_cache_mb=0"]), ("on", [])):
+        started = time.perf_counter()
+        summary = json.loads(launch(args.out / f"whole-{key}", None, [*PRESETS[args.preset], *extra]).read_text())
+        runs[key] = {"wall": time.perf_counter() - started, "serverapp": summary["wall_time_s"]}
+    ratio = runs["on"]["wall"] / runs["off"]["wall"]
+    print(f"\n[{args.preset}] whole run as configured, one session: feature cache off {runs['off']['wall']:.1f} s "
+          f"(ServerApp {runs['off']['serverapp']:.1f} s), on {runs['on']['wall']:.1f} s (ServerApp "
+          f"{runs['on']['serverapp']:.1f} s): on / off = {ratio:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "command": f"python -m experiments.bench_overhead --preset {args.preset} --whole-run --json {args.json}",
+            "date": time.strftime("%Y-%m-%d"), "preset": args.preset,
+            "wall_cache_off_s": runs["off"]["wall"], "wall_cache_on_s": runs["on"]["wall"],
+            "serverapp_cache_off_s": runs["off"]["serverapp"], "serverapp_cache_on_s": runs["on"]["serverapp"],
+            "wall_on_over_off": ratio}, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="fmnist" if FMNIST.exists() else "default")
@@ -114,15 +143,20 @@ def main() -> None:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "overhead")
     parser.add_argument("--json", type=Path, default=None, help="also write the ratios here (for the report)")
+    parser.add_argument("--whole-run", action="store_true",
+                        help="time the preset's whole run as configured, cache off vs on (no plain loops)")
     args = parser.parse_args()
+    if args.whole_run:
+        whole_run(args)
+        return
     common = [*PRESETS[args.preset], "strategy.names=acme", f"strategy.rounds={args.rounds}",
               f"topology.num_devices={args.devices}", f"strategy.local_epochs={args.local_epochs}"]
     before = _flower(args.out / "before", args.devices, [*common, "run.feature_cache_mb=0"])
     after = _flower(args.out / "after", args.devices, common)
 
     cfg, data, deployment, hp = _setup(after["config"])
-    t_recompute = t_once = 0.0
-    examples = 0
+    t_recompute = t_once = t_later = 0.0
+    examples = later_examples = 0
     state_bytes = grid_bytes = 0
     t_state = 0.0
     for pid in range(args.devices):
@@ -134,8 +168,10 @@ def main() -> None:
             metrics, _ = train_header(pkg.backbone, header, device.train, hp, seed=rnd)
             t_recompute += time.perf_counter() - t0
             examples += int(metrics["num_examples"])
-        _, seconds, grids = _once(pkg, device, hp, args.rounds)  # plain loop 2: grids once per device
-        t_once += seconds
+        per_round, seconds, grids = _once(pkg, device, hp, args.rounds)  # plain loop 2: grids once per device
+        t_once += sum(seconds)
+        t_later += sum(seconds[1:])
+        later_examples += sum(per_round[1:])
         # the alternative of keeping the grids in context.state: serialized with every message
         state = P.arrays_from_state({**pkg.backbone.state_dict(), **pkg.header.state_dict()})
         state_bytes += message_bytes(RecordDict({"s": state}))
@@ -161,6 +197,11 @@ def main() -> None:
               f"training share of handler time {r['compute'] / r['time']:.3f}")
     print(f"  handler throughput after / before = {tput['after'] / tput['before']:.3f}   (target after / plain >= 0.9)")
     print(f"  handler after / plain side by side = {tput['after'] / plain_pair:.3f}")
+    later = {"handler": after["later_examples"] / after["later_time"] if after["later_time"] else float("nan"),
+             "plain": later_examples / t_later if t_later else float("nan")}
+    print(f"  rounds 2..{args.rounds} only (grids already computed, unless the device moved to the other worker): "
+          f"handler {later['handler']:.1f} examples/s, plain-once {later['plain']:.1f} examples/s, "
+          f"ratio {later['handler'] / later['plain']:.3f}")
     print(f"  whole flwr run wall time after / before = {after['wall'] / before['wall']:.3f} "
           f"({after['wall']:.1f} s vs {before['wall']:.1f} s); train rounds {after['rounds_wall']:.1f} s vs "
           f"{before['rounds_wall']:.1f} s")
@@ -173,6 +214,8 @@ def main() -> None:
             "after_over_plain_once": tput["after"] / plain_once, "plain_side_by_side": plain_pair,
             "side_by_side_workers": workers, "after_over_plain_side_by_side": tput["after"] / plain_pair,
             "wall_after_over_before": after["wall"] / before["wall"],
+            "handler_after_later_rounds": later["handler"], "plain_once_later_rounds": later["plain"],
+            "later_rounds_ratio": later["handler"] / later["plain"],
             "grid_state_mb_per_message": grid_bytes / args.devices / 1e6}, indent=1) + "\n")
     print(f"  grids in context.state instead: +{grid_bytes / args.devices / 1e6:.2f} MB per device and message "
           f"(the state already holds {state_bytes / args.devices / 1e6:.2f} MB), "

@@ -77,3 +77,17 @@ def test_fmnist_claims_are_computed_from_the_grid(tmp_path: Path) -> None:
     assert "Alone > wo_pruning does not hold" in flipped
     grid = report.render(_fake_grid(tmp_path / "c", accs))["fmnist_grid"]
     assert "| acme | 81.0 ± 1.0 |" in grid and "C2 (2 seeds)" in grid
+
+
+def test_the_grid_costs_note_totals_each_jobs_whole_flwr_run(tmp_path: Path) -> None:
+    """bench_accuracy writes each job's launcher wall time (start-up included) beside its summary: the grid budget's
+    measure, which the ServerApp's own wall time leaves out."""
+    if not (report.RESULTS / "default" / "summary.json").exists():
+        return
+    root = _fake_grid(tmp_path, {"acme": [0.8, 0.8], "fedper": [0.7, 0.7]})
+    assert "start-up included" not in report.render(root)["fmnist_grid_costs"]
+    for seed, wall in ((0, 90.0), (1, 150.0)):
+        (root / "fmnist_grid" / "C2" / f"seed{seed}" / report.LAUNCH_FILE).write_text(
+            json.dumps({"launcher_wall_s": wall}))
+    note = report.render(root)["fmnist_grid_costs"]
+    assert "whole `flwr run` per job, start-up included: 4 min over 2 jobs (90–150 s)" in note
