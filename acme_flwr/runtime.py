@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +24,13 @@ def cache_dir(cfg: AcmeConfig) -> Path:
     path = Path(raw).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def shared_feature_dir(run_id: int) -> Path:
+    """Where the worker processes of one machine share a run's frozen-backbone grids (``FeatureCache.shared_dir``):
+    ``<tmp>/acme-features-<run id>``. The ServerApp removes it when the run ends (in simulation it runs on that
+    machine)."""
+    return Path(tempfile.gettempdir()) / f"acme-features-{int(run_id)}"
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +60,7 @@ from acme_flwr.edge.nas.federated import device_evaluate_arcs, device_train_chil
 from acme_flwr.edge.nas.header_search import calibrate_bn
 from acme_flwr.packages import build_header
 from acme_flwr.protocol import CHILD, NAS_MESSAGE
-from acme_flwr.runtime import fingerprint
+from acme_flwr.runtime import fingerprint, shared_feature_dir
 from acme_flwr.task import DeviceData, TensorSplit
 
 logger = logging.getLogger(__name__)
@@ -378,6 +379,14 @@ def _run_value(context: Context, key: str, default: str) -> str:
     return str(context.run_config.get(key, default))
 
 
+def _shares_worker_files(context: Context) -> bool:
+    """Whether this process is one of several workers of one machine serving the same devices: Flower's Ray
+    simulation backend, where a device's messages go to whichever worker is free. Then the grids also go through
+    files (``FeatureCache.shared_dir``), on CPU; a real device is one process and keeps them in memory only."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized() and _device(context).type == "cpu"
+
+
 def _device(context: Context) -> torch.device:
     return accel.resolve_device(_run_value(context, "run.device", "auto"))  # this node's own accelerator
 
@@ -404,6 +413,7 @@ class _Features:
         if cache is None or not digest or limit_mb <= 0:
             return backbone_grids(self.backbone, split.x)
         cache.max_bytes = limit_mb << 20
+        cache.shared_dir = shared_feature_dir(c.run_id) if _shares_worker_files(c) else None
         key = (c.run_id, digest, name, split_fingerprint(split.x), str(_device(c)),
                _run_value(c, "run.precision", "fp32"))
         return cache.get(key, lambda: backbone_grids(self.backbone, split.x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from acme_flwr.packages import build_packages
 from acme_flwr.partition import format_label_report
 from acme_flwr.plots import plot_run
 from acme_flwr.results import RunRecorder, format_table, lost_device_lines, resume_conflicts
-from acme_flwr.runtime import cache_dir, out_dir
+from acme_flwr.runtime import cache_dir, out_dir, shared_feature_dir
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
@@ -32,7 +33,15 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Validate config → cloud stage (cached) → every strategy in ``strategy.names`` → results contract."""
+    """Validate config → cloud stage (cached) → every strategy in ``strategy.names`` → results contract; then
+    remove the grids the simulation's workers shared on this machine (``shared_feature_dir``)."""
+    try:
+        _run(grid, context)
+    finally:
+        shutil.rmtree(shared_feature_dir(context.run_id), ignore_errors=True)
+
+
+def _run(grid: Grid, context: Context) -> None:
     use_flower_logging()  # our lines go through Flower's handlers, once (no second root handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     torch.set_num_threads(1)  # beside the clients' workers; the cloud's backbone stages take every core themselves

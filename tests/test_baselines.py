@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -269,3 +271,49 @@ def test_feature_cache_is_bounded_and_keyed() -> None:
     off = FeatureCache(max_entries=0)
     off.get("k", lambda: torch.zeros(1))
     assert len(off) == 0
+
+
+def test_feature_cache_shares_grids_between_processes_through_files(tmp_path) -> None:  # noqa: ANN001
+    """Two caches on one shared directory stand for two Ray workers of one machine: what one computed the other
+    reads (bit-identical) without computing; a damaged file is recomputed, and the directory stays in its bound."""
+    shared = tmp_path / "grids"
+    first, second = FeatureCache(shared_dir=shared), FeatureCache(shared_dir=shared)
+    grids = torch.randn(5, 3, 2, 2)
+    first.get(("run", "train"), lambda: grids)
+    assert len(list(shared.glob("*.pt"))) == 1 and not list(shared.glob("*.tmp"))
+
+    def never() -> torch.Tensor:
+        raise AssertionError("the other worker's grids were recomputed")
+
+    got = second.get(("run", "train"), never)
+    assert torch.equal(got, grids) and second.shared_hits == 1 and second.misses == 0
+    assert second.get(("run", "train"), never) is got and second.hits == 1  # then from its own memory
+    (path,) = shared.glob("*.pt")
+    path.write_bytes(b"not a tensor")
+    third = FeatureCache(shared_dir=shared)
+    assert torch.equal(third.get(("run", "train"), lambda: grids + 1), grids + 1) and third.misses == 1
+    small = FeatureCache(max_bytes=grids.numel() * 4 + 1, shared_dir=tmp_path / "small")
+    small.get("a", lambda: grids)
+    small.get("b", lambda: grids)  # would take the directory past max_bytes: kept in memory only
+    assert len(list((tmp_path / "small").glob("*.pt"))) == 1
+
+
+def test_the_shared_feature_files_are_used_under_ray_and_removed_with_the_run(setup, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Inside Flower's Ray workers (``ray.is_initialized()``) the device's grids also go to ``shared_feature_dir``;
+    a device alone (no Ray) writes none; the ServerApp's end of run removes the directory."""
+    import types
+
+    from acme_flwr.runtime import shared_feature_dir
+    from acme_flwr.strategies import server_app
+
+    run_dir = shared_feature_dir(1)  # InProcessGrid's run id
+    shutil.rmtree(run_dir, ignore_errors=True)
+    topo = Topology(4, 2, "round_robin", 2)
+    _run("fedavg_header", setup, tmp_path / "alone", topo, 4, app=_app(FeatureCache())[0], rounds=1)
+    assert not run_dir.exists()
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: True))
+    _, block, _ = _run("fedavg_header", setup, tmp_path / "ray", topo, 4, app=_app(FeatureCache())[0], rounds=1)
+    assert block["failures"]["count"] == 0 and len(list(run_dir.glob("*.pt"))) >= 4  # >= one train split per device
+    monkeypatch.setattr(server_app, "_run", lambda grid, context: None)
+    server_app.main(None, types.SimpleNamespace(run_id=1))
+    assert not run_dir.exists()

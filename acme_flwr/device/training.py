@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -251,14 +253,21 @@ class FeatureCache:
     fingerprint, split, data fingerprint, device and precision, so strategies and devices that share a package share
     its grids, e.g. of the generic test set); entries are evicted least recently used beyond ``max_entries`` or
     ``max_bytes``. ``max_entries=0`` disables caching. The entry bound is generous on purpose: a worker cycles through
-    every device it serves each round, and an LRU smaller than that cycle misses on every access."""
+    every device it serves each round, and an LRU smaller than that cycle misses on every access.
 
-    def __init__(self, max_entries: int = 4096, max_bytes: int = 1 << 30) -> None:
+    ``shared_dir``: a second tier that several processes of one machine share (one file per key, written atomically,
+    at most ``max_bytes`` in all): in Flower's Ray simulation a device's messages go to whichever worker is free, and
+    without it every worker computes each device's grids again (measured: 7 of 20 later-round messages did). CPU
+    tensors only; a file that cannot be read is recomputed, never trusted."""
+
+    def __init__(self, max_entries: int = 4096, max_bytes: int = 1 << 30, shared_dir: Path | None = None) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.shared_dir = shared_dir
         self._items: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
+        self.shared_hits = 0
 
     @property
     def nbytes(self) -> int:
@@ -273,8 +282,13 @@ class FeatureCache:
             self.hits += 1
             self._items.move_to_end(key)
             return self._items[key]
-        self.misses += 1
-        value = compute()
+        value = self._load_shared(key)
+        if value is None:
+            self.misses += 1
+            value = compute()
+            self._store_shared(key, value)
+        else:
+            self.shared_hits += 1
         size = value.element_size() * value.numel()
         if self.max_entries <= 0 or size > self.max_bytes:
             return value
@@ -285,3 +299,36 @@ class FeatureCache:
 
     def clear(self) -> None:
         self._items.clear()
+
+    def _shared_path(self, key: Hashable) -> Path | None:
+        if self.shared_dir is None or self.max_entries <= 0:
+            return None
+        return Path(self.shared_dir) / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}.pt"
+
+    def _load_shared(self, key: Hashable) -> torch.Tensor | None:
+        path = self._shared_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - damaged or foreign file: recompute, never trust it
+            logger.debug("feature cache: ignoring unreadable %s (%s)", path, exc)
+            return None
+        return value if isinstance(value, torch.Tensor) else None
+
+    def _store_shared(self, key: Hashable, value: torch.Tensor) -> None:
+        path = self._shared_path(key)
+        size = value.element_size() * value.numel()
+        if path is None or value.device.type != "cpu" or size > self.max_bytes:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if sum(f.stat().st_size for f in path.parent.glob("*.pt")) + size > self.max_bytes:
+                return
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+            torch.save(value, tmp)
+            os.replace(tmp, path)  # atomic: another process sees the whole file or none
+        except OSError as exc:
+            logger.warning("feature cache: cannot share grids in %s (%s); each worker computes its own",
+                           path.parent, exc)
+            self.shared_dir = None
