@@ -1,15 +1,16 @@
 """Overhead benchmark (issues 5, 11): device training throughput inside the Flower runtime vs a plain PyTorch loop,
 without and with the frozen-feature cache, in one session.
 
-Runs ACME alone through ``flwr run`` twice (Ray, 1 CPU per client): "before" with ``run.feature_cache_mb=0`` (every
-message rebuilds the sub-backbone from ``context.state`` and recomputes its token grids, as the handlers did before
-the cache) and "after" with the cache on. Each device's ``train-time-s`` is measured inside the ``train.acme``
-handler (message in to reply built: state decoding, model rebuild, features, training, reply encoding). Then, in this
-process, it trains the same devices' headers on the same sub-backbones with the same hyper-parameters in two plain
-loops (one thread, as each Ray worker has): grids recomputed every round (what ``train_header`` alone does) and grids
-computed once per device (the header's cost only: the floor), alone and as two loops side by side in two processes
-(the fair floor: two Ray workers share the two cores the same way). Ratios from this one run are printed; target:
-handler throughput >= 0.9 x plain throughput at 1 local epoch. It also measures what keeping the grids in
+Runs ACME alone through ``flwr run`` three times (Ray): "before" with ``run.feature_cache_mb=0`` (every message
+rebuilds the sub-backbone from ``context.state`` and recomputes its token grids, as the handlers did before the cache)
+and "after" with the cache on, both with 1 CPU per client (one worker per core), then "after" again with one worker
+that has the machine to itself, as the plain loop has. Each device's ``train-time-s`` is measured inside the
+``train.acme`` handler (message in to reply built: state decoding, model rebuild, features, training, reply encoding).
+Then, in this process, it trains the same devices' headers on the same sub-backbones with the same hyper-parameters in
+two plain loops (one thread, as each Ray worker has): grids recomputed every round (what ``train_header`` alone does)
+and grids computed once per device (the header's cost only: the floor), alone and as two loops side by side in two
+processes (the fair floor: two Ray workers share the two cores the same way). Ratios from this one run are printed;
+target: handler throughput >= 0.9 x plain throughput at 1 local epoch. It also measures what keeping the grids in
 ``context.state`` instead would cost: their serialized size and encode + decode time per message, against the rest of
 the state.
 
@@ -53,10 +54,10 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 PRESETS = {"fmnist": ["+experiment=fmnist", "cloud.enabled=false", "cloud.header_epochs=1"], "default": []}
 
 
-def _flower(out: Path, devices: int, overrides: list[str]) -> dict[str, Any]:
+def _flower(out: Path, devices: int, overrides: list[str], client_cpus: int = 1) -> dict[str, Any]:
     """One ``flwr run`` of ACME; the handlers' train timings and the run's wall time."""
     started = time.perf_counter()
-    summary = json.loads(launch(out, devices, overrides).read_text())
+    summary = json.loads(launch(out, devices, overrides, client_cpus=client_cpus).read_text())
     wall = time.perf_counter() - started
     rows = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     dev = [r for r in rows if r["tier"] == "device" and r["phase"] == "train"]
@@ -114,6 +115,14 @@ def side_by_side(config: dict[str, Any], devices: int, rounds: int, workers: int
     return sum(e for e, _ in parts) / sum(t for _, t in parts)
 
 
+def _write(args: argparse.Namespace, flags: str, fields: dict[str, Any]) -> None:
+    """With ``--json``: the result file the report reads, with the command that wrote it, the date and the preset."""
+    if args.json:
+        command = f"python -m experiments.bench_overhead --preset {args.preset}{flags} --json {args.json}"
+        args.json.write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d"),
+                                         "preset": args.preset, **fields}, indent=1) + "\n")
+
+
 def whole_run(args: argparse.Namespace) -> None:
     """The preset's whole run as configured (every strategy, its devices and rounds: ``make run`` for ``default``),
     feature cache off then on, one session: the wall-time ratio a user sees."""
@@ -126,13 +135,10 @@ def whole_run(args: argparse.Namespace) -> None:
     print(f"\n[{args.preset}] whole run as configured, one session: feature cache off {runs['off']['wall']:.1f} s "
           f"(ServerApp {runs['off']['serverapp']:.1f} s), on {runs['on']['wall']:.1f} s (ServerApp "
           f"{runs['on']['serverapp']:.1f} s): on / off = {ratio:.3f}")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "command": f"python -m experiments.bench_overhead --preset {args.preset} --whole-run --json {args.json}",
-            "date": time.strftime("%Y-%m-%d"), "preset": args.preset,
-            "wall_cache_off_s": runs["off"]["wall"], "wall_cache_on_s": runs["on"]["wall"],
-            "serverapp_cache_off_s": runs["off"]["serverapp"], "serverapp_cache_on_s": runs["on"]["serverapp"],
-            "wall_on_over_off": ratio}, indent=1) + "\n")
+    _write(args, " --whole-run", {
+        "wall_cache_off_s": runs["off"]["wall"], "wall_cache_on_s": runs["on"]["wall"],
+        "serverapp_cache_off_s": runs["off"]["serverapp"], "serverapp_cache_on_s": runs["on"]["serverapp"],
+        "wall_on_over_off": ratio})
 
 
 def main() -> None:
@@ -153,6 +159,8 @@ def main() -> None:
               f"topology.num_devices={args.devices}", f"strategy.local_epochs={args.local_epochs}"]
     before = _flower(args.out / "before", args.devices, [*common, "run.feature_cache_mb=0"])
     after = _flower(args.out / "after", args.devices, common)
+    # one Ray worker with the machine to itself, as the plain loop below has it: the handler's own cost per message
+    alone = _flower(args.out / "one-worker", args.devices, common, client_cpus=accel.cores())
 
     cfg, data, deployment, hp = _setup(after["config"])
     t_recompute = t_once = t_later = 0.0
@@ -197,26 +205,28 @@ def main() -> None:
               f"training share of handler time {r['compute'] / r['time']:.3f}")
     print(f"  handler throughput after / before = {tput['after'] / tput['before']:.3f}   (target after / plain >= 0.9)")
     print(f"  handler after / plain side by side = {tput['after'] / plain_pair:.3f}")
+    one = alone["examples"] / alone["time"]
+    print(f"  handler after, one Ray worker alone:      {one:10.1f} examples/s   / plain-once (alone too) "
+          f"{one / plain_once:.3f}")
     later = {"handler": after["later_examples"] / after["later_time"] if after["later_time"] else float("nan"),
              "plain": later_examples / t_later if t_later else float("nan")}
-    print(f"  rounds 2..{args.rounds} only (grids already computed, unless the device moved to the other worker): "
+    print(f"  rounds 2..{args.rounds} only (grids already computed by a worker of this machine): "
           f"handler {later['handler']:.1f} examples/s, plain-once {later['plain']:.1f} examples/s, "
           f"ratio {later['handler'] / later['plain']:.3f}")
     print(f"  whole flwr run wall time after / before = {after['wall'] / before['wall']:.3f} "
           f"({after['wall']:.1f} s vs {before['wall']:.1f} s); train rounds {after['rounds_wall']:.1f} s vs "
           f"{before['rounds_wall']:.1f} s")
-    if args.json:
-        args.json.write_text(json.dumps({
-            "command": f"python -m experiments.bench_overhead --preset {args.preset} --json {args.json}",
-            "date": time.strftime("%Y-%m-%d"), "preset": args.preset, "devices": args.devices, "rounds": args.rounds,
-            "local_epochs": args.local_epochs, "plain_every_round": plain_re, "plain_once": plain_once,
-            "handler_before": tput["before"], "handler_after": tput["after"],
-            "after_over_plain_once": tput["after"] / plain_once, "plain_side_by_side": plain_pair,
-            "side_by_side_workers": workers, "after_over_plain_side_by_side": tput["after"] / plain_pair,
-            "wall_after_over_before": after["wall"] / before["wall"],
-            "handler_after_later_rounds": later["handler"], "plain_once_later_rounds": later["plain"],
-            "later_rounds_ratio": later["handler"] / later["plain"],
-            "grid_state_mb_per_message": grid_bytes / args.devices / 1e6}, indent=1) + "\n")
+    _write(args, "", {
+        "devices": args.devices, "rounds": args.rounds,
+        "local_epochs": args.local_epochs, "plain_every_round": plain_re, "plain_once": plain_once,
+        "handler_before": tput["before"], "handler_after": tput["after"],
+        "after_over_plain_once": tput["after"] / plain_once, "plain_side_by_side": plain_pair,
+        "side_by_side_workers": workers, "after_over_plain_side_by_side": tput["after"] / plain_pair,
+        "wall_after_over_before": after["wall"] / before["wall"],
+        "handler_after_later_rounds": later["handler"], "plain_once_later_rounds": later["plain"],
+        "later_rounds_ratio": later["handler"] / later["plain"],
+        "handler_one_worker": one, "one_worker_over_plain_once": one / plain_once,
+        "grid_state_mb_per_message": grid_bytes / args.devices / 1e6})
     print(f"  grids in context.state instead: +{grid_bytes / args.devices / 1e6:.2f} MB per device and message "
           f"(the state already holds {state_bytes / args.devices / 1e6:.2f} MB), "
           f"{t_state / args.devices * 1e3:.1f} ms encode + decode per message")

@@ -232,19 +232,21 @@ def fab_source(app_dir: Path) -> Iterator[Path]:
 
 
 def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str] = (), app_dir: Path = REPO,
-           stream_to: Any = None, flwr_home: Path | None = None, *, cfg: AcmeConfig | None = None) -> Path:
+           stream_to: Any = None, flwr_home: Path | None = None, *, cfg: AcmeConfig | None = None,
+           client_cpus: int = 1) -> Path:
     """Validate, then run one ``flwr run`` and return the path of its ``summary.json`` (raises if none was written).
 
     ``overrides`` are composed on ``app_dir``'s ``conf/`` (or a ready ``cfg`` is used); ConfigError leaves
     ``out`` untouched. ``flwr_home``: the private FLWR_HOME (created if missing, removed afterwards); default a
-    new temp dir. Every process the run starts is stopped when this returns or the calling process ends."""
+    new temp dir. ``client_cpus``: CPUs per simulated device (Ray runs cores / client_cpus workers at once).
+    Every process the run starts is stopped when this returns or the calling process ends."""
     out, cfg, run_config, written = accept_run(out, num_supernodes, overrides, cfg, app_dir)
     run = _Launch(flwr_home)
     try:
         run.start_superlink()
         with fab_source(app_dir) as fab:
             cmd = [_tool("flwr"), "run", str(fab), "--stream", "--run-config", str(run_config),
-                   "--federation-config", federation_config(cfg)]
+                   "--federation-config", federation_config(cfg, client_cpus=client_cpus)]
             if stream_to == PROGRESS:  # the full log goes to run.log, the terminal gets progress and warnings
                 proc = run.spawn(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 with (out / "run.log").open("w") as full:
@@ -320,10 +322,11 @@ def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
         term.flush()
 
 
-def federation_config(cfg: AcmeConfig, cuda_available: bool | None = None) -> str:
-    """Simulation resources: 1 CPU per simulated device, plus ``run.client_gpus`` of a GPU each when the run uses
-    CUDA (several devices share one GPU); on a CPU-only machine, or with ``run.device=cpu``, no GPU is asked for."""
-    out = f"num-supernodes={cfg.topology.num_devices} client-resources-num-cpus=1"
+def federation_config(cfg: AcmeConfig, cuda_available: bool | None = None, client_cpus: int = 1) -> str:
+    """Simulation resources: ``client_cpus`` CPUs per simulated device (1: one Ray worker per core), plus
+    ``run.client_gpus`` of a GPU each when the run uses CUDA (several devices share one GPU); on a CPU-only machine,
+    or with ``run.device=cpu``, no GPU is asked for."""
+    out = f"num-supernodes={cfg.topology.num_devices} client-resources-num-cpus={client_cpus}"
     if cfg.run.device == "cpu":
         return out
     if cuda_available is None:

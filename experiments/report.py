@@ -297,6 +297,9 @@ def overhead_fmnist(root: Path) -> Table | str:
         rows.insert(2, [f"plain loop, grids once, {r['side_by_side_workers']} loops side by side (the fair floor)",
                         f"{r['plain_side_by_side']:.0f}", f"{r['plain_side_by_side'] / r['plain_once']:.3f}"])
         rows[-1][-1] += f" ({r['after_over_plain_side_by_side']:.3f} / side by side)"
+    if "handler_one_worker" in r:  # one Ray worker with the machine to itself, as the plain loop has it
+        rows.append(["train.acme handler, feature cache on, one Ray worker alone (as the plain loop runs)",
+                     f"{r['handler_one_worker']:.0f}", f"{r['one_worker_over_plain_once']:.3f}"])
     if "later_rounds_ratio" in r:  # rounds 2..R: the grids exist, on the worker that computed them
         rows.append([f"rounds 2–{r['rounds']} only: plain loop (grids once) → train.acme handler, feature cache on",
                      f"{r['plain_once_later_rounds']:.0f} → {r['handler_after_later_rounds']:.0f}",
