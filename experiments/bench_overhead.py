@@ -9,7 +9,7 @@ that has the machine to itself, as the plain loop has. Each device's ``train-tim
 Then, in this process, it trains the same devices' headers on the same sub-backbones with the same hyper-parameters in
 two plain loops (one thread, as each Ray worker has): grids recomputed every round (what ``train_header`` alone does)
 and grids computed once per device (the header's cost only: the floor), alone and as two loops side by side in two
-processes (the fair floor: two Ray workers share the two cores the same way). Ratios from this one run are printed;
+processes (as two Ray workers share the two cores). Ratios from this one run are printed;
 target: handler throughput >= 0.9 x plain throughput at 1 local epoch. It also measures what keeping the grids in
 ``context.state`` instead would cost: their serialized size and encode + decode time per message, against the rest of
 the state.
@@ -198,7 +198,7 @@ def main() -> None:
     print(f"  plain loop, grids every round (train_header): {plain_re:10.1f} examples/s")
     print(f"  plain loop, grids once per device:            {plain_once:10.1f} examples/s")
     print(f"  plain loop, grids once, {workers} loops side by side: {plain_pair:10.1f} examples/s   "
-          "(the fair floor: the handlers run on that many workers at once)")
+          "(as the handlers' workers share the machine)")
     for k, r in (("before", before), ("after", after)):
         print(f"  handler {k:6s} (feature cache {'off' if k == 'before' else 'on '}):  {tput[k]:10.1f} examples/s   "
               f"ratio / plain-every-round {tput[k] / plain_re:.3f}   / plain-once {tput[k] / plain_once:.3f}   "
