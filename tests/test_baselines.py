@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import shutil
 import sys
 
@@ -273,7 +274,7 @@ def test_feature_cache_is_bounded_and_keyed() -> None:
     assert len(off) == 0
 
 
-def test_feature_cache_shares_grids_between_processes_through_files(tmp_path) -> None:  # noqa: ANN001
+def test_feature_cache_shares_grids_between_processes_through_files(tmp_path, caplog) -> None:  # noqa: ANN001
     """Two caches on one shared directory stand for two Ray workers of one machine: what one computed the other
     reads (bit-identical) without computing; a damaged file is recomputed, and the directory stays in its bound."""
     shared = tmp_path / "grids"
@@ -296,6 +297,15 @@ def test_feature_cache_shares_grids_between_processes_through_files(tmp_path) ->
     small.get("a", lambda: grids)
     small.get("b", lambda: grids)  # would take the directory past max_bytes: kept in memory only
     assert len(list((tmp_path / "small").glob("*.pt"))) == 1
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    lone = FeatureCache(shared_dir=blocked / "grids")  # cannot be created: warned once, then memory only
+    with caplog.at_level(logging.WARNING, logger="acme_flwr.device.training"):
+        for key in ("a", "b"):
+            lone.shared_dir = blocked / "grids"  # the handlers set it on every message
+            assert torch.equal(lone.get(key, lambda: grids), grids)
+    # one record, however many handlers saw it (an earlier test's Flower logging set-up adds one)
+    assert len({id(r) for r in caplog.records if "cannot share grids" in r.message}) == 1
 
 
 def test_the_shared_feature_files_are_used_under_ray_and_removed_with_the_run(setup, tmp_path, monkeypatch) -> None:  # noqa: ANN001

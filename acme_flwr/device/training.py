@@ -264,6 +264,7 @@ class FeatureCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.shared_dir = shared_dir
+        self._unwritable: Path | None = None  # a shared_dir that failed once: not retried (callers reassign it)
         self._items: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -301,7 +302,7 @@ class FeatureCache:
         self._items.clear()
 
     def _shared_path(self, key: Hashable) -> Path | None:
-        if self.shared_dir is None or self.max_entries <= 0:
+        if self.shared_dir is None or self.max_entries <= 0 or Path(self.shared_dir) == self._unwritable:
             return None
         return Path(self.shared_dir) / f"{hashlib.sha256(repr(key).encode()).hexdigest()[:32]}.pt"
 
@@ -331,4 +332,4 @@ class FeatureCache:
         except OSError as exc:
             logger.warning("feature cache: cannot share grids in %s (%s); each worker computes its own",
                            path.parent, exc)
-            self.shared_dir = None
+            self._unwritable = path.parent
