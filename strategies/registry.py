@@ -32,12 +32,14 @@ def _common(cfg: AcmeConfig, recorder: RunRecorder, name: str) -> dict[str, Any]
                              "accumulation": s.importance_accumulation}}
 
 
-def _acme_variant(name: str, variant: str | None = None, distance: str | None = None) -> Factory:
-    """ACME with ``variant``/``distance`` fixed (``None``: ``strategy.variant`` / ``strategy.distance``)."""
+def _acme_variant(name: str, variant: str | None = None, distance: str | None = None,
+                  temperature: float | None = None) -> Factory:
+    """ACME with ``variant``/``distance``/``temperature`` fixed (``None``: the ``strategy.*`` config value)."""
     def factory(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
         s = cfg.strategy
         return AcmeStrategy(topology=topology, deployment=deployment, variant=variant or s.variant,
-                            distance=distance or s.distance, temperature=s.temperature,
+                            distance=distance or s.distance,
+                            temperature=s.temperature if temperature is None else temperature,
                             prune_per_iteration=s.prune_per_iteration, prune_max_fraction=s.prune_max_fraction,
                             feature_samples=s.feature_samples, **_common(cfg, recorder, name))
 
@@ -50,6 +52,11 @@ for _variant, _distance in (("wo_pruning", None), ("pruning_alone", None), ("pru
                             ("pruning_per", "emd"), ("pruning_per", "js")):
     _vname = f"acme_{_variant}" + (f"_{_distance}" if _distance else "")
     STRATEGIES.register(_vname)(_acme_variant(_vname, _variant, _distance))
+# similarity-weighted ACME at fixed softmax temperatures (T = 1 is the original's nearly uniform weights): the report
+# derives "acme_valT", the temperature with the best mean validation accuracy per job, from these runs
+for _temperature in ("1", "0.1", "0.01"):
+    STRATEGIES.register(f"acme_t{_temperature}")(
+        _acme_variant(f"acme_t{_temperature}", "pruning_per", None, float(_temperature)))
 
 
 def _header_baseline(name: str, share: str) -> Factory:
