@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from acme_flwr import accel, stats
+from acme_flwr.plots import regime_map
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
@@ -767,6 +768,35 @@ def _regime_walls(path: Path) -> str:
             f"({min(walls):.0f}–{max(walls):.0f} s).")
 
 
+def regime_points(path: Path, reference: str = "local") -> list[dict[str, Any]]:
+    """The regime map's points: per setting and method, the paired gain over ``reference`` with its interval, placed
+    at the setting's mean images per device (train + val) in the panel of its heterogeneity kind (and its scope, when
+    the grid has more than one). Axes come from each job's ``setting.json``; without one the setting is its own
+    panel."""
+    grid = paired_grid(path)
+    if grid is None:
+        return []
+    axes: dict[str, dict[str, str]] = {}
+    images: dict[str, list[float]] = {}
+    for summary in sorted(path.rglob("summary.json")):
+        setting = _setting_order(path, summary)[1]
+        meta = summary.with_name(SETTING_FILE)
+        axes[setting] = json.loads(meta.read_text()).get("axes", {}) if meta.exists() else {}
+        splits = json.loads(summary.read_text()).get("data", {}).get("device_splits", [])
+        images.setdefault(setting, []).extend(d["train"] + d["val"] for d in splits)
+    scopes = {a.get("scope") for a in axes.values()}
+    points = []
+    for s in grid.settings:
+        if not images.get(s):
+            continue
+        panel = axes[s].get("kind", s) + (f" ({axes[s]['scope']})" if len(scopes) > 1 and "scope" in axes[s] else "")
+        for name in grid.names:
+            if name != reference and (p := compare(grid, s, name, reference)) is not None:
+                points.append({"panel": panel, "images": float(np.mean(images[s])), "method": name,
+                               "mean": p.mean, "low": p.low, "high": p.high, "setting": s})
+    return points
+
+
 @table("regime_grid_vs_local")
 def regime_grid_vs_local(root: Path) -> Table | str:
     """Regime grid: each method's paired difference to local, with its bootstrap interval."""
@@ -992,6 +1022,7 @@ def write_outputs(root: Path, tables: dict[str, Any]) -> None:
             writer.writerows(rows)
     _plot_accuracy(root, out)
     _plot_fmnist(root, out)
+    regime_map(regime_points(root / "regime_grid"), out)
 
 
 def main(argv: list[str] | None = None) -> int:
