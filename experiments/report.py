@@ -694,11 +694,43 @@ def paired_reading(grid: PairedGrid | None, missing: str) -> str:
             line += f" ACME − the best baseline ({ref}): {vs.format()}, {WORDS[vs.verdict]}."
         if grid.selected.get(s):
             temps = ", ".join(f"{t:g}" for t in grid.selected[s])
-            line += f" {VAL_T} chose the temperature {temps} (per seed, on validation)."
+            line += f" {VAL_T} chose the temperature {temps} (per seed, on validation)"
+            vt = compare(grid, s, VAL_T, "acme")
+            line += f"; {VAL_T} − acme (T = 1): {vt.format()}, {WORDS[vt.verdict]}." if vt else "."
+        ablation = _ablation_steps(grid, s)
+        if ablation:
+            line += " Ablation, paired: " + "; ".join(ablation) + "."
         out.append(line)
     if acme_vs_local:
         out.append(_acme_record(acme_vs_local, acme_vs_best))
     return "\n".join(out) + "\n\n" + _paired_note(grid)
+
+
+# the paper's ablation order EMD ≥ JS ≥ Avg ≈ Alone > wo_pruning, as paired steps (name, next name, the claim)
+ABLATION_STEPS = (("acme", "acme_pruning_per_js", "EMD ≥ JS"), ("acme_pruning_per_js", "acme_pruning_avg", "JS ≥ Avg"),
+                  ("acme_pruning_avg", "acme_pruning_alone", "Avg ≈ Alone"),
+                  ("acme_pruning_alone", "acme_wo_pruning", "Alone > wo_pruning"))
+
+
+def _ablation_steps(grid: PairedGrid, setting: str) -> list[str]:
+    """Each step of the paper's ablation order as a paired difference with its interval, and what it says: a "≥"
+    claim is contradicted only by an interval below 0, a ">" claim holds only with an interval above 0, and "≈" is
+    contradicted by an interval that excludes 0."""
+    steps = []
+    for a, b, claim in ABLATION_STEPS:
+        p = compare(grid, setting, a, b)
+        if p is None:
+            continue
+        if "≈" in claim:
+            said = "contradicted" if p.verdict != stats.CANNOT_TELL else "consistent (the interval contains 0)"
+        elif "≥" in claim:
+            said = "contradicted" if p.verdict == stats.WORSE else (
+                "holds" if p.verdict == stats.BETTER else "consistent (the interval contains 0)")
+        else:
+            said = "holds" if p.verdict == stats.BETTER else (
+                "contradicted" if p.verdict == stats.WORSE else "not shown (the interval contains 0)")
+        steps.append(f"{claim}: {p.format()}, {said}")
+    return steps
 
 
 def _acme_record(vs_local: dict[str, stats.Paired], vs_best: dict[str, tuple[str, stats.Paired]]) -> str:

@@ -168,3 +168,16 @@ def test_acme_valT_picks_the_temperature_by_validation_never_test(tmp_path: Path
     grid = report.paired_grid(_paired_root(tmp_path, {("s", 0): blocks}))
     assert grid is not None and report.VAL_T in grid.names and grid.selected == {"s": [0.1]}
     assert "acme_valT chose the temperature 0.1" in report.paired_reading(grid, "missing")
+
+
+def test_the_reading_checks_the_ablation_order_step_by_step_with_intervals(tmp_path: Path) -> None:
+    base = [0.5, 0.6, 0.7]
+    blocks = {"acme": _block([a + 0.1 for a in base]), "acme_pruning_per_js": _block(base),
+              "acme_pruning_avg": _block([a + 0.05 for a in base]), "acme_pruning_alone": _block(base),
+              "acme_wo_pruning": _block(base), "local": _block(base)}
+    grid = report.paired_grid(_paired_root(tmp_path, {("C2", 0): blocks}))
+    reading = report.paired_reading(grid, "missing")
+    assert "EMD ≥ JS: +10.00 [+10.00, +10.00], holds" in reading
+    assert "JS ≥ Avg: −5.00 [−5.00, −5.00], contradicted" in reading
+    assert "Avg ≈ Alone: +5.00 [+5.00, +5.00], contradicted" in reading
+    assert "Alone > wo_pruning: 0.00 [0.00, 0.00], not shown (the interval contains 0)" in reading
