@@ -39,7 +39,7 @@ import yaml
 from acme_flwr import accel
 from acme_flwr.config import ConfigError
 
-from .report import KEEP, LAUNCH_FILE, RESULTS, SETTING_FILE, _git
+from .report import JOB_BUDGET_S, KEEP, LAUNCH_FILE, RESULTS, SETTING_FILE, _git
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = REPO / "experiments" / "regimes" / "default.yaml"
@@ -202,7 +202,11 @@ def run_grid(plan: Plan, jobs: list[Job], results: Path, work: Path, command: st
             took = time.monotonic() - started
             record(results, out, job, took, command)
             ran.append(job)
-            logger.info("  done in %.0f s", took)
+            cloud = json.loads((out / "summary.json").read_text()).get("cloud", {}).get("wall_time_s") or 0.0
+            logger.info("  done in %.0f s (%.0f s after the cloud side)", took, took - cloud)
+            if took - cloud > JOB_BUDGET_S:
+                logger.warning("  %s seed %d took %.0f s after the cloud side, over the %d s budget per job",
+                               job.setting.name, job.seed, took - cloud, JOB_BUDGET_S)
     finally:
         shutil.rmtree(app, ignore_errors=True)
     return ran, failed

@@ -144,3 +144,10 @@ def test_the_regime_map_renders_from_a_small_result_directory(tmp_path: Path) ->
     assert regime_map([], tmp_path / "none") is None
     grid = report.paired_grid(root)
     assert grid is not None and grid.settings == ["dir0.1-n25", "dir0.1-n100", "pat2-n25", "pat2-n100"]  # file order
+    for i, job in enumerate(sorted(root.rglob("summary.json"))):
+        job.with_name(report.LAUNCH_FILE).write_text(json.dumps({"launcher_wall_s": 100.0 + 100 * i}))
+    tables = report.render(tmp_path)
+    assert "| fedrep | 70.0 ± 0.0 | 60.0 ± 0.0 | 70.0 ± 0.0 | 60.0 ± 0.0 |" in tables["regime_grid"]
+    assert "60 min over 8 jobs (100–800 s); after the cloud side 100–800 s per job, 2 over the 10-minute budget" in (
+        tables["regime_grid"])
+    assert "**+10.00 [+10.00, +10.00]**" in tables["regime_grid_vs_local"]
