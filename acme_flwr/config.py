@@ -322,9 +322,9 @@ class NasSection:
                "(`query.acme_nas`), bytes counted."})
     scope: str = field(default="per_backbone", metadata={
         **_choices("per_backbone", "shared"),
-        "doc": "`per_backbone`: one search per distinct sub-backbone (header size by the rule of docs/algorithm.md "
-               "§3.6); `shared`: one search on the smallest, the arc fine-tuned on every other one (one header "
-               "architecture, so ACME can mix importance across device classes)."})
+        "doc": "`per_backbone`: one search per distinct sub-backbone (header size by the rule of "
+               "docs/algorithm.md §3.6); `shared`: one search on the smallest, the arc fine-tuned on every other one "
+               "(one header architecture, so ACME can mix importance across device classes)."})
     epochs: int = field(default=20, metadata={**_range(1, None), "doc": "Search epochs."})
     controller_steps: int = field(default=30, metadata={**_range(0, None),
                                                         "doc": "REINFORCE steps of the controller per epoch."})

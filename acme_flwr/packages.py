@@ -3,7 +3,7 @@
 :func:`build_packages` runs the cloud stage (elastic backbone, cached on disk), picks each device class's
 sub-backbone with PFG under that class's size constraint (snapped to a trained grid point), physically extracts it,
 and warms a header on the cloud's own training data for each distinct sub-backbone (the original trains its header
-centrally too, spec §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
+centrally too, ACME §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
 edge NAS on the cloud's proxy data (:func:`acme_flwr.edge.nas.header_search.search_header`: train split for the
 child, val split for rewards and arc selection), exported with gates and fine-tuned; its arc goes into
 ``picks[class]["header_arc"]``. With ``nas.reward=federated`` the packages keep their warm headers and
@@ -282,8 +282,8 @@ def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorS
 
     Only for ``nas.reward=edge-proxy``; with ``nas.reward=federated`` the strategy searches with its devices at setup
     time (``strategies/nas_search.py``, from :attr:`CloudPackages.nas_federated`) and this is not called.
-    ``nas.scope=per_backbone``: one search per distinct sub-backbone, header size by the §3.6 rule for it.
-    ``nas.scope=shared``: one search on the smallest sub-backbone (where the header matters most, §3.6), whose arc
+    ``nas.scope=per_backbone``: one search per distinct sub-backbone, header size by the ACME §3.6 rule for it.
+    ``nas.scope=shared``: one search on the smallest sub-backbone (where the header matters most, ACME §3.6), whose arc
     and weights are then fine-tuned on every other sub-backbone, so all classes share one header architecture (same
     gates: importance mixing and header averaging across classes stay meaningful).
     """

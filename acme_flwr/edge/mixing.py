@@ -1,4 +1,4 @@
-"""Edge-side importance mixing (spec §4.5): per device ``Ĩ_k = Σ_j W_kj Î_j`` with W from an aggregation variant.
+"""Edge-side importance mixing (ACME §4.5): per device ``Ĩ_k = Σ_j W_kj Î_j`` with W from an aggregation variant.
 
 Variants are registered by name (``wo_pruning``, ``pruning_alone``, ``pruning_avg``, ``pruning_per``); each builds the
 mixing rows of one group of devices. Received importance vectors are validated here before they touch edge state.
@@ -83,7 +83,7 @@ _MISSING_POLICIES: dict[str, Callable[[int, dict[int, float], Mapping[int, np.nd
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Aggregation variants (spec §4.5)
+# Aggregation variants (ACME §4.5)
 # --------------------------------------------------------------------------------------------------------------------
 
 WeightBuilder = Callable[..., dict[int, dict[int, float]] | None]
