@@ -247,12 +247,10 @@ class StrategySection:
     """Which strategies run (ACME and baselines, in one run) and their personalization hyper-parameters."""
 
     names: str = field(default="acme,fedavg_header,local", metadata={
-        "doc": "Strategies run one after another on the same devices (comma-separated); the first is the primary "
-               "one in `summary.json`. Names of the strategy registry (`strategies/registry.py`): `acme`, "
-               "`fedavg_header`, `fedper`, `fedrep`, `fedbabu`, `ditto`, `local`, and ACME's ablation with its variant "
-               "fixed (`acme_wo_pruning`, `acme_pruning_alone`, `acme_pruning_avg`, `acme_pruning_per_emd`, "
-               "`acme_pruning_per_js`); plain `acme` follows `strategy.variant` and `strategy.distance`. Checked "
-               "where the strategies are built."})
+        "doc": "Strategies run one after another on the same devices: comma-separated names of the strategy registry "
+               "(`strategies/registry.py`; ACME, its ablation with the variant fixed, and the baselines of "
+               "docs/algorithm.md §4.5 and §5). The first is the primary one in `summary.json`; plain `acme` follows "
+               "`strategy.variant` and `strategy.distance`. Checked where the strategies are built."})
     variant: str = field(default="pruning_per", metadata={
         **_registry("aggregation variant"),
         "doc": "ACME's importance aggregation: no pruning, each device alone, the data-size average, or the "
