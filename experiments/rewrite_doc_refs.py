@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 ALGORITHM = "docs/algorithm.md"
 SHORT = "ACME"  # how the code names docs/algorithm.md in a reference ("ACME §4.5"): short enough to keep lines < 120
 LAYOUT = "docs/layout.md"
+MAX_LINE = 120  # ruff's line length in this project
 SKIP_DIRS = {".venv", ".git", "outputs", "multirun", "build", "dist", "__pycache__"}
 SELF = Path(__file__).resolve()
 
@@ -170,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rewrite_doc_refs: {exc}; add it to SECTIONS/ITEMS in {SELF.relative_to(REPO)}", file=sys.stderr)
         return 2
     for f, new in changes.items():
+        old_lines = f.read_text().split("\n")
         if not args.check:
             f.write_text(new)
         print(f"{'would rewrite' if args.check else 'rewrote'} {f.relative_to(REPO)}")
+        for i, line in enumerate(new.split("\n"), 1):
+            if len(line) > MAX_LINE and line != old_lines[i - 1]:
+                print(f"  {f.relative_to(REPO)}:{i}: {len(line)} characters (> {MAX_LINE}): rewrap it by hand",
+                      file=sys.stderr)
     return 1 if args.check and changes else 0
 
 
