@@ -75,3 +75,28 @@ def test_the_package_docstring_names_every_public_export() -> None:
     doc = ast.get_docstring(ast.parse((ROOT / "acme_flwr" / "__init__.py").read_text())) or ""
     missing = [name for name in acme_flwr.__all__ if f"``{name}``" not in doc]
     assert missing == []
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("(spec §2.8, §6.8)", "(ACME §2.8, §6.2)"),
+    ("(ACME spec §3.3)", "(ACME §3.3)"),
+    ("stages (spec §2.1, §2.3-§2.6, §7 items 7-10)", "stages (ACME §2.1, §2.3–2.6, §7.2–7.3)"),
+    ("kept (spec §7 item 25):", "kept (ACME §7.12):"),
+    ("dropout (§7.16); the arc on validation (§7.18).", "dropout (ACME §7.6); the arc on validation (§7.8)."),
+    ("final LN (anchors §5.6; 85.80 M)", "final LN (ACME §2.2; 85.80 M)"),
+    ("rules (DESIGN §3), read", "rules (docs/layout.md), read"),
+    ("values; reference/pfl-baselines.md", "values; ACME §5"),
+    ("the spec's published pick", "the original's published pick"),
+])
+def test_the_reference_rewrite_maps_old_references_once(old: str, new: str) -> None:
+    from experiments.rewrite_doc_refs import rewrite_line
+
+    assert rewrite_line(old) == new
+    assert rewrite_line(new) == new  # idempotent: the lead may run it on everything again
+
+
+def test_the_reference_rewrite_refuses_what_it_cannot_map() -> None:
+    from experiments.rewrite_doc_refs import Unmapped, rewrite_text
+
+    with pytest.raises(Unmapped, match=r"x.py:2: no section in docs/ for spec §5.1"):
+        rewrite_text("ok\nsee spec §5.1\n", "x.py")
