@@ -3,7 +3,7 @@
 :func:`build_packages` runs the cloud stage (elastic backbone, cached on disk), picks each device class's
 sub-backbone with PFG under that class's size constraint (snapped to a trained grid point), physically extracts it,
 and warms a header on the cloud's own training data for each distinct sub-backbone (the original trains its header
-centrally too, spec §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
+centrally too, ACME §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
 edge NAS on the cloud's proxy data (:func:`acme_flwr.edge.nas.header_search.search_header`: train split for the
 child, val split for rewards and arc selection), exported with gates and fine-tuned; its arc goes into
 ``picks[class]["header_arc"]``. With ``nas.reward=federated`` the packages keep their warm headers and
@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from acme_flwr.device.training import (
 )
 from acme_flwr.edge.nas.header_search import EdgeSearch, adapt_header, edge_search_config, search_header
 from acme_flwr.edge.nas.search import SearchConfig
+from acme_flwr.registry import Registry
 from acme_flwr.runtime import fingerprint
 from acme_flwr.task import FederatedData, TensorSplit
 
@@ -195,31 +197,63 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
     return CloudPackages(packages, full_params, table, picks, stage_log, nas_federated)
 
 
-_COST_MODELS: dict[str, Any] = {
-    "original": lambda arch: OriginalCostModel(),
-    "params": lambda arch: ParamCountCostModel(arch=arch),
-    "macs": lambda arch: MacsCostModel(arch=arch),
-}
+# ``cloud.cost_model`` is ``name`` or ``name:argument``; a factory builds the model for this backbone's geometry
+CostModelFactory = Callable[[ViTArch, str], CostModel]
+COST_MODELS: Registry[CostModelFactory] = Registry("cost model")
+register_cost_model = COST_MODELS.register  # ``fn(arch, argument) -> CostModel`` under a name
+list_cost_models = COST_MODELS.names  # names accepted by ``cloud.cost_model``
+
+
+def _no_argument(name: str, argument: str) -> None:
+    if argument:
+        raise ValueError(f"cost model {name!r} takes no argument; write just {name!r}")
+
+
+@register_cost_model("original")
+def _original_cost_model(arch: ViTArch, argument: str) -> CostModel:
+    """The original's constants (reproduces the published PFG picks)."""
+    _no_argument("original", argument)
+    return OriginalCostModel()
+
+
+@register_cost_model("params")
+def _params_cost_model(arch: ViTArch, argument: str) -> CostModel:
+    """This backbone's analytic parameter count."""
+    _no_argument("params", argument)
+    return ParamCountCostModel(arch=arch)
+
+
+@register_cost_model("macs")
+def _macs_cost_model(arch: ViTArch, argument: str) -> CostModel:
+    """This backbone's analytic MACs."""
+    _no_argument("macs", argument)
+    return MacsCostModel(arch=arch)
+
+
+@register_cost_model("measured")
+def _measured_cost_model(arch: ViTArch, argument: str) -> CostModel:
+    """``measured:<path>``: a JSON latency table measured on the device; its size axis is the parameter count."""
+    if not argument:
+        raise ValueError("give the latency table's file: measured:<path to a JSON latency table>")
+    return MeasuredLatencyCostModel.from_json(argument, size_model=ParamCountCostModel(arch=arch))
 
 
 def cost_model(cfg: AcmeConfig, model: ElasticViT) -> CostModel:
     """``cloud.cost_model`` for this backbone's geometry (the analytic models count its real parameters/MACs).
 
     ``measured:<path>`` reads a JSON latency table (:meth:`MeasuredLatencyCostModel.from_json`; a relative path is
-    relative to the current directory) whose size axis is this backbone's parameter count; a missing or bad file
-    raises :class:`ConfigError` naming the key.
+    relative to the current directory) whose size axis is this backbone's parameter count; an unknown name, a missing
+    or bad file raises :class:`ConfigError` naming the key.
     """
     c = model.config
     arch = ViTArch(hidden=c.hidden_size, num_heads=max(c.heads), ffn=max(c.ffn), num_layers=c.num_layers,
                    image_size=c.image_size, patch_size=c.patch_size, in_chans=c.num_channels)
-    name = cfg.cloud.cost_model
-    if name.startswith("measured:"):
-        try:
-            return MeasuredLatencyCostModel.from_json(name[len("measured:"):].strip(),
-                                                      size_model=ParamCountCostModel(arch=arch))
-        except ValueError as exc:
-            raise ConfigError(f"cloud.cost_model={name!r}: {exc}") from exc
-    return _COST_MODELS[name](arch)
+    value = cfg.cloud.cost_model
+    name, _, argument = value.partition(":")
+    try:
+        return COST_MODELS.get(name)(arch, argument.strip())
+    except ValueError as exc:  # RegistryError too
+        raise ConfigError(f"cloud.cost_model={value!r}: {exc}") from exc
 
 
 def check_grid(model: ElasticViT, cfg: AcmeConfig) -> None:
@@ -248,8 +282,8 @@ def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorS
 
     Only for ``nas.reward=edge-proxy``; with ``nas.reward=federated`` the strategy searches with its devices at setup
     time (``strategies/nas_search.py``, from :attr:`CloudPackages.nas_federated`) and this is not called.
-    ``nas.scope=per_backbone``: one search per distinct sub-backbone, header size by the §3.6 rule for it.
-    ``nas.scope=shared``: one search on the smallest sub-backbone (where the header matters most, §3.6), whose arc
+    ``nas.scope=per_backbone``: one search per distinct sub-backbone, header size by the ACME §3.6 rule for it.
+    ``nas.scope=shared``: one search on the smallest sub-backbone (where the header matters most, ACME §3.6), whose arc
     and weights are then fine-tuned on every other sub-backbone, so all classes share one header architecture (same
     gates: importance mixing and header averaging across classes stay meaningful).
     """

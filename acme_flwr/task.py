@@ -84,7 +84,7 @@ class FederatedData:
         official_tests = self.test_source == "official"
         self.splits: list[ClientSplit] = split_clients(self.partitions, p.val_fraction,
                                                        0.0 if official_tests else p.test_fraction, cfg.run.seed)
-        if official_tests:  # the original's way (spec §4.2): per device, test images of its classes
+        if official_tests:  # the original's way (ACME §4.2): per device, test images of its classes
             self.splits = [
                 ClientSplit(s.train, s.val, draw_following(
                     np.bincount(labels[s.train], minlength=self.num_classes), test_pool, labels[test_pool],

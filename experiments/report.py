@@ -1,4 +1,4 @@
-"""The results report: every results table the README publishes, generated from the files under experiments/results/.
+"""The results report: every published results table, generated from the files under experiments/results/.
 
 Two steps, both commands:
 
@@ -8,8 +8,9 @@ Two steps, both commands:
    package versions, machine).
 2. ``python -m experiments.report`` renders each table from those files, writes it as CSV under
    ``experiments/results/tables/`` and as Markdown between ``<!-- report:<table> -->`` / ``<!-- /report:<table> -->``
-   markers in README.md, and draws the plots beside the CSVs. ``--check`` writes nothing and exits 1 if the README's
-   tables differ from what the report makes (``tests/test_report.py`` runs it).
+   markers in docs/results.md (every table) and README.md (the few it shows), and draws the plots beside the CSVs.
+   ``--check`` writes nothing and exits 1 if a document's tables differ from what the report makes
+   (``tests/test_report.py`` keeps them equal).
 
 A table whose inputs are missing is rendered as a one-line note saying which command produces them, never as numbers.
 """
@@ -37,7 +38,9 @@ from acme_flwr.plots import regime_map
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
-README = REPO / "README.md"
+RESULTS_DOC = REPO / "docs" / "results.md"  # every table
+README = REPO / "README.md"  # the front door embeds a few (e.g. the message sizes of one round)
+DOCUMENTS = (RESULTS_DOC, README)  # every report marker in these is refreshed by the report
 LAUNCH_FILE = "launch.json"  # a sweep job's whole `flwr run` wall time, start-up included (bench_accuracy)
 SETTING_FILE = "setting.json"  # a regime-grid job's setting: its axes, overrides and position in the grid
 KEEP = ("summary.json", "summary.csv", LAUNCH_FILE, SETTING_FILE)
@@ -48,7 +51,7 @@ TABLES: dict[str, Callable[[Path], Table | str]] = {}
 
 
 def table(name: str) -> Callable[[Callable[[Path], Table | str]], Callable[[Path], Table | str]]:
-    """Register a table renderer (its README marker is ``report:<name>``)."""
+    """Register a table renderer (its document marker is ``report:<name>``)."""
     def deco(fn: Callable[[Path], Table | str]) -> Callable[[Path], Table | str]:
         TABLES[name] = fn
         return fn
@@ -454,7 +457,7 @@ FMNIST_GRID_COMMAND = "python -m experiments.bench_accuracy --grid fmnist"
 ABLATION = {"acme": "EMD (acme)", "acme_pruning_per_js": "JS", "acme_pruning_avg": "Avg",
             "acme_pruning_alone": "Alone", "acme_wo_pruning": "wo_pruning"}
 PAPER_ABLATION = {"C2": (75.4, 74.6, 74.4, 74.8, 70.2), "C3": (72.2, 72.0, 71.8, 71.6, 69.6),
-                  "C4": (72.8, 72.2, 71.6, 72.2, 69.6)}  # EMD, JS, Avg, Alone, original (acme-spec §6.9)
+                  "C4": (72.8, 72.2, 71.6, 72.2, 69.6)}  # EMD, JS, Avg, Alone, original (ACME §6.3)
 
 
 def _fmnist_grid(root: Path) -> tuple[Path, dict[tuple[str, str], list[dict[str, Any]]], list[str], list[str]] | None:
@@ -1042,13 +1045,17 @@ def render(root: Path = RESULTS) -> dict[str, str]:
 _MARKER = re.compile(r"<!-- report:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /report:(?P=name) -->", re.S)
 
 
-def update_readme(text: str, tables: dict[str, str]) -> str:
+def update_document(text: str, tables: dict[str, str]) -> str:
+    """``text`` with the body of every ``report:<table>`` marker replaced by that table."""
     def sub(m: re.Match[str]) -> str:
         name = m.group("name")
         if name not in tables:
-            raise SystemExit(f"README marker report:{name} names no table; tables: {sorted(tables)}")
+            raise SystemExit(f"marker report:{name} names no table; tables: {sorted(tables)}")
         return f"<!-- report:{name} -->\n{tables[name]}\n<!-- /report:{name} -->"
     return _MARKER.sub(sub, text)
+
+
+update_readme = update_document  # the name from before the tables moved to docs/results.md
 
 
 def write_outputs(root: Path, tables: dict[str, Any]) -> None:
@@ -1077,27 +1084,31 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--command", required=True, help="the command that produced src (printed under the table)")
     c.add_argument("--commit", default=None,
                    help="the commit whose code produced src, when it is not HEAD (e.g. a sweep's snapshot)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md's tables are not the report's")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if the tables in docs/results.md or README.md are not the report's")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.cmd == "collect":
         print(collect(args.src, args.name, args.command, args.commit))
         return 0
     tables = render(args.results)
-    text = README.read_text()
-    new = update_readme(text, tables)
-    missing = sorted(set(tables) - {m.group("name") for m in _MARKER.finditer(text)})
+    texts = {doc: doc.read_text() for doc in DOCUMENTS}
+    updated = {doc: update_document(text, tables) for doc, text in texts.items()}
+    stale = [doc.relative_to(REPO).as_posix() for doc in DOCUMENTS if updated[doc] != texts[doc]]
     if args.check:
-        if new != text:
-            print("README.md's results tables differ from `python -m experiments.report`; run it and commit",
+        if stale:
+            print(f"{', '.join(stale)}: results tables differ from `python -m experiments.report`; run it and commit",
                   file=sys.stderr)
             return 1
         return 0
-    README.write_text(new)
+    for doc in stale:
+        (REPO / doc).write_text(updated[REPO / doc])
     write_outputs(args.results, tables)
-    for name in missing:
-        print(f"note: README has no <!-- report:{name} --> marker; table {name} is only in CSV", file=sys.stderr)
-    print(f"updated {README} ({len(tables)} tables) and {args.results / 'tables'}")
+    shown = {m.group("name") for text in texts.values() for m in _MARKER.finditer(text)}
+    for name in sorted(set(tables) - shown):
+        print(f"note: no document has a <!-- report:{name} --> marker; table {name} is only in CSV", file=sys.stderr)
+    print(f"updated {', '.join(stale) or 'nothing (documents already current)'} ({len(tables)} tables) and "
+          f"{args.results / 'tables'}")
     return 0
 
 

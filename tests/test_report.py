@@ -1,4 +1,5 @@
-"""The README's results tables are exactly what ``experiments.report`` makes of the committed result files."""
+"""The published results tables (docs/results.md, and the few the README shows) are exactly what ``experiments.report``
+makes of the committed result files."""
 
 from __future__ import annotations
 
@@ -6,23 +7,43 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from experiments import report
 
 
-def test_readme_tables_equal_the_report() -> None:
-    text = report.README.read_text()
-    assert report.update_readme(text, report.render()) == text, (
-        "README.md's generated tables are stale: run `python -m experiments.report` and commit the result")
+@pytest.mark.parametrize("doc", report.DOCUMENTS, ids=lambda p: p.name)
+def test_document_tables_equal_the_report(doc: Path) -> None:
+    text = doc.read_text()
+    assert report.update_document(text, report.render()) == text, (
+        f"{doc.name}'s generated tables are stale: run `python -m experiments.report` and commit the result")
 
 
-def test_every_table_has_a_readme_marker() -> None:
-    text = report.README.read_text()
+def test_every_table_has_a_marker_in_the_results_document() -> None:
+    text = report.RESULTS_DOC.read_text()
     for name in report.TABLES:
         assert f"<!-- report:{name} -->" in text and f"<!-- /report:{name} -->" in text
 
 
-def test_a_changed_result_file_changes_the_readme(tmp_path: Path) -> None:
-    """The check above can fail: editing one number in a result file makes the README stale."""
+def test_the_readme_shows_the_message_sizes_of_one_round_from_the_report() -> None:
+    """The front door's message sizes are a generated table, not typed numbers."""
+    text = report.README.read_text()
+    assert "<!-- report:vitb16_bytes -->" in text and "<!-- /report:vitb16_bytes -->" in text
+
+
+def test_check_mode_fails_on_a_stale_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--check`` exits 1 when a document's table differs from the report, and writes nothing."""
+    doc = tmp_path / "results.md"
+    end = "<!-- /report:default -->"
+    doc.write_text(report.RESULTS_DOC.read_text().replace(end, f"stale\n{end}"))
+    monkeypatch.setattr(report, "REPO", tmp_path)
+    monkeypatch.setattr(report, "DOCUMENTS", (doc,))
+    before = doc.read_text()
+    assert report.main(["--check"]) == 1 and doc.read_text() == before
+
+
+def test_a_changed_result_file_changes_the_results_document(tmp_path: Path) -> None:
+    """The check above can fail: editing one number in a result file makes the document stale."""
     src = report.RESULTS / "default"
     if not (src / "summary.json").exists():
         return
@@ -32,8 +53,8 @@ def test_a_changed_result_file_changes_the_readme(tmp_path: Path) -> None:
     block = summary["strategies"][summary["strategy"]]
     block["accuracy"]["personalized"]["mean"] = 0.123456
     (root / "default" / "summary.json").write_text(json.dumps(summary))
-    text = report.README.read_text()
-    assert report.update_readme(text, report.render(root)) != text
+    text = report.RESULTS_DOC.read_text()
+    assert report.update_document(text, report.render(root)) != text
     assert "12.3 ±" in report.render(root)["default"]
 
 

@@ -1,15 +1,15 @@
-"""Cloud tier, Part I of ACME: turn a ViT into an elastic backbone (spec §2.1, §2.3-§2.6, §7 items 7-10).
+"""Cloud tier, Part I of ACME: turn a ViT into an elastic backbone (ACME §2.1, §2.3–2.6, §7.2–7.3).
 
 Stages, in order, each optional:
 
-1. ``teacher`` - task fine-tuning at full size (plain CE, AdamW, constant LR; spec §2.1).
+1. ``teacher`` - task fine-tuning at full size (plain CE, AdamW, constant LR; ACME §2.1).
 2. ``width``   - DynaViTw: head/neuron importance on held-out data (per-batch zeroed gradients), function-preserving
    re-ordering, then every width trained per batch with gradients accumulated over widths, loss
    ``λ1·soft-CE(logits, teacher) + λ2·Σ_l MSE(hidden_l, teacher_l)`` against the un-reordered fine-tuned model.
 3. ``depth``   - DynaViT: all width x depth sub-nets per batch, DynaBERT stage-2 distillation from the width-elastic
    model at full size, hidden states paired through ``κ = kept ++ [L]``.
 
-``faithful=True`` reproduces what the shipped code ran instead (spec §7 items 7-8): no re-ordering, no teacher, plain CE
+``faithful=True`` reproduces what the shipped code ran instead (ACME §7.2): no re-ordering, no teacher, plain CE
 summed over the sub-nets in both elastic stages. ``distill=False`` keeps re-ordering but drops the teacher (the "no
 teacher" arm of the distillation comparison).
 
@@ -62,7 +62,7 @@ AccuracyTable = list[tuple[float, float, float]]
 
 @dataclass
 class CloudStageConfig:
-    """Everything that determines the elastic backbone besides the model and the data (spec §2.4 defaults)."""
+    """Everything that determines the elastic backbone besides the model and the data (ACME §2.4 defaults)."""
 
     stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER))
     widths: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
@@ -126,7 +126,7 @@ class CloudStageConfig:
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """``-mean_batch Σ_c softmax(teacher)_c · log_softmax(student)_c`` (temperature 1, spec §2.4)."""
+    """``-mean_batch Σ_c softmax(teacher)_c · log_softmax(student)_c`` (temperature 1, ACME §2.4)."""
     return -(F.softmax(teacher_logits, dim=-1) * F.log_softmax(student_logits, dim=-1)).sum(-1).mean()
 
 
@@ -196,7 +196,7 @@ def _train_loop(
 
 
 def finetune_teacher(model: ElasticViT, train: Data, cfg: CloudStageConfig, progress: bool = True) -> dict[str, Any]:
-    """Stage I-a: full-size task fine-tuning with cross-entropy (spec §2.1: AdamW, constant LR)."""
+    """Stage I-a: full-size task fine-tuning with cross-entropy (ACME §2.1: AdamW, constant LR)."""
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
         loss = F.cross_entropy(model(xb, width=1.0, depth=1.0), yb)
@@ -209,7 +209,7 @@ def finetune_teacher(model: ElasticViT, train: Data, cfg: CloudStageConfig, prog
 def head_neuron_importance(
     model: ElasticViT, x: torch.Tensor, y: torch.Tensor, batch_size: int = 8
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Head and FFN-neuron importance of the full model (spec §2.3, Michel et al. / DynaBERT).
+    """Head and FFN-neuron importance of the full model (ACME §2.3, Michel et al. / DynaBERT).
 
     Head ``(l, h)``: Σ_batches |∂L/∂m_{l,h}| for a head mask m of ones. Neuron ``(l, j)``:
     Σ_batches |Σ_i W1[j,i]·g + b1[j]·g| + |Σ_k W2[k,j]·g|. Unlike the original, gradients are fresh per batch
@@ -274,7 +274,7 @@ def train_width_depth_stage(
 ) -> dict[str, Any]:
     """Stage I-c (DynaViT): every (depth, width) sub-net per batch, DynaBERT stage-2 distillation.
 
-    The student's j-th hidden state is matched with the teacher's at ``κ(j)``, ``κ = kept ++ [L]`` (spec §2.5).
+    The student's j-th hidden state is matched with the teacher's at ``κ(j)``, ``κ = kept ++ [L]`` (ACME §2.5).
     Without a teacher: plain CE per sub-net (what the shipped code ran).
     """
     num_layers = model.config.num_layers
@@ -318,7 +318,7 @@ def subnet_accuracy_table(
     batch_size: int = 256,
 ) -> AccuracyTable:
     """Top-1 accuracy of every sub-net as ``(depth, width, acc)`` rows, depth then width descending (the original's
-    order, the input of PFG). Evaluate on validation data; model selection on test data is a defect (spec §7.10)."""
+    order, the input of PFG). Evaluate on validation data; model selection on test data is a defect (ACME §7.3)."""
     was_training = model.training
     model.eval()
     table = []
