@@ -38,7 +38,7 @@ from acme_flwr.cloud.models import create_model
 from acme_flwr.cloud.pfg import select_backbone, snap_to_grid
 from acme_flwr.cloud.stages import CloudStageConfig, build_elastic_backbone
 from acme_flwr.config import AcmeConfig, ConfigError
-from acme_flwr.device.headers import Header, create_header
+from acme_flwr.device.headers import Header, build_header
 from acme_flwr.device.training import (
     TrainHParams,
     backbone_grids,
@@ -96,11 +96,6 @@ def header_spec(cfg: AcmeConfig, in_channels: int, num_classes: int) -> dict[str
                   "pw_gate_after_bn": cfg.model.gate_placement == "after_bn",
                   "bn_running_stats": cfg.model.header_bn == "running"}
     return {"name": cfg.model.header, "in_channels": in_channels, "num_classes": num_classes, **kwargs}
-
-
-def build_header(spec: dict[str, Any]) -> Header:
-    spec = dict(spec)
-    return create_header(spec.pop("name"), spec.pop("in_channels"), spec.pop("num_classes"), **spec)
 
 
 def cloud_stage_config(cfg: AcmeConfig) -> CloudStageConfig:
