@@ -104,41 +104,49 @@ def check_device_data(data: object, *, image_shape: tuple[int, int, int] | None 
     pid = data.partition_id
     if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
         raise DeviceContractError(f"data_fn: DeviceData.partition_id: expected an int >= 0, got {pid!r}")
-
-    def fail(name: str, expected: str, given: object) -> DeviceContractError:
-        return DeviceContractError(f"device {pid}: DeviceData.{name}: expected {expected}, got {given}")
-
     if data.raw_train_bytes is not None and (not isinstance(data.raw_train_bytes, int) or data.raw_train_bytes < 0):
-        raise fail("raw_train_bytes", "an int >= 0 or None", repr(data.raw_train_bytes))
+        raise DeviceContractError(f"device {pid}: DeviceData.raw_train_bytes: expected an int >= 0 or None, got "
+                                  f"{data.raw_train_bytes!r}")
     for name in ("train", "val", "test"):
-        split = getattr(data, name)
-        if not isinstance(split, TensorSplit):
-            raise fail(name, "a TensorSplit(x, y)", "None (missing split)" if split is None else type(split).__name__)
-        x, y = split.x, split.y
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise fail(f"{name}.x/y", "torch tensors", f"{type(x).__name__}/{type(y).__name__}")
-        want = "(N, C, H, W)" if image_shape is None else f"(N, {', '.join(map(str, image_shape))})"
-        if x.dim() != 4 or (image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape)):
-            raise fail(f"{name}.x", f"shape {want} (normalised images at the backbone's input)", tuple(x.shape))
-        if not x.is_floating_point():
-            raise fail(f"{name}.x", "a float tensor", x.dtype)
-        if y.dim() != 1 or len(y) != len(x):
-            raise fail(f"{name}.y", f"shape ({len(x)},) (one label per image)", tuple(y.shape))
-        if y.dtype not in _INT_DTYPES:
-            raise fail(f"{name}.y", "an integer tensor (torch.long)", y.dtype)
-        if len(y) == 0:
-            raise fail(name, "at least one sample", "an empty split")
-        if not bool(torch.isfinite(x).all()):
-            raise fail(f"{name}.x", "finite values", "NaN or inf")
-        peak = float(x.abs().max())
-        if peak > MAX_ABS_PIXEL:
-            raise fail(f"{name}.x", f"normalised images (|x| <= {MAX_ABS_PIXEL:g}; (x - mean) / std)",
-                       f"max |x| = {peak:g}")
-        low, high = int(y.min()), int(y.max())
-        if low < 0 or (num_classes is not None and high >= num_classes):
-            bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-            raise fail(f"{name}.y", f"labels in {bound}", f"labels in [{low}, {high}]")
+        check_split(getattr(data, name), f"device {pid}: DeviceData.{name}", image_shape=image_shape,
+                    num_classes=num_classes)
     return data
+
+
+def check_split(split: object, name: str, *, image_shape: tuple[int, ...] | None = None,
+                num_classes: int | None = None) -> TensorSplit:
+    """Return ``split`` if it is a usable :class:`TensorSplit`, else DeviceContractError naming ``name`` (see
+    :func:`check_device_data` for what is checked)."""
+
+    def fail(field: str, expected: str, given: object) -> DeviceContractError:
+        return DeviceContractError(f"{name}{field}: expected {expected}, got {given}")
+
+    if not isinstance(split, TensorSplit):
+        raise fail("", "a TensorSplit(x, y)", "None (missing split)" if split is None else type(split).__name__)
+    x, y = split.x, split.y
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise fail(".x/y", "torch tensors", f"{type(x).__name__}/{type(y).__name__}")
+    want = "(N, C, H, W)" if image_shape is None else f"(N, {', '.join(map(str, image_shape))})"
+    if x.dim() != 4 or (image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape)):
+        raise fail(".x", f"shape {want} (normalised images at the backbone's input)", tuple(x.shape))
+    if not x.is_floating_point():
+        raise fail(".x", "a float tensor", x.dtype)
+    if y.dim() != 1 or len(y) != len(x):
+        raise fail(".y", f"shape ({len(x)},) (one label per image)", tuple(y.shape))
+    if y.dtype not in _INT_DTYPES:
+        raise fail(".y", "an integer tensor (torch.long)", y.dtype)
+    if len(y) == 0:
+        raise fail("", "at least one sample", "an empty split")
+    if not bool(torch.isfinite(x).all()):
+        raise fail(".x", "finite values", "NaN or inf")
+    peak = float(x.abs().max())
+    if peak > MAX_ABS_PIXEL:
+        raise fail(".x", f"normalised images (|x| <= {MAX_ABS_PIXEL:g}; (x - mean) / std)", f"max |x| = {peak:g}")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+        raise fail(".y", f"labels in {bound}", f"labels in [{low}, {high}]")
+    return split
 
 
 def check_profile(profile: object, partition_id: int, device_classes: list[str] | None = None) -> dict:
