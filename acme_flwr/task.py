@@ -81,7 +81,12 @@ class DeviceData:
         return len(self.train) * (pixels + (1 if num_classes <= 256 else 2))
 
 
-class DeviceContractError(ValueError):
+class DataContractError(ValueError):
+    """Tensors given to ACME (a device's splits, the cloud's own data) that it cannot use; one line naming the field,
+    what was expected and what was given."""
+
+
+class DeviceContractError(DataContractError):
     """A device's ``data_fn``/``profile_fn`` returned something ACME cannot use; the message is one line naming the
     device, the field, what was expected and what was given."""
 
@@ -114,12 +119,12 @@ def check_device_data(data: object, *, image_shape: tuple[int, int, int] | None 
 
 
 def check_split(split: object, name: str, *, image_shape: tuple[int, ...] | None = None,
-                num_classes: int | None = None) -> TensorSplit:
+                num_classes: int | None = None, error: type[DataContractError] = DeviceContractError) -> TensorSplit:
     """Return ``split`` if it is a usable :class:`TensorSplit`, else DeviceContractError naming ``name`` (see
     :func:`check_device_data` for what is checked)."""
 
-    def fail(field: str, expected: str, given: object) -> DeviceContractError:
-        return DeviceContractError(f"{name}{field}: expected {expected}, got {given}")
+    def fail(field: str, expected: str, given: object) -> DataContractError:
+        return error(f"{name}{field}: expected {expected}, got {given}")
 
     if not isinstance(split, TensorSplit):
         raise fail("", "a TensorSplit(x, y)", "None (missing split)" if split is None else type(split).__name__)
