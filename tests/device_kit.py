@@ -11,10 +11,10 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from acme_flwr import protocol as P
+from acme_flwr.clients.handlers import AcmeClient
 from acme_flwr.cloud.models import create_model
 from acme_flwr.device.headers import build_header
 from acme_flwr.task import DeviceData, TensorSplit
-from acme_flwr.clients.handlers import AcmeClient
 
 from .inprocess import InProcessGrid
 

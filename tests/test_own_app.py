@@ -72,7 +72,7 @@ def test_own_app_runs_full_acme_under_flwr_run(tmp_path: Path) -> None:
     assert "Traceback" not in log, log[-3000:]
     report = json.loads((out / "report.json").read_text())
     summary = report["summary"]
-    assert summary["mode"] == "acme" and summary["failures"]["count"] == 0, summary["failures"]
+    assert summary["mode"].startswith("acme (") and summary["failures"]["count"] == 0, summary["failures"]
     assert summary["devices"]["reported"] == 4
     assert summary["accuracy"]["personalized"]["mean"] is not None
     assert summary["bytes"]["references"]["centralized"]["bytes"] == sum(48 * (64 + 1) for _ in range(4))

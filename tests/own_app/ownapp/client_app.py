@@ -10,7 +10,6 @@ from flwr.clientapp import ClientApp
 
 from acme_flwr.clients import AcmeClient
 from acme_flwr.task import DeviceData, TensorSplit
-
 from ownapp.task import device_splits
 
 app = ClientApp()

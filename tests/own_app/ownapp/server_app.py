@@ -15,7 +15,6 @@ from acme_flwr.packages import CloudData, build_packages
 from acme_flwr.runtime import remove_run_dirs
 from acme_flwr.task import TensorSplit
 from acme_flwr.topology import Topology
-
 from ownapp.task import cloud_splits
 
 app = ServerApp()
