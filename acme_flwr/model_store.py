@@ -74,6 +74,12 @@ class ModelStore:
             raise ModelStoreError(f"model store: {digest!r} is not a fingerprint (lowercase hex)")
         return self.root / f"{digest}.npz"
 
+    def add(self, arrays: Arrays) -> str:
+        """Keep ``arrays`` under their fingerprint, which is returned (how a device stores what it received)."""
+        digest = arrays_fingerprint(arrays)
+        self._keep(digest, arrays)
+        return digest
+
     def put(self, digest: str, arrays: Arrays) -> Path:
         """Keep ``arrays`` under ``digest`` (checked against their content first). An existing file is kept if it
         holds exactly this content, otherwise (damaged, truncated) it is replaced."""
@@ -81,7 +87,14 @@ class ModelStore:
         if actual != digest:
             raise ModelStoreError(f"model store: arrays do not match fingerprint {digest[:12]}… (they hash to "
                                   f"{actual[:12]}…)")
+        return self._keep(digest, arrays)
+
+    def _keep(self, digest: str, arrays: Arrays) -> Path:
         path = self.path(digest)
+        with self._lock:
+            known = digest in self._memory
+        if known and path.exists():  # this process wrote or verified it: no second read
+            return path
         if path.exists():
             try:
                 self._read(digest, path)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
@@ -44,7 +43,6 @@ from acme_flwr.device.pruner import GatePruner
 from acme_flwr.device.training import FeatureCache, cls_feature_matrix, evaluate_header
 from acme_flwr.model_store import ModelStore, ModelStoreError
 from acme_flwr.protocol import NAS_MESSAGE
-from acme_flwr.runtime import fingerprint
 from acme_flwr.task import DeviceContractError, DeviceData, TensorSplit, check_device_data, check_profile
 
 from . import nas
@@ -154,8 +152,7 @@ class AcmeClient:
             if key not in msg.content.array_records:
                 raise ValueError(f"setup message lacks the {key!r} ArrayRecord")
         arrays = {k: np.asarray(a.numpy()) for k, a in msg.content[P.BACKBONE].items()}
-        digest = fingerprint(*(torch.from_numpy(a) for a in arrays.values()))
-        self.store(context).put(digest, arrays)  # once per fingerprint on this machine/disk
+        digest = self.store(context).add(arrays)  # once per fingerprint on this machine/disk
         previous = DeviceState.load(context, tag) if DeviceState.has(context, tag) else None
         state = DeviceState(tag, str(cfg["backbone-arch"]), str(cfg["header-spec"]), digest, msg.content[P.HEADER],
                             pruner=previous.pruner if previous else None)  # personal: a new package starts it again
