@@ -39,7 +39,7 @@ from acme_flwr.cloud.models import create_model
 from acme_flwr.cloud.pfg import select_backbone, snap_to_grid
 from acme_flwr.cloud.stages import CloudStageConfig, build_elastic_backbone
 from acme_flwr.config import AcmeConfig, ConfigError
-from acme_flwr.device.headers import Header, create_header
+from acme_flwr.device.headers import Header, build_header
 from acme_flwr.device.training import (
     TrainHParams,
     backbone_grids,
@@ -51,7 +51,7 @@ from acme_flwr.edge.nas.header_search import EdgeSearch, adapt_header, edge_sear
 from acme_flwr.edge.nas.search import SearchConfig
 from acme_flwr.registry import Registry
 from acme_flwr.runtime import fingerprint
-from acme_flwr.task import FederatedData, TensorSplit
+from acme_flwr.task import DataContractError, FederatedData, TensorSplit, check_split
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,42 @@ class CloudPackages:
         return self.packages[device_class]
 
 
+@dataclass(frozen=True)
+class CloudData:
+    """The cloud's own labelled data, for :func:`build_packages` with your own tensors (no :class:`FederatedData`).
+
+    ``build_packages(cfg, CloudData(train, val), cache_dir)`` trains the elastic backbone (cloud stage) on ``train``,
+    picks sub-backbones with the accuracy table measured on ``val`` and warms (or searches) the headers on both.
+    Neither may hold any device's data; the devices' data stays on the devices.
+
+    Parameters
+    ----------
+    train, val
+        :class:`TensorSplit` s: normalised float images (N, C, H, W) at the model's input shape and integer labels.
+    num_classes
+        The number of classes the headers predict; ``0`` (default): one more than the largest label in
+        ``train``/``val``. Give it when a class may be missing from the cloud's data.
+    """
+
+    train: TensorSplit
+    val: TensorSplit
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val"):
+            check_split(getattr(self, name), f"CloudData.{name}", error=DataContractError)
+        seen = int(max(self.train.y.max(), self.val.y.max())) + 1
+        if self.num_classes == 0:
+            object.__setattr__(self, "num_classes", seen)
+        elif self.num_classes < seen:
+            raise DataContractError(f"CloudData.num_classes: expected > the largest label ({seen - 1}), "
+                                    f"got {self.num_classes}")
+
+    def cloud(self, val_fraction: float = 0.2) -> tuple[TensorSplit, TensorSplit]:
+        """The cloud's (train, val) split (``val_fraction`` is ignored: the split is yours)."""
+        return self.train, self.val
+
+
 def header_spec(cfg: AcmeConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
     """JSON-able recipe the device rebuilds its header from (``create_header(**spec)``)."""
     kwargs: dict[str, Any] = {}
@@ -100,11 +136,6 @@ def header_spec(cfg: AcmeConfig, in_channels: int, num_classes: int) -> dict[str
     return {"name": cfg.model.header, "in_channels": in_channels, "num_classes": num_classes, **kwargs}
 
 
-def build_header(spec: dict[str, Any]) -> Header:
-    spec = dict(spec)
-    return create_header(spec.pop("name"), spec.pop("in_channels"), spec.pop("num_classes"), **spec)
-
-
 def cloud_stage_config(cfg: AcmeConfig) -> CloudStageConfig:
     c = cfg.cloud
     return CloudStageConfig(widths=sorted(cfg.widths, reverse=True), depths=sorted(cfg.depths, reverse=True),
@@ -112,16 +143,19 @@ def cloud_stage_config(cfg: AcmeConfig) -> CloudStageConfig:
                             lr=c.lr, teacher_lr=c.lr, batch_size=c.batch_size, faithful=c.faithful, seed=cfg.cloud_seed)
 
 
-def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None,
+def build_packages(cfg: AcmeConfig, data: FederatedData | CloudData, cache_dir: str | Path | None,
                    progress: bool = True) -> CloudPackages:
     """Cloud stage → PFG pick per device class → extracted sub-backbones and warm headers, computed on
-    ``run.device`` at ``run.precision`` (the packages' tensors are shipped as CPU arrays)."""
+    ``run.device`` at ``run.precision`` (the packages' tensors are shipped as CPU arrays).
+
+    ``data``: the run's :class:`FederatedData` (its cloud share), or your own cloud tensors as :class:`CloudData`;
+    their image shape must be the model's input (DataContractError otherwise, before any training)."""
     device = accel.resolve_device(cfg.run.device)
     with accel.precision(cfg.run.precision):
         return _build_packages(cfg, data, cache_dir, progress, device)
 
 
-def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None, progress: bool,
+def _build_packages(cfg: AcmeConfig, data: FederatedData | CloudData, cache_dir: str | Path | None, progress: bool,
                     device: torch.device) -> CloudPackages:
     torch.manual_seed(cfg.cloud_seed)
     overrides: dict[str, Any] = {"num_labels": data.num_classes}
@@ -132,6 +166,10 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
     costs = cost_model(cfg, model)  # before the cloud stage: a bad cloud.cost_model stops here, not after training
     full_params = sum(p.numel() for p in model.parameters())
     train, val = data.cloud()
+    shape = (model.config.num_channels, model.config.image_size, model.config.image_size)
+    for name, split in (("train", train), ("val", val)):
+        check_split(split, f"cloud data: {name}", image_shape=shape, num_classes=data.num_classes,
+                    error=DataContractError)
     table = None
     stage_log: dict[str, Any] = {}
     if cfg.cloud.enabled:
