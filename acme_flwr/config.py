@@ -55,6 +55,13 @@ class RunSection:
     # devices keep their frozen sub-backbone's token grids in memory between messages (per worker process, LRU, at
     # most this many MiB); 0 = recompute them on every message
     feature_cache_mb: int = field(default=1024, metadata=_range(0, None))
+    threads: int = field(default=2, metadata={**_range(0, None), "doc": (
+        "Intra-op CPU threads of the cloud's backbone stages (teacher, width and depth distillation). A fixed number, "
+        "not the machine's core count: float sums are split by thread count, so the trained backbone (and every "
+        "number downstream) differs between thread counts, while one machine and setting is bit-identical. Part of "
+        "the cloud stage's cache key and recorded in config.json (``provenance``). The default 2 is what the "
+        "published results used (2-core machines); 0 = every core this process may run on (fastest, reproducible "
+        "only on machines with that many cores). The ServerApp's own work and each ClientApp run on 1 thread.")})
 
 
 @dataclass

@@ -133,8 +133,9 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
     table = None
     stage_log: dict[str, Any] = {}
     if cfg.cloud.enabled:
-        # before any message, while the simulated devices wait: the backbone stages may use every core
-        with accel.threads(accel.cores()):
+        # before any message, while the simulated devices wait: the backbone stages get run.threads threads (a fixed
+        # count, part of the cache key: the floats depend on it)
+        with accel.threads(accel.resolve_threads(cfg.run.threads)):
             model, table, stage_log = build_elastic_backbone(model, (accel.pin(train.x, device), train.y),
                                                              (accel.pin(val.x, device), val.y),
                                                              cloud_stage_config(cfg), cache_dir, progress=progress)

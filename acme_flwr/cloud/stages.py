@@ -381,9 +381,11 @@ _STAGES: dict[str, Callable[[_Run], dict[str, Any]]] = {
 
 
 def cache_meta(model: ElasticViT, train: Data, val: Data, cfg: CloudStageConfig) -> dict[str, Any]:
-    """Everything that determines the result: arch, initial weights, data, config (and the cache format)."""
+    """Everything that determines the result: arch, initial weights, data, config, the intra-op thread count the
+    stages run with (float sums are split by it) and the cache format."""
     return {
         "format": CACHE_FORMAT,
+        "threads": torch.get_num_threads(),
         "arch": model.arch(),
         "init_weights": fingerprint(*model.state_dict().values()),
         "train": fingerprint(*train),
