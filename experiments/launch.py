@@ -283,7 +283,8 @@ def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], 
 
 
 PROGRESS = "progress"  # launch(stream_to=PROGRESS): condensed terminal output, full log in <out>/run.log
-_SHOWN = re.compile(r"\[STRATEGY |\[ROUND |Bytes of |running as |WARNING|ERROR|Traceback|results go to|summary written")
+_SHOWN = re.compile(r"\[STRATEGY |\[ROUND |\[PROGRESS\] |Bytes of |running as |WARNING|ERROR|Traceback|results go to|"
+                    r"summary written|cloud cache (hit|miss)|cache hit")
 _TABLE = re.compile(r"^\s*(tier |cloud-edge |edge-device |total |ref )")
 _PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?(INFO|DEBUG)\s*(\x1b\[0m)?\s*:\s*")
 MAX_WARNINGS = 20
@@ -306,6 +307,8 @@ def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
         if "[STRATEGY " in text:
             strategy = text.split("[STRATEGY ", 1)[1].replace("]", "")
             term.write(f"strategy {strategy}\n")
+        elif "[PROGRESS] " in text:  # stage, step/epoch and ETA of long work (acme_flwr.logs.Progress)
+            term.write(f"  {text.split('[PROGRESS] ', 1)[1].strip()}\n")
         elif "[ROUND " in text:
             term.write(f"  {strategy.split(' ', 1)[-1]}: round {text.split('[ROUND ', 1)[1].rstrip(']')}\n")
         elif "Bytes of " in text:
