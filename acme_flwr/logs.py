@@ -95,10 +95,11 @@ class Progress:
 
     A line is written for the first step, then at most every ``every`` seconds, and for the last step, so a stage of
     any length gives a bounded number of lines, each printed once (plain log records: no carriage returns, nothing
-    redrawn). The ETA is the mean time per step so far times the steps left."""
+    redrawn). The ETA is the mean time per step since the first (which carries start-up costs) times the steps
+    left; the first line has none."""
 
     def __init__(self, what: str, total: int, *, unit: str = "step", log: logging.Logger | None = None,
-                 every: float | None = None, per_epoch: int | None = None,
+                 every: float | None = None, per_epoch: int | None = None, warmup: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.what, self.total, self.unit = what, max(0, int(total)), unit
         self.log = log or logging.getLogger("acme_flwr.progress")
@@ -108,11 +109,23 @@ class Progress:
         self.done = 0
         self.started = clock()
         self._last: float | None = None
+        self._first: float | None = None  # when the first step ended: the ETA's rate leaves out start-up costs
+        self.warmup = warmup  # False: every step costs alike (e.g. whole jobs), the rate counts the first one too
+
+    def advance(self, n: int = 1, **fields: Any) -> str:
+        """Count ``n`` finished steps and return the line for the new count (for callers that print it)."""
+        self.done = min(self.total, self.done + n) if self.total else self.done + n
+        now = self.clock()
+        if self._first is None:
+            self._first = now
+        return self.line(now, **fields)
 
     def step(self, n: int = 1, **fields: Any) -> None:
         """Count ``n`` finished steps; ``fields`` (e.g. ``loss=0.53``) are shown on the line if one is due."""
         self.done = min(self.total, self.done + n) if self.total else self.done + n
         now = self.clock()
+        if self._first is None:
+            self._first = now
         if self._last is None or self.done >= self.total or now - self._last >= self.every:
             self._last = now
             self.log.info("%s", self.line(now, **fields))
@@ -129,6 +142,9 @@ class Progress:
         parts.append(f"{format_seconds(elapsed)} elapsed")
         if self.done >= self.total:
             parts.append("done")
-        elif self.done:
+        elif not self.warmup and self.done:
             parts.append(f"ETA {format_seconds(elapsed / self.done * (self.total - self.done))}")
+        elif self.done > 1 and self._first is not None:  # the steps after the first, at their own rate
+            rate = (now - self._first) / (self.done - 1)
+            parts.append(f"ETA {format_seconds(rate * (self.total - self.done))}")
         return f"{PROGRESS_MARK} {self.what}: " + ", ".join(parts)

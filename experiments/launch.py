@@ -116,9 +116,13 @@ _LOCAL_DATA = ("cifar100", "fashion_mnist")
 def preflight(cfg: AcmeConfig) -> None:
     """Local data and weights the run will read exist: one-line ConfigError naming what to put where, before any
     process starts (the ServerApp would otherwise find out after the SuperLink and Ray are up)."""
+    from acme_flwr import accel
+    from acme_flwr import data as acme_data
     from acme_flwr.cloud.elastic_vit import _WEIGHT_FILES
     from acme_flwr.data import DataNotFoundError, load_dataset
 
+    accel.resolve_device(cfg.run.device)  # run.device=cuda without a visible CUDA device: one line, nothing started
+    accel.resolve_threads(cfg.run.threads)
     if cfg.model.pretrained_path:
         path = Path(cfg.model.pretrained_path).expanduser()
         if not (path / "config.json").is_file() or not any((path / f).is_file() for f in _WEIGHT_FILES):
@@ -132,6 +136,14 @@ def preflight(cfg: AcmeConfig) -> None:
             raise ConfigError(str(exc).splitlines()[0]) from None
     elif cfg.data.name == "imagefolder" and not Path(cfg.data.root).expanduser().is_dir():
         raise ConfigError(f"data.root={cfg.data.root!r} is not a directory; an ImageFolder needs root/<class>/<image>")
+    # CALL SITE for corrupt or truncated data/image/weights files (acme_flwr.data.check_data_files, one line naming
+    # the file and the fix): called as soon as that function exists
+    check_data_files = getattr(acme_data, "check_data_files", None)
+    if check_data_files is not None:
+        try:
+            check_data_files(cfg)
+        except DataNotFoundError as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 class _Launch:
@@ -247,23 +259,25 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
         with fab_source(app_dir) as fab:
             cmd = [_tool("flwr"), "run", str(fab), "--stream", "--run-config", str(run_config),
                    "--federation-config", federation_config(cfg, client_cpus=client_cpus)]
-            if stream_to == PROGRESS:  # the full log goes to run.log, the terminal gets progress and warnings
-                proc = run.spawn(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            errors: list[str] = []
+            if stream_to in (PROGRESS, VERBOSE):  # the full log goes to run.log; the terminal gets progress and
+                proc = run.spawn(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # warnings, or all
                 with (out / "run.log").open("w") as full:
-                    show_progress(proc.stdout, full, sys.stdout)
+                    errors = show_progress(proc.stdout, full, sys.stdout, verbose=stream_to == VERBOSE)
                 rc = proc.wait()
             else:
                 rc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT).wait()
     finally:
         run.close()
-    return written("the run", rc)
+    return written("the run", rc, errors[-1] if errors else None)
 
 
 def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], cfg: AcmeConfig | None,
-               app_dir: Path) -> tuple[Path, AcmeConfig, Path, Callable[[str, int | None], Path]]:
+               app_dir: Path) -> tuple[Path, AcmeConfig, Path, Callable[..., Path]]:
     """Validate (:func:`prepare`); only then claim ``out`` and write its ``run_config.toml``. Returns the resolved
-    directory, the config, the run-config path and ``written(what, rc)``, which returns the ``summary.json`` this
-    run wrote or raises RuntimeError if it wrote none (an older one does not count)."""
+    directory, the config, the run-config path and ``written(what, rc, error=None)``, which returns the
+    ``summary.json`` this run wrote or raises RuntimeError if it wrote none (an older one does not count), naming
+    ``error`` (the ServerApp's exception line, when the log had one) first."""
     out = out.expanduser().resolve()
     conf_dir = app_dir / "conf" if (app_dir / "conf").is_dir() else CONF_DIR
     cfg = prepare(out, num_supernodes, overrides, cfg, conf_dir)
@@ -274,8 +288,11 @@ def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], 
     run_config = out / "run_config.toml"
     run_config.write_text(toml_lines(cfg.to_flat()))
 
-    def written(what: str, rc: int | None) -> Path:
+    def written(what: str, rc: int | None, error: str | None = None) -> Path:
         if not summary.exists() or summary.stat().st_mtime_ns == before:
+            if error:
+                raise RuntimeError(f"{error} ({what} failed: flwr exit code {rc}, no {summary.name}; full log: "
+                                   f"{out / 'run.log'})")
             raise RuntimeError(f"{what} wrote no {summary} (flwr exit code {rc}); see the log above")
         return summary
 
@@ -283,21 +300,36 @@ def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], 
 
 
 PROGRESS = "progress"  # launch(stream_to=PROGRESS): condensed terminal output, full log in <out>/run.log
+VERBOSE = "verbose"  # launch(stream_to=VERBOSE): the full log on the terminal and in <out>/run.log
 _SHOWN = re.compile(r"\[STRATEGY |\[ROUND |\[PROGRESS\] |Bytes of |running as |WARNING|ERROR|Traceback|results go to|"
                     r"summary written|cloud cache (hit|miss)|cache hit")
 _TABLE = re.compile(r"^\s*(tier |cloud-edge |edge-device |total |ref )")
 _PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?(INFO|DEBUG)\s*(\x1b\[0m)?\s*:\s*")
 MAX_WARNINGS = 20
+# the last line of a traceback: "acme_flwr.errors.ConfigError: run.device='cuda' but ..." (dotted type, then message)
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt): \S.*$")
 
 
-def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
-    """Copy the run's log to ``full``; print to ``term`` only progress (strategy i/n, round r/R), the byte tables,
-    the mode line and the first ``MAX_WARNINGS`` warnings/errors."""
+def show_progress(lines: IO[bytes], full: IO[str], term: IO[str], verbose: bool = False) -> list[str]:
+    """Copy the run's log to ``full``; print to ``term`` only progress (strategy i/n, round r/R, ``[PROGRESS]`` lines
+    of long stages), the byte tables, the mode line, the first ``MAX_WARNINGS`` warnings/errors and every exception
+    line (``SomeError: message``, the last line of a traceback), or everything with ``verbose``. Returns the
+    exception lines, so that a failed run can say why where the user is looking."""
     strategy, in_table, warned = "", False, 0
+    errors: list[str] = []
     for raw in lines:
         line = raw.decode(errors="replace").rstrip("\n")
         full.write(line + "\n")
         text = _PREFIX.sub("", line)
+        exc = _EXCEPTION.match(text.strip())
+        if exc and exc.group(0) not in errors:
+            errors.append(exc.group(0))
+            if not verbose:
+                term.write(f"  {exc.group(0)}\n")
+        if verbose:
+            term.write(line + "\n")
+            term.flush()
+            continue
         if in_table and _TABLE.match(text):
             term.write(f"  {text.strip()}\n")
             continue
@@ -323,6 +355,7 @@ def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
         else:
             term.write(f"  {text.strip()}\n")
         term.flush()
+    return errors
 
 
 def federation_config(cfg: AcmeConfig, cuda_available: bool | None = None, client_cpus: int = 1) -> str:
@@ -404,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out is None:
             given = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] == "run.out_dir"]
             out = Path(given[-1]) if given and given[-1] else REPO / "outputs" / "default"
-        return launch(out, args.num_supernodes, args.overrides, stream_to=None if args.verbose else PROGRESS)
+        return launch(out, args.num_supernodes, args.overrides, stream_to=VERBOSE if args.verbose else PROGRESS)
 
     code, data = run_cli(run, "the launcher")
     if data is None:
