@@ -225,7 +225,12 @@ def transport_overhead(size: str, devices: int = 9) -> dict[str, Any]:
     1 024-gate header, as in the paper's Part III), per message and summed over one device's run per direction."""
     from acme_flwr.packages import Package
 
-    if size == "fmnist":
+    if size == "smoke":  # the +experiment=smoke preset's micro ViT and 8-channel header
+        cfg = AcmeConfig.from_flat({"data.name": "synthetic", "model.name": "vit_micro_test", "strategy.rounds": 2,
+                                    "model.header_channels": 8, "strategy.feature_samples": 20,
+                                    "topology.num_devices": 4, "topology.num_edges": 2})
+        model, classes, points = "vit_micro_test", 10, [(0.25, 0.5), (1.0, 1.0)]
+    elif size == "fmnist":
         cfg = AcmeConfig.from_flat({"data.name": "synthetic", "model.name": "vit_fmnist", "strategy.rounds": 10,
                                     "topology.num_devices": devices, "topology.num_edges": 1})
         model, classes, points = "vit_fmnist", 10, [(0.5, 0.167), (1.0, 0.333), (0.75, 0.667)]
@@ -234,7 +239,7 @@ def transport_overhead(size: str, devices: int = 9) -> dict[str, Any]:
                                     "topology.num_devices": devices, "topology.num_edges": 1})
         model, classes, points = "vit_b16", 100, [(0.25, 0.25)]
     else:
-        raise ValueError(f"size={size!r}; allowed: fmnist, vitb16")
+        raise ValueError(f"size={size!r}; allowed: smoke, fmnist, vitb16")
     torch.manual_seed(0)
     full = create_model(model, num_labels=classes)
     out: dict[str, Any] = {"model": model, "rounds": cfg.strategy.rounds, "points": {}}
@@ -287,7 +292,7 @@ def main() -> None:
     if args.transport:
         result = {"command": f"python -m experiments.bench_bytes --transport {args.transport}",
                   "counted": COUNTED, "transport": TRANSPORT, "flwr": importlib.metadata.version("flwr"),
-                  "sizes": {size: transport_overhead(size) for size in ("fmnist", "vitb16")}}
+                  "sizes": {size: transport_overhead(size) for size in ("smoke", "fmnist", "vitb16")}}
         for block in result["sizes"].values():
             print_overhead(block)
         args.transport.parent.mkdir(parents=True, exist_ok=True)

@@ -243,17 +243,50 @@ def fab_source(app_dir: Path) -> Iterator[Path]:
         shutil.rmtree(fab, ignore_errors=True)
 
 
+def ray_cluster(address: str) -> list[dict[str, Any]]:
+    """The live nodes of the Ray cluster at ``address`` (IP, node id, CPUs); RuntimeError naming the address if
+    none answers. Connects as a short-lived driver and disconnects."""
+    import ray
+
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, ValueError
+        raise RuntimeError(f"no Ray cluster answers at {address!r} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); start one with `ray start --head`, "
+                           "or leave out --ray-address / RAY_ADDRESS for a local simulation") from None
+    try:
+        return [{"ip": n["NodeManagerAddress"], "node_id": n["NodeID"], "cpus": n["Resources"].get("CPU", 0.0)}
+                for n in ray.nodes() if n.get("Alive")]
+    finally:
+        ray.shutdown()
+
+
+def cluster_line(address: str, nodes: list[dict[str, Any]]) -> str:
+    """``Ray cluster 127.0.0.1:6379: 2 nodes, 2 CPUs (127.0.0.1 1 CPU [ab12cd34], ...)``."""
+    parts = ", ".join(f"{n['ip']} {n['cpus']:g} CPU [{n['node_id'][:8]}]" for n in nodes)
+    return (f"Ray cluster {address}: {len(nodes)} node{'s' * (len(nodes) != 1)}, "
+            f"{sum(n['cpus'] for n in nodes):g} CPUs ({parts})")
+
+
 def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str] = (), app_dir: Path = REPO,
            stream_to: Any = None, flwr_home: Path | None = None, *, cfg: AcmeConfig | None = None,
-           client_cpus: int = 1) -> Path:
+           client_cpus: int = 1, ray_address: str | None = None) -> Path:
     """Validate, then run one ``flwr run`` and return the path of its ``summary.json`` (raises if none was written).
 
     ``overrides`` are composed on ``app_dir``'s ``conf/`` (or a ready ``cfg`` is used); ConfigError leaves
     ``out`` untouched. ``flwr_home``: the private FLWR_HOME (created if missing, removed afterwards); default a
     new temp dir. ``client_cpus``: CPUs per simulated device (Ray runs cores / client_cpus workers at once).
-    Every process the run starts is stopped when this returns or the calling process ends."""
+    ``ray_address`` (default ``$RAY_ADDRESS``): run the simulation's devices on that existing Ray cluster (its nodes
+    and CPUs are logged first) instead of a Ray instance of its own. Every process the run starts is stopped when
+    this returns or the calling process ends; an existing cluster is left running."""
     out, cfg, run_config, written = accept_run(out, num_supernodes, overrides, cfg, app_dir)
+    ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    if ray_address:
+        logger.info("%s", cluster_line(ray_address, ray_cluster(ray_address)))
     run = _Launch(flwr_home)
+    if ray_address:
+        run.env["RAY_ADDRESS"] = ray_address  # Flower's Ray backend calls ray.init(), which joins it
     try:
         run.start_superlink()
         with fab_source(app_dir) as fab:
@@ -425,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="output directory (default: run.out_dir of the overrides, else outputs/default)")
     parser.add_argument("--num-supernodes", type=int, default=None,
                         help="simulated devices (default: topology.num_devices of the config)")
+    parser.add_argument("--ray-address", default=None,
+                        help="run the devices on this existing Ray cluster (e.g. 10.0.0.1:6379; default: "
+                             "$RAY_ADDRESS, else a local simulation); its nodes and CPUs are printed first")
     parser.add_argument("--verbose", action="store_true",
                         help="print Flower's full log (default: progress and warnings; the full log is in run.log)")
     parser.add_argument("overrides", nargs="*",
@@ -437,7 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out is None:
             given = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] == "run.out_dir"]
             out = Path(given[-1]) if given and given[-1] else REPO / "outputs" / "default"
-        return launch(out, args.num_supernodes, args.overrides, stream_to=VERBOSE if args.verbose else PROGRESS)
+        return launch(out, args.num_supernodes, args.overrides, stream_to=VERBOSE if args.verbose else PROGRESS,
+                      ray_address=args.ray_address)
 
     code, data = run_cli(run, "the launcher")
     if data is None:
