@@ -306,7 +306,7 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
                 rc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT).wait()
     finally:
         run.close()
-    return written("the run", rc, errors[-1] if errors else None)
+    return written("the run", rc, failure_line(errors))
 
 
 def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], cfg: AcmeConfig | None,
@@ -363,6 +363,10 @@ def show_progress(lines: IO[bytes], full: IO[str], term: IO[str], verbose: bool 
             errors.append(exc.group(0))
             if not verbose:
                 term.write(f"  {exc.group(0)}\n")
+        elif "ERROR" in line and not any(e.startswith("ERROR ") for e in errors):
+            message = re.sub(r"^\s*(\x1b\[[0-9;]*m)?ERROR\s*(\x1b\[0m)?\s*:\s*", "", line).strip()
+            if message and not message.startswith("Traceback"):
+                errors.append(f"ERROR {message}")  # the first ERROR line, for failures without an exception line
         if verbose:
             term.write(line + "\n")
             term.flush()
@@ -393,6 +397,17 @@ def show_progress(lines: IO[bytes], full: IO[str], term: IO[str], verbose: bool 
             term.write(f"  {text.strip()}\n")
         term.flush()
     return errors
+
+
+# Flower's wrappers around the exception that stopped a run: they say that it failed, not why
+_GENERIC = ("RuntimeError: An error was encountered. Ending simulation.", "RuntimeError: Simulation Runtime crashed.")
+
+
+def failure_line(errors: Sequence[str]) -> str | None:
+    """The line that says why a run failed: the first exception line that is not one of Flower's generic wrappers,
+    else the first ERROR line, else the first wrapper."""
+    specific = [e for e in errors if e not in _GENERIC and not e.startswith("ERROR ")]
+    return (specific or [e for e in errors if e.startswith("ERROR ")] or list(errors) or [None])[0]
 
 
 def federation_config(cfg: AcmeConfig, cuda_available: bool | None = None, client_cpus: int = 1) -> str:

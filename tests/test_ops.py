@@ -70,7 +70,7 @@ def test_preflight_calls_check_data_files_when_the_data_module_has_it(monkeypatc
 
 
 def test_the_serverapps_exception_line_reaches_the_terminal_and_the_error() -> None:
-    from experiments.launch import show_progress
+    from experiments.launch import failure_line, show_progress
 
     log = "\n".join([
         "\x1b[92mINFO \x1b[0m:      results go to /tmp/x",
@@ -84,9 +84,15 @@ def test_the_serverapps_exception_line_reaches_the_terminal_and_the_error() -> N
     ]) + "\n"
     term, full = io.StringIO(), io.StringIO()
     errors = show_progress(io.BytesIO(log.encode()), full, term)
-    assert errors == ["acme_flwr.errors.ConfigError: cloud.cost_model='measured:/nope.json': no such file; give a "
-                      "JSON latency table"]
-    assert f"  {errors[0]}" in term.getvalue().splitlines() and full.getvalue() == log
+    why = ("acme_flwr.errors.ConfigError: cloud.cost_model='measured:/nope.json': no such file; give a JSON latency "
+           "table")
+    assert errors == ["ERROR Simulation raised an exception", why] and failure_line(errors) == why
+    assert f"  {why}" in term.getvalue().splitlines() and full.getvalue() == log
+    # Flower's generic wrappers do not hide the line that says why; without an exception line, the first ERROR line
+    assert failure_line(["ERROR Simulation raised an exception", "RuntimeError: Simulation Runtime crashed.", why,
+                         "RuntimeError: An error was encountered. Ending simulation."]) == why
+    ray_failed = "ERROR The current node timed out during startup."
+    assert failure_line([ray_failed, "RuntimeError: Simulation Runtime crashed."]) == ray_failed
     verbose = io.StringIO()
     assert show_progress(io.BytesIO(log.encode()), io.StringIO(), verbose, verbose=True) == errors
     assert verbose.getvalue() == log  # everything, each line once
