@@ -76,7 +76,8 @@ def test_every_cloud_and_edge_stage_reports_progress(tmp_path: Path, progress_li
     build_packages(cfg, federated_data(cfg, *input_shape(cfg)), tmp_path, progress=False)
     for stage in ("teacher", "width", "depth"):
         mine = [line for line in progress_lines if f"cloud stage {stage}:" in line]
-        assert mine and "step 1/" in mine[0] and "ETA" in mine[1] and mine[-1].endswith("done"), (stage, mine)
+        assert mine and "step 1/" in mine[0] and mine[-1].endswith("done"), (stage, mine)
+        assert all("ETA" in line for line in mine[1:-1]) and (stage != "teacher" or len(mine) > 2), (stage, mine)
     warm = [line for line in progress_lines if "warm header w=" in line]
     assert any("epoch 5/5" in line and line.endswith("done") for line in warm), warm
 
