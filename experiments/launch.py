@@ -404,10 +404,13 @@ _GENERIC = ("RuntimeError: An error was encountered. Ending simulation.", "Runti
 
 
 def failure_line(errors: Sequence[str]) -> str | None:
-    """The line that says why a run failed: the first exception line that is not one of Flower's generic wrappers,
-    else the first ERROR line, else the first wrapper."""
+    """The line that says why a run failed: the last exception line that is not one of Flower's generic wrappers
+    (a chained traceback ends with the exception that was raised: ``ConfigError`` after the ``FileNotFoundError``
+    it wraps), else the first ERROR line, else the first wrapper."""
     specific = [e for e in errors if e not in _GENERIC and not e.startswith("ERROR ")]
-    return (specific or [e for e in errors if e.startswith("ERROR ")] or list(errors) or [None])[0]
+    if specific:
+        return specific[-1]
+    return ([e for e in errors if e.startswith("ERROR ")] or list(errors) or [None])[0]
 
 
 def federation_config(cfg: AcmeConfig, cuda_available: bool | None = None, client_cpus: int = 1) -> str:

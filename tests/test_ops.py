@@ -77,6 +77,8 @@ def test_the_serverapps_exception_line_reaches_the_terminal_and_the_error() -> N
         "\x1b[91mERROR \x1b[0m:     Simulation raised an exception",
         "Traceback (most recent call last):",
         '  File "/x/flwr/simulation/app.py", line 337, in run_simulation_process',
+        "FileNotFoundError: [Errno 2] No such file or directory: '/nope.json'",
+        "The above exception was the direct cause of the following exception:",
         "    raise ConfigError(msg)",
         "acme_flwr.errors.ConfigError: cloud.cost_model='measured:/nope.json': no such file; give a JSON latency "
         "table",
@@ -86,7 +88,8 @@ def test_the_serverapps_exception_line_reaches_the_terminal_and_the_error() -> N
     errors = show_progress(io.BytesIO(log.encode()), full, term)
     why = ("acme_flwr.errors.ConfigError: cloud.cost_model='measured:/nope.json': no such file; give a JSON latency "
            "table")
-    assert errors == ["ERROR Simulation raised an exception", why] and failure_line(errors) == why
+    assert errors == ["ERROR Simulation raised an exception", "FileNotFoundError: [Errno 2] No such file or "
+                      "directory: '/nope.json'", why] and failure_line(errors) == why  # the raised one, not its cause
     assert f"  {why}" in term.getvalue().splitlines() and full.getvalue() == log
     # Flower's generic wrappers do not hide the line that says why; without an exception line, the first ERROR line
     assert failure_line(["ERROR Simulation raised an exception", "RuntimeError: Simulation Runtime crashed.", why,
@@ -108,7 +111,7 @@ def test_a_failing_serverapp_says_why_on_stderr(tmp_path: Path) -> None:
                           timeout=600, env=_env(tmp_path))
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: acme_flwr.errors.ConfigError: cloud.cost_model=") and str(missing) in last
+    assert last.startswith(f"error: acme_flwr.errors.ConfigError: cloud.cost_model='measured:{missing}'"), last
     assert "run.log" in last and f"ConfigError: cloud.cost_model='measured:{missing}'" in proc.stdout
 
 
