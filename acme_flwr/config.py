@@ -73,6 +73,13 @@ class RunSection:
         **_range(0, None),
         "doc": "MiB of frozen-backbone token grids a device process keeps between messages (LRU), and in Ray "
                "simulation the bound of the files its workers share; 0: recompute them on every message."})
+    threads: int = field(default=2, metadata={**_range(0, None), "doc": (
+        "Intra-op CPU threads of the cloud's backbone stages (teacher, width and depth distillation). A fixed number, "
+        "not the machine's core count: float sums are split by thread count, so the trained backbone (and every "
+        "number downstream) differs between thread counts, while one machine and setting is bit-identical. Part of "
+        "the cloud stage's cache key and recorded in config.json (``provenance``). The default 2 is what the "
+        "published results used (2-core machines); 0 = every core this process may run on (fastest, reproducible "
+        "only on machines with that many cores). The ServerApp's own work and each ClientApp run on 1 thread.")})
 
 
 @dataclass

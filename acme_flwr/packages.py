@@ -49,6 +49,7 @@ from acme_flwr.device.training import (
 )
 from acme_flwr.edge.nas.header_search import EdgeSearch, adapt_header, edge_search_config, search_header
 from acme_flwr.edge.nas.search import SearchConfig
+from acme_flwr.logs import Progress
 from acme_flwr.registry import Registry
 from acme_flwr.runtime import fingerprint
 from acme_flwr.task import DataContractError, FederatedData, TensorSplit, check_split
@@ -173,8 +174,9 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData | CloudData, cache_dir:
     table = None
     stage_log: dict[str, Any] = {}
     if cfg.cloud.enabled:
-        # before any message, while the simulated devices wait: the backbone stages may use every core
-        with accel.threads(accel.cores()):
+        # before any message, while the simulated devices wait: the backbone stages get run.threads threads (a fixed
+        # count, part of the cache key: the floats depend on it)
+        with accel.threads(accel.resolve_threads(cfg.run.threads)):
             model, table, stage_log = build_elastic_backbone(model, (accel.pin(train.x, device), train.y),
                                                              (accel.pin(val.x, device), val.y),
                                                              cloud_stage_config(cfg), cache_dir, progress=progress)
@@ -215,7 +217,8 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData | CloudData, cache_dir:
                            "nas.scope=shared", sorted({pkg.header.num_gates for pkg in by_point.values()}))
     else:
         for point, sub in subs.items():
-            by_point[point] = Package(*point, sub, warm_header(sub, spec, train, val, cfg, cache_dir), spec)
+            by_point[point] = Package(*point, sub, warm_header(sub, spec, train, val, cfg, cache_dir,
+                                                               label=f"w={point[0]:g} d={point[1]:g}"), spec)
     packages = {name: by_point[point] for name, point in point_of.items()}
     nas_federated = None
     if cfg.nas.enabled and cfg.nas.reward == "federated":  # the strategy searches with its devices (setup time)
@@ -346,7 +349,7 @@ def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorS
 
 
 def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, val: TensorSplit,
-                cfg: AcmeConfig, cache_dir: str | Path | None = None) -> Header:
+                cfg: AcmeConfig, cache_dir: str | Path | None = None, label: str = "") -> Header:
     """Train a fresh header on the cloud's data for this sub-backbone; keep the epoch with the best val accuracy.
 
     With ``cache_dir`` the result is stored under a hash of everything it depends on (the sub-backbone's weights,
@@ -371,6 +374,9 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
     opt = torch.optim.SGD(trainable_parameters(header), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     gen = torch.Generator().manual_seed(cfg.cloud_seed)
     best = (-1.0, copy.deepcopy(header.state_dict()))
+    layers = len(backbone.arch()["heads"])
+    report = Progress(f"warm header {label or f'({layers}-layer sub-backbone)'}", cfg.cloud.header_epochs,
+                      unit="epoch", log=logger)
     for _ in range(cfg.cloud.header_epochs):
         order = torch.randperm(len(train), generator=gen)
         batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
@@ -379,6 +385,7 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
         _, acc = evaluate_header(None, header, val, grids=val_grids)
         if acc > best[0]:
             best = (acc, copy.deepcopy(header.state_dict()))
+        report.step(val_acc=acc)
     header.load_state_dict(best[1])
     logger.info("warm header: val accuracy %.4f after %d epochs", max(best[0], 0.0), cfg.cloud.header_epochs)
     if path is not None:

@@ -42,6 +42,19 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def run_provenance(config: dict[str, Any]) -> dict[str, Any]:
+    """The machine facts that move a run's floats besides config and versions (CPU, its vector ISA, cores) and the
+    thread count of every stage: the cloud stages' resolved ``run.threads``, this (ServerApp) process's, and the
+    ClientApps' (each fixes 1 intra-op thread, one Ray CPU per simulated device)."""
+    from acme_flwr import accel  # torch: only where a run records results
+
+    machine = accel.provenance()
+    server_threads = machine.pop("threads")
+    requested = int(config.get("run", {}).get("threads", 0) or 0)
+    return {**machine, "threads": {"cloud_stages": accel.resolve_threads(requested), "server_app": server_threads,
+                                   "client_app": 1}}
+
+
 def accuracy_stats(per_device: dict[int, float]) -> dict[str, Any]:
     """Mean, std and worst-10 % mean (at least one device) of per-device accuracies."""
     if not per_device:
@@ -101,6 +114,7 @@ class RunRecorder:
         self.config = config
         self.seed = seed
         self.versions = package_versions()
+        self.provenance = run_provenance(config)
         self.strategies: dict[str, StrategyRecord] = {}
         self.cloud: dict[str, Any] = {}
         self.data: dict[str, Any] = {}
@@ -113,7 +127,8 @@ class RunRecorder:
             for stale in STALE_ON_FRESH_RUN:
                 (self.out_dir / stale).unlink(missing_ok=True)
         self._rewrite_rows()
-        _write_json(self.out_dir / "config.json", {"config": config, "seed": seed, "versions": self.versions})
+        _write_json(self.out_dir / "config.json", {"config": config, "seed": seed, "versions": self.versions,
+                                                   "provenance": self.provenance})
 
     def strategy(self, name: str) -> StrategyRecord:
         return self.strategies.setdefault(name, StrategyRecord(name))
@@ -140,7 +155,8 @@ class RunRecorder:
         if primary not in self.strategies:
             raise KeyError(f"no results for strategy {primary!r}; have {sorted(self.strategies)}")
         blocks = {name: rec.to_dict() for name, rec in self.strategies.items()}
-        summary = {"config": self.config, "seed": self.seed, "versions": self.versions, "strategy": primary,
+        summary = {"config": self.config, "seed": self.seed, "versions": self.versions,
+                   "provenance": self.provenance, "strategy": primary,
                    **blocks[primary], "strategies": blocks, "cloud": self.cloud, "data": self.data,
                    "wall_time_s": round(time.time() - self.started, 2), "out_dir": str(self.out_dir)}
         path = self.out_dir / "summary.json"

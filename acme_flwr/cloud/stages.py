@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from acme_flwr import accel
+from acme_flwr.logs import Progress
 from acme_flwr.runtime import fingerprint
 
 from .elastic_vit import ElasticViT, kept_layers
@@ -164,11 +165,12 @@ def _train_loop(
     x, y = data
     total = _steps(len(y), cfg.batch_size, epochs, cfg.max_steps)
     opt = _optimizer(model, lr, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total) if linear_decay else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(total, 1)) if linear_decay else 1.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
+    report = Progress(f"cloud stage {name}", total, per_epoch=math.ceil(len(y) / cfg.batch_size), log=logger)
     with tqdm(total=total, desc=f"cloud:{name}", disable=not progress, leave=False) as bar:
         while len(losses) < total:
             for idx in _batches(len(y), cfg.batch_size, gen):
@@ -183,6 +185,7 @@ def _train_loop(
                 sched.step()
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                report.step(loss=losses[-1])
     model.eval()
     seconds = time.perf_counter() - start
     logger.info("cloud stage %s: %d steps, loss %.4f -> %.4f, %.1f s", name, total,
@@ -381,9 +384,11 @@ _STAGES: dict[str, Callable[[_Run], dict[str, Any]]] = {
 
 
 def cache_meta(model: ElasticViT, train: Data, val: Data, cfg: CloudStageConfig) -> dict[str, Any]:
-    """Everything that determines the result: arch, initial weights, data, config (and the cache format)."""
+    """Everything that determines the result: arch, initial weights, data, config, the intra-op thread count the
+    stages run with (float sums are split by it) and the cache format."""
     return {
         "format": CACHE_FORMAT,
+        "threads": torch.get_num_threads(),
         "arch": model.arch(),
         "init_weights": fingerprint(*model.state_dict().values()),
         "train": fingerprint(*train),

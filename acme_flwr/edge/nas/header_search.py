@@ -30,6 +30,7 @@ from acme_flwr.device.training import backbone_grids, train_header_epoch, traina
 from acme_flwr.edge.nas.child import ENASChild
 from acme_flwr.edge.nas.export import export_header
 from acme_flwr.edge.nas.search import ProxyReward, SearchConfig, header_size_for, search, sgdr_lr
+from acme_flwr.logs import Progress
 from acme_flwr.runtime import fingerprint
 from acme_flwr.task import TensorSplit
 
@@ -97,6 +98,7 @@ def _finetune(header: SearchedHeader, train: tuple[torch.Tensor, torch.Tensor], 
     gen = torch.Generator().manual_seed(cfg.seed)
     accs = [grid_accuracy(header, *val)]
     best = (accs[0], copy.deepcopy(header.state_dict()))
+    report = Progress("header fine-tune", cfg.finetune_epochs, unit="epoch", log=log)
     for epoch in tqdm(range(cfg.finetune_epochs), desc="NAS fine-tune", unit="epoch", disable=not progress):
         for group in opt.param_groups:
             group["lr"] = sgdr_lr(epoch, cfg.child_lr_max, cfg.child_lr_min, cfg.child_lr_t0, cfg.child_lr_t_mul)
@@ -107,6 +109,7 @@ def _finetune(header: SearchedHeader, train: tuple[torch.Tensor, torch.Tensor], 
         accs.append(grid_accuracy(header, *val))
         if accs[-1] > best[0]:
             best = (accs[-1], copy.deepcopy(header.state_dict()))
+        report.step(val_acc=accs[-1])
     header.load_state_dict(best[1])
     return accs
 

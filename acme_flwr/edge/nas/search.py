@@ -27,6 +27,7 @@ from tqdm import tqdm
 from acme_flwr.device.cell import arc_to_str, has_separable_op, seeded, validate_arc
 from acme_flwr.edge.nas.child import ENASChild
 from acme_flwr.edge.nas.controller import Controller
+from acme_flwr.logs import Progress
 
 __all__ = [
     "ProxyReward",
@@ -397,6 +398,7 @@ def search(reward_source: RewardSource, config: SearchConfig, controller: Contro
     history: list[dict[str, Any]] = []
     with seeded(config.seed):
         bar = tqdm(range(config.epochs), desc="NAS search", unit="epoch", disable=not progress)
+        report = Progress("header search", config.epochs, unit="epoch", log=log)
         for epoch in bar:
             t_start = time.perf_counter()
             lr = sgdr_lr(epoch, config.child_lr_max, config.child_lr_min, config.child_lr_t0, config.child_lr_t_mul)
@@ -437,6 +439,7 @@ def search(reward_source: RewardSource, config: SearchConfig, controller: Contro
             log.info("NAS epoch %d lr=%.4g child=%s controller_acc=%.4f val=%s best=%.4f", epoch, lr,
                      {k: round(v, 4) for k, v in child_stats.items()}, record.get("controller_acc", float("nan")),
                      record.get("val_acc"), best_score)
+            report.step(best_val=best_score if best_score > -math.inf else float("nan"))
             if on_epoch is not None:
                 on_epoch(record)
     if best_arc is None:
