@@ -11,7 +11,8 @@ from acme_flwr.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .acme import AcmeStrategy
-    from .base import EdgeTierStrategy, ReplyRejected
+    from .admission import ReplyRejected
+    from .base import EdgeTierStrategy
     from .ditto import Ditto
     from .fedbabu import FedBABU
     from .fedrep import FedRep
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from .hier_fedavg import HierarchicalFedAvg
     from .registry import STRATEGIES, build_strategy
 
-_EXPORTS = {"AcmeStrategy": ".acme", "EdgeTierStrategy": ".base", "ReplyRejected": ".base", "Ditto": ".ditto",
+_EXPORTS = {"AcmeStrategy": ".acme", "EdgeTierStrategy": ".base", "ReplyRejected": ".admission", "Ditto": ".ditto",
             "FedBABU": ".fedbabu", "FedRep": ".fedrep", "HeaderFedAvg": ".header_fedavg",
             "HierarchicalFedAvg": ".hier_fedavg", "STRATEGIES": ".registry", "build_strategy": ".registry"}
 __all__ = ["STRATEGIES", "AcmeStrategy", "Ditto", "EdgeTierStrategy", "FedBABU", "FedRep", "HeaderFedAvg",

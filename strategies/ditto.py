@@ -38,8 +38,8 @@ class Ditto(HeaderFedAvg):
         return {"mode": "ditto", "ditto-lambda": self.lam, "personal-epochs": self.personal_epochs}
 
     def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid), send="header", **self._ditto())
+        return self.content(server_round, config, self._edge_arrays(pid), send="header", **self._ditto())
 
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
                          config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid), **self._ditto())
+        return self.content(server_round, config, self._edge_arrays(pid), **self._ditto())

@@ -33,9 +33,9 @@ class FedBABU(HeaderFedAvg):
         self.finetune_epochs = int(finetune_epochs)
 
     def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid), send="body", mode="fedbabu")
+        return self.content(server_round, config, self._edge_arrays(pid), send="body", mode="fedbabu")
 
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
                          config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid), mode="fedbabu",
+        return self.content(server_round, config, self._edge_arrays(pid), mode="fedbabu",
                             **{"finetune-epochs": self.finetune_epochs})

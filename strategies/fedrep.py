@@ -33,5 +33,5 @@ class FedRep(HeaderFedAvg):
         self.body_epochs = int(body_epochs)
 
     def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid), send="body", mode="fedrep",
+        return self.content(server_round, config, self._edge_arrays(pid), send="body", mode="fedrep",
                             **{"head-epochs": self.head_epochs, "body-epochs": self.body_epochs})

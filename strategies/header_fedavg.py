@@ -20,7 +20,7 @@ from acme_flwr import protocol as P
 from acme_flwr.packages import CloudPackages
 from acme_flwr.topology import Topology
 
-from .base import ReplyRejected
+from .admission import ReplyRejected
 from .harness import AcmeProtocolStrategy
 from .utils import check_same_layout, from_numpy, to_numpy, weighted_average
 
@@ -69,16 +69,16 @@ class HeaderFedAvg(AcmeProtocolStrategy):
         return {P.HEADER: model}
 
     def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid), send=self._send())
+        return self.content(server_round, config, self._edge_arrays(pid), send=self._send())
 
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
                          config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid))
+        return self.content(server_round, config, self._edge_arrays(pid))
 
-    def _accept(self, server_round: int, phase: str, replies: Any, validate: Any) -> dict[int, RecordDict]:
+    def accept_replies(self, server_round: int, phase: str, replies: Any, validate: Any) -> dict[int, RecordDict]:
         """A device whose reply is missing may not have received its model: send it again next time."""
-        ok = super()._accept(server_round, phase, replies, validate)
-        for pid in self._sent.get((server_round, phase), set()) - set(ok):
+        ok = super().accept_replies(server_round, phase, replies, validate)
+        for pid in self.admission.asked(server_round, phase) - set(ok):
             self.delivered.pop(pid, None)
         return ok
 

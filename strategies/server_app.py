@@ -24,7 +24,7 @@ from acme_flwr.runtime import cache_dir, out_dir, shared_feature_dir
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
-from .base import checkpoint_path
+from .checkpointer import checkpoint_path
 from .registry import STRATEGIES, build_strategy
 
 logger = logging.getLogger("acme_flwr")
@@ -78,10 +78,13 @@ def _run(grid: Grid, context: Context) -> None:
         elif not cfg.run.resume:
             for stale in checkpoint_files(checkpoint):
                 stale.unlink(missing_ok=True)
-        if done < cfg.strategy.rounds:
+        if done < cfg.strategy.rounds:  # start() logs the strategy's lost devices (DEGRADED) itself
             strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds - done,
                            timeout=cfg.strategy.timeout)
-        strategy.finalize()
+            strategy.finalize()
+        else:
+            strategy.finalize()
+            strategy.report_lost_devices()
         strategy.record.extra["wall_time_s"] = round(time.time() - strategy_started, 2)  # this run's part of it
         recorder.write_summary(primary=cfg.strategy_names[0])  # keep what is done even if a later strategy fails
     path = recorder.write_summary(primary=cfg.strategy_names[0])
@@ -92,9 +95,7 @@ def _run(grid: Grid, context: Context) -> None:
         logger.exception("plotting failed; summary.json is complete")
     logger.info("results:\n%s", format_table(json.loads(Path(path).read_text())))
     logger.info("summary written to %s", path)
-    lost = lost_device_lines(json.loads(Path(path).read_text()))
-    for line in lost:  # loud: a later strategy must never silently report on a subset of the devices
-        logger.warning("%s", line)
+    lost = lost_device_lines(json.loads(Path(path).read_text()))  # each strategy logged its own DEGRADED line
     if lost and cfg.run.on_lost_devices == "fail":
         raise RuntimeError(f"run.on_lost_devices=fail: {len(lost)} strategy(ies) lost devices (see lost_devices in "
                            f"{path})")

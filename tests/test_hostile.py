@@ -277,9 +277,8 @@ def _run(name: str, packages, tmp_path: Path, hostile: Hostile | None, mtype: st
 
 
 def _edge_state(strategy) -> dict[str, Any]:  # noqa: ANN001
-    inner = getattr(strategy, "fallback", None) or strategy
-    return {"extra": inner.extra_state(), "features": getattr(inner, "features", {}),
-            "eval": inner.eval_history, "devices": sorted(inner.node_of)}
+    return {"extra": strategy.policy.extra_state(), "features": getattr(strategy, "features", {}),
+            "eval": strategy.eval_history, "devices": sorted(strategy.node_of)}
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -162,7 +162,7 @@ def test_drop_in_acme_strategy_runs_hierarchical_fedavg_on_a_plain_flower_app(tm
     grid = InProcessGrid(_quickstart_app(), 4)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": torch.zeros(3)}), num_rounds=2)
     block = strategy.finalize()
-    assert strategy.fallback is not None and block["mode"].startswith("drop-in")
+    assert strategy.drop_in and block["mode"].startswith("drop-in")
     assert block["failures"]["count"] == 0
     # device p adds p+1 and reports 10(p+1) examples. Round 1: edge 0 = devices {0,2} -> (10*1 + 30*3)/40 = 2.5;
     # edge 1 = {1,3} -> (20*2 + 40*4)/60 = 10/3. Round 2 adds the same again (5 and 20/3), then the cloud round
