@@ -387,3 +387,37 @@ def test_acme_ablation_names_fix_their_variant(name: str, variant: str, distance
     assert (strategy.variant_name, strategy.distance, strategy.tag) == (variant, distance, name)
     plain = build_strategy("acme", cfg, topology, deployment, recorder)
     assert (plain.variant_name, plain.distance) == (cfg.strategy.variant, cfg.strategy.distance)
+
+
+# ---------------------------------------------------------------------------------------------- rounds.jsonl per phase
+def _row_sums(rows: list[dict], name: str) -> tuple[dict, dict]:
+    """Per tier and direction: the sum of the cloud rows' bytes, and of the device rows' edge-device bytes."""
+    cloud = {t: {d: sum(r.get(f"bytes_{t}_{d}", 0) for r in rows if r["strategy"] == name and r["tier"] == "cloud")
+                 for d in ("up", "down")} for t in ("cloud-edge", "edge-device")}
+    device = {d: sum(r[f"bytes_{d}"] for r in rows if r["strategy"] == name and r["tier"] == "device")
+              for d in ("up", "down")}
+    return cloud, device
+
+
+@pytest.mark.parametrize("name", ["acme", "fedavg_header"])
+def test_rounds_jsonl_rows_are_per_phase_and_sum_to_the_summary_totals(name: str, setup, tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    strategy, block, _ = _run(name, setup, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    cloud, device = _row_sums(rows, name)
+    assert cloud == {t: block["bytes"][t] for t in ("cloud-edge", "edge-device")}
+    assert device == block["bytes"]["edge-device"]
+    # round 0 holds discovery and setup (most of the downlink); an evaluate row holds only the evaluate phase's bytes
+    setup_rows = [r for r in rows if r["tier"] == "cloud" and r["round"] == 0]
+    assert {r["phase"] for r in setup_rows} >= {"discover", "setup"}
+    assert sum(r["bytes_edge-device_down"] for r in setup_rows) > block["bytes"]["edge-device"]["down"] / 2
+    for rnd in (1, 2):
+        train = next(r for r in rows if r["tier"] == "cloud" and r["round"] == rnd and r["phase"] == "train")
+        evaluate = next(r for r in rows if r["tier"] == "cloud" and r["round"] == rnd and r["phase"] == "evaluate")
+        total = strategy.ledger.round_totals(rnd)
+        for t in ("cloud-edge", "edge-device"):
+            for d in ("up", "down"):
+                assert train[f"bytes_{t}_{d}"] + evaluate[f"bytes_{t}_{d}"] == total[t][d]
+        ups = [r["bytes_up"] for r in rows if r["tier"] == "device" and r["round"] == rnd and r["phase"] == "evaluate"]
+        assert ups and max(ups) < 2000  # an evaluate reply is metrics only, not the round's running total
