@@ -25,7 +25,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from .comm import CENTRALIZED_FORMULA, FEDAVG_FORMULA, CommLedger, fedavg_full_bytes
 from .protocol import METRICS
-from .results import RunRecorder, StrategyRecord, accuracy_stats
+from .results import RunRecorder, StrategyRecord, accuracy_stats, lost_device_lines
 from .topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,27 @@ class RoundBooks:
                                  for d, v in dd.items()})
 
     # ------------------------------------------------------------------------------------------------- summary block
+    def finalize(self, ledger: CommLedger, reference_params: int, profiles: dict[int, dict[str, Any]],
+                 active: set[int], expected: int, asked_in: Callable[[int], set[int]] | None,
+                 accuracy_key: str | None, mode: str) -> dict[str, Any]:
+        """The strategy's summary block, brought up to date: bytes and references, accuracy, ``mode`` (when given)
+        and, when ``asked_in`` (round -> devices asked) is given, the lost-device verdict."""
+        raw = sum(int(p.get("raw-train-bytes", 0)) for p in profiles.values())
+        self.bytes_block(ledger, reference_params, len(active), raw)
+        self.record.accuracy = self.accuracy(accuracy_key)
+        if mode:
+            self.record.extra["mode"] = mode
+        if asked_in is not None:
+            self.lost_devices(expected, active, asked_in, len(active))
+        return self.record.to_dict()
+
+    def report_lost(self) -> list[str]:
+        """Log (WARNING) one ``DEGRADED:`` line when the strategy lost devices; the lines."""
+        lines = lost_device_lines({"strategies": {self.record.name: self.record.to_dict()}})
+        for line in lines:
+            logger.warning("%s", line)
+        return lines
+
     def bytes_block(self, ledger: CommLedger, reference_params: int, num_devices: int,
                     raw_train_bytes: int) -> dict[str, Any]:
         """Totals per tier and direction, per device, and the two references computed in the same run."""

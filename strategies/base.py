@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from acme_flwr.comm import CommLedger
 from acme_flwr.logs import use_flower_logging
-from acme_flwr.results import RunRecorder, StrategyRecord, format_byte_table, lost_device_lines
+from acme_flwr.results import RunRecorder, StrategyRecord, format_byte_table
 from acme_flwr.round_books import RoundBooks
 from acme_flwr.runtime import shared_feature_dir
 from acme_flwr.topology import Topology
@@ -239,33 +239,23 @@ class EdgeTierStrategy(FedAvg):
         return self.round_offset
 
     def finalize(self) -> dict[str, Any]:
-        """Bring this strategy's block of the results contract up to date (bytes, references, accuracy, failures);
+        """Bring this strategy's block of the results contract up to date (bytes, references, accuracy, lost devices);
         called after every evaluation round, so ``record`` is current whenever ``start`` returns."""
-        raw = sum(int(p.get("raw-train-bytes", 0)) for p in self.profiles.values())
-        self.books.bytes_block(self.ledger, self.reference_params or self.policy.model_params(), len(self.node_of),
-                               raw)
-        self.record.accuracy = self.books.accuracy(self.accuracy_key)
-        if self.policy.describe():
-            self.record.extra["mode"] = self.policy.describe()
-        if self._ready:  # a strategy restored from a finished checkpoint keeps the verdict it was saved with
-            self.books.lost_devices(self.expected_devices(), set(self.node_of), self._asked_in, len(self.node_of))
-        return self.record.to_dict()
+        asked = (lambda r: self.admission.asked(r, "train") | self.admission.asked(r, "evaluate")) if self._ready \
+            else None  # a strategy restored from a finished checkpoint keeps the verdict it was saved with
+        return self.books.finalize(self.ledger, self.reference_params or self.policy.model_params(), self.profiles,
+                                   set(self.node_of), self.expected_devices(), asked, self.accuracy_key,
+                                   self.policy.describe())
 
     def report_lost_devices(self) -> list[str]:
         """Log (WARNING) one ``DEGRADED:`` line if this strategy lost devices; the lines."""
-        lines = lost_device_lines({"strategies": {self.record.name: self.record.to_dict()}})
-        for line in lines:
-            logger.warning("%s", line)
-        return lines
+        return self.books.report_lost()
 
     def expected_devices(self) -> int:
         """The topology's fixed device count, else every node seen at discovery (a rejected one included)."""
         if self._fixed_devices is not None:
             return self._fixed_devices
         return max(self.nodes_seen, max(self.node_of, default=-1) + 1, len(self.node_of))
-
-    def _asked_in(self, server_round: int) -> set[int]:
-        return self.admission.asked(server_round, "train") | self.admission.asked(server_round, "evaluate")
 
     # ------------------------------------------------------------------------------------------------- devices
     def wait_for_nodes(self, grid: Grid) -> list[int]:

@@ -28,7 +28,21 @@ SHARES = ("all", "body", "none")
 
 
 class HeaderFedAvg(AcmeProtocolStrategy):
-    """Weight-averaging baselines over the ACME device harness."""
+    """Weight-averaging baselines over the ACME device harness.
+
+    Parameters
+    ----------
+    topology : Topology, optional (keyword-only)
+        Devices, edges, assignment and ``edge_rounds_per_cloud``.
+    deployment : CloudPackages, optional (keyword-only)
+        The cloud's packages (sub-backbone and warm header per device class); needed to run.
+    share : str (default: "all")
+        What the edge averages: "all" (FedAvg of the header), "body" (FedPer) or "none" (local training only).
+    *args, **kwargs :
+        FedAvg's arguments (positional in FedAvg's order, or by name) and the harness's keyword-only settings
+        (``recorder``, ``record_name``, ``seed``, ``timeout``, ``train_config``, ``checkpoint_dir``, ...), as for
+        :class:`~.acme.AcmeStrategy`.
+    """
 
     name = "fedavg_header"
 
@@ -42,6 +56,9 @@ class HeaderFedAvg(AcmeProtocolStrategy):
         self.edge_examples: dict[tuple[int, str], float] = {}
         self.versions: dict[tuple[int, str], int] = {}  # bumped whenever an edge model changes
         self.delivered: dict[int, int] = {}  # partition-id -> version of its edge model it already holds
+
+    def settings(self) -> dict[str, Any]:
+        return {"Header averaging": f"share {self.share}", "Devices train with": self.train_config}
 
     def extra_state(self) -> dict[str, Any]:
         return {"edge_models": {e: to_numpy(m) for e, m in self.edge_models.items()},

@@ -421,3 +421,75 @@ def test_rounds_jsonl_rows_are_per_phase_and_sum_to_the_summary_totals(name: str
                 assert train[f"bytes_{t}_{d}"] + evaluate[f"bytes_{t}_{d}"] == total[t][d]
         ups = [r["bytes_up"] for r in rows if r["tier"] == "device" and r["round"] == rnd and r["phase"] == "evaluate"]
         assert ups and max(ups) < 2000  # an evaluate reply is metrics only, not the round's running total
+
+
+# ------------------------------------------------------------------------------------------ full ACME in a user's app
+def _capture() -> tuple[list[str], object]:
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("flwr").addHandler(handler)
+    return lines, handler
+
+
+def test_start_train_config_reaches_the_devices_and_result_holds_fedavgs_metrics(setup, tmp_path) -> None:  # noqa: ANN001
+    import logging
+
+    from flwr.app import ConfigRecord
+
+    flat, cfg, deployment, topo = setup
+    strategy = AcmeStrategy.from_config(cfg, topology=topo, deployment=deployment)
+    grid = InProcessGrid(acme_client_app, 4, flat)
+    lines, handler = _capture()
+    try:  # no initial_arrays: personalization has no global model
+        result = strategy.start(grid=grid, num_rounds=2, train_config=ConfigRecord({"lr": 0.05, "my-key": 3}))
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    train = [dict(m.content[P.CONFIG]) for m in grid.sent if m.metadata.message_type == P.TRAIN]
+    evaluate = [dict(m.content[P.CONFIG]) for m in grid.sent if m.metadata.message_type == P.EVALUATE]
+    assert len(train) == 8 and all(c["lr"] == 0.05 and c["my-key"] == 3 for c in train)
+    assert all(c["lr"] == cfg.strategy.lr and "my-key" not in c for c in evaluate)  # evaluate_config was not given
+    assert sorted(result.train_metrics_clientapp) == sorted(result.evaluate_metrics_clientapp) == [1, 2]
+    assert "train-loss" in result.train_metrics_clientapp[2] and "test-acc" in result.evaluate_metrics_clientapp[2]
+    assert len(result.arrays) == 0 and any("personalization has no global model" in line for line in lines)
+    assert sum(line.startswith("\t└──> Aggregated MetricRecord") for line in lines) == 4
+    with pytest.raises(ValueError, match=r"sets \['tag'\], which the strategy sets itself"):
+        AcmeStrategy.from_config(cfg, topology=topo, deployment=deployment).start(
+            grid=InProcessGrid(acme_client_app, 4, flat), num_rounds=1, train_config=ConfigRecord({"tag": "x"}))
+
+
+def test_a_device_rejected_at_discovery_is_expected_named_by_partition_id_and_reported_by_the_strategy(
+        setup, tmp_path) -> None:  # noqa: ANN001
+    import logging
+
+    from flwr.app import ConfigRecord
+
+    flat, cfg, deployment, _ = setup
+
+    def bad_class(msg: Message, node: int):  # noqa: ANN202 - partition 3 claims a device class the cloud never built
+        if msg.metadata.message_type != P.PROFILE or node != 1000 + 7 * 3:
+            return None
+        reply = acme_client_app(msg, grid.contexts[node])
+        prof = dict(reply.content[P.PROFILE_REC])
+        return Message(RecordDict({P.PROFILE_REC: ConfigRecord({**prof, "device-class": "huge"})}), reply_to=msg)
+
+    grid = InProcessGrid(acme_client_app, 4, flat, bad_class)
+    strategy = AcmeStrategy.from_config(cfg, topology=Topology(None, 2), deployment=deployment)
+    lines, handler = _capture()
+    try:
+        strategy.start(grid=grid, num_rounds=1)
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    block = strategy.finalize()
+    assert block["devices"] == {"expected": 4, "reported": 3} and block["degraded"] is True
+    assert [(f["node"], f["phase"]) for f in block["failures"]["reasons"]] == [("3", "discover")]
+    assert "rejected profile: device-class 'huge'" in block["lost_devices"][0]["reason"]
+    assert "configure_train: Sampled 3 nodes (out of 3) | 4 expected, 1 lost before this round" in lines
+    degraded = [line for line in lines if line.startswith("DEGRADED: acme reports on 3/4 devices; lost 3 (round 0")]
+    assert len(degraded) == 1
