@@ -155,7 +155,8 @@ class EdgeTierStrategy(FedAvg):
         msgs = self._messages(server_round, "train", self.sample(server_round, "train"),
                               lambda pid: self.policy.train_content(server_round, pid, arrays, config),
                               self.policy.train_type)
-        self._log_sampled("configure_train", msgs)
+        log_sampled("configure_train", self.admission.asked(server_round, "train"), len(self.node_of),
+                    self.expected_devices(), self.topology)
         return msgs
 
     def aggregate_train(self, server_round: int,
@@ -176,7 +177,8 @@ class EdgeTierStrategy(FedAvg):
         metrics = self.train_metrics_aggr_fn(list(ok.values()), self.weighted_by_key) if ok else None
         self.books.phase(server_round, "train", ok, dict(metrics or {}), self.ledger, self.topology,
                          self.weighted_by_key)
-        self._log_received("aggregate_train", server_round, "train", ok, cloud)
+        log_received("aggregate_train", server_round, "train", list(ok), self.record.failures, self.topology,
+                     cloud if self.policy.has_cloud_step else None, self.last_round)
         return self.policy.global_arrays(), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -188,7 +190,8 @@ class EdgeTierStrategy(FedAvg):
                               lambda pid: self.policy.evaluate_content(server_round, pid, arrays, config),
                               self.policy.evaluate_type)
         if msgs:
-            self._log_sampled("configure_evaluate", msgs)
+            log_sampled("configure_evaluate", self.admission.asked(server_round, "evaluate"), len(self.node_of),
+                        self.expected_devices(), self.topology)
         return msgs
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -202,7 +205,8 @@ class EdgeTierStrategy(FedAvg):
         self.books.phase(server_round, "evaluate", ok, dict(metrics or {}), self.ledger, self.topology,
                          self.weighted_by_key)
         if self.admission.asked(server_round, "evaluate"):
-            self._log_received("aggregate_evaluate", server_round, "evaluate", ok, None)
+            log_received("aggregate_evaluate", server_round, "evaluate", list(ok), self.record.failures,
+                         self.topology, None, self.last_round)
         self.finalize()
         self.save_checkpoint(server_round)
         return metrics
@@ -364,15 +368,6 @@ class EdgeTierStrategy(FedAvg):
                            "no messages and has not discovered its devices; call configure_train/configure_evaluate "
                            "(or Strategy.start) first, it keys every reply to the message it sent")
 
-    def _log_sampled(self, what: str, msgs: list[Message]) -> None:
-        log_sampled(what, [self.pid_of[m.metadata.dst_node_id] for m in msgs], len(self.node_of),
-                    self.expected_devices(), self.topology)
-
-    def _log_received(self, what: str, server_round: int, phase: str, ok: dict[int, RecordDict],
-                      cloud: bool | None) -> None:
-        failed = [f["node"] for f in self.record.failures if f["round"] == server_round and f["phase"] == phase]
-        log_received(what, server_round, list(ok), failed, self.topology,
-                     cloud if self.policy.has_cloud_step else None, self.last_round)
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:

@@ -174,14 +174,16 @@ class AcmeProtocolStrategy(EdgeTierStrategy, RoundsPolicy):
                            no_handler, len(nodes))
         logger.info("%s: discovered %d devices", self.record.name, len(self.node_of))
 
-    @staticmethod
-    def _who(reply: Message) -> str:
-        """A device in a discovery failure: the partition-id its profile claims, else ``node <id>``."""
+    def _who(self, reply: Message) -> str:
+        """A device in a discovery failure: the partition-id its profile claims when that is a valid one, else
+        ``node <id>`` (an error reply, a malformed profile or an impossible partition-id names no device)."""
         try:
             pid = reply.content[P.PROFILE_REC].get("partition-id")
+            valid = isinstance(reply.content[P.PROFILE_REC], ConfigRecord)
         except Exception:  # noqa: BLE001 - an error reply or a malformed profile has none
-            pid = None
-        if isinstance(pid, int) and not isinstance(pid, bool) and pid >= 0:
+            pid, valid = None, False
+        n = self.topology.num_devices
+        if valid and isinstance(pid, int) and not isinstance(pid, bool) and 0 <= pid and (n is None or pid < n):
             return str(pid)
         return f"node {reply.metadata.src_node_id}"
 

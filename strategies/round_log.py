@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 from acme_flwr.topology import Topology
 
 logger = logging.getLogger("acme_flwr.strategies.base")  # the template's lines, under the template's logger
 
 
-def log_sampled(what: str, pids: list[int], active: int, expected: int, topology: Topology) -> None:
+def log_sampled(what: str, pids: Iterable[int], active: int, expected: int, topology: Topology) -> None:
     """FedAvg's "Sampled N nodes (out of M)" (M: the devices still taking part), the devices lost before this round
     when there are any, and the sample per edge."""
+    pids = sorted(pids)
     text = f"{what}: Sampled {len(pids)} nodes (out of {active})"
     if expected > active:
         text += f" | {expected} expected, {expected - active} lost before this round"
@@ -21,10 +24,11 @@ def log_sampled(what: str, pids: list[int], active: int, expected: int, topology
     logger.info("%s", text)
 
 
-def log_received(what: str, server_round: int, ok: list[int], failed: list[str], topology: Topology,
-                 cloud: bool | None, last_round: int | None) -> None:
-    """FedAvg's "Received N results and M failures", then the same per edge and what the cloud did (``cloud``: None
-    when the strategy has no cloud step)."""
+def log_received(what: str, server_round: int, phase: str, ok: list[int], failures: list[dict[str, Any]],
+                 topology: Topology, cloud: bool | None, last_round: int | None) -> None:
+    """FedAvg's "Received N results and M failures" (M: this round and phase's failures), then the same per edge and
+    what the cloud did (``cloud``: None when the strategy has no cloud step)."""
+    failed = [f["node"] for f in failures if f["round"] == server_round and f["phase"] == phase]
     logger.info("%s: Received %d results and %d failures", what, len(ok), len(failed))
     lines = []
     if topology.num_edges > 1:
