@@ -164,9 +164,9 @@ class AcmeStrategy(AcmeProtocolStrategy):
 
     def _run_as_fedavg(self, node_of: dict[int, int]) -> None:
         """Drop-in mode: the FedAvg rounds policy over the nodes found, keyed by partition-id."""
-        self.node_of, self.pid_of, self.profiles = {}, {}, {}
+        self.devices.clear()
         for pid, node in sorted(node_of.items()):
-            self.bind(pid, node, {"partition-id": pid})
+            self.devices.bind(pid, node, {"partition-id": pid})
         self.use_policy(FedAvgPolicy(self, label="drop-in (hierarchical FedAvg)"))
 
     def setup(self, grid: Grid) -> None:

@@ -34,6 +34,7 @@ from acme_flwr.topology import Topology
 
 from .admission import ReplyAdmission, Validator
 from .checkpointer import Checkpointer
+from .devices import DeviceTable
 from .round_log import log_received, log_sampled
 from .rounds_policy import RoundsPolicy
 from .utils import sample_devices
@@ -70,7 +71,7 @@ class EdgeTierStrategy(FedAvg):
             raise TypeError(f"{type(self).__name__} needs a rounds policy (policy=...) or must implement RoundsPolicy")
         self.policy: RoundsPolicy = policy if policy is not None else self  # type: ignore[assignment]
         self.topology = topology if topology is not None else Topology()
-        self._fixed_devices = self.topology.num_devices
+        self.devices = DeviceTable(self.topology.num_devices)
         self.round_offset = 0  # rounds restored from a checkpoint; Flower's start() counts from 1 again
         self.last_round: int | None = None  # set by start(): the cloud always aggregates at the last round
         self.seed = seed
@@ -85,12 +86,20 @@ class EdgeTierStrategy(FedAvg):
         self.books = RoundBooks(self.record, recorder)
         self.admission = ReplyAdmission()
         self.checkpointer = Checkpointer(checkpoint_dir, self.record.name)
-        self.node_of: dict[int, int] = {}       # partition-id -> node id
-        self.pid_of: dict[int, int] = {}        # node id -> partition-id
-        self.profiles: dict[int, dict[str, Any]] = {}
-        self.nodes_seen = 0  # nodes connected at discovery (the expected devices when the topology leaves it open)
         self._ready = False
         self._pending: tuple[str | None, dict[str, Any]] | None = None  # restored policy state not yet loaded
+
+    @property
+    def node_of(self) -> dict[int, int]:
+        return self.devices.node_of
+
+    @property
+    def pid_of(self) -> dict[int, int]:
+        return self.devices.pid_of
+
+    @property
+    def profiles(self) -> dict[int, dict[str, Any]]:
+        return self.devices.profiles
 
     @property
     def eval_history(self) -> dict[int, dict[int, dict[str, Any]]]:
@@ -108,7 +117,7 @@ class EdgeTierStrategy(FedAvg):
     def discover(self, grid: Grid) -> None:
         """Fill ``node_of``/``pid_of``/``profiles``. Default: sorted node ids get partition-ids 0..n-1."""
         for pid, node in enumerate(sorted(self.wait_for_nodes(grid))):
-            self.bind(pid, node, {"partition-id": pid})
+            self.devices.bind(pid, node, {"partition-id": pid})
 
     def setup(self, grid: Grid) -> None:
         """One-time work after discovery (e.g. shipping sub-backbones). Default: nothing."""
@@ -156,7 +165,7 @@ class EdgeTierStrategy(FedAvg):
                               lambda pid: self.policy.train_content(server_round, pid, arrays, config),
                               self.policy.train_type)
         log_sampled("configure_train", self.admission.asked(server_round, "train"), len(self.node_of),
-                    self.expected_devices(), self.topology)
+                    self.devices.expected(), self.topology)
         return msgs
 
     def aggregate_train(self, server_round: int,
@@ -191,7 +200,7 @@ class EdgeTierStrategy(FedAvg):
                               self.policy.evaluate_type)
         if msgs:
             log_sampled("configure_evaluate", self.admission.asked(server_round, "evaluate"), len(self.node_of),
-                        self.expected_devices(), self.topology)
+                        self.devices.expected(), self.topology)
         return msgs
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -248,25 +257,19 @@ class EdgeTierStrategy(FedAvg):
         asked = (lambda r: self.admission.asked(r, "train") | self.admission.asked(r, "evaluate")) if self._ready \
             else None  # a strategy restored from a finished checkpoint keeps the verdict it was saved with
         return self.books.finalize(self.ledger, self.reference_params or self.policy.model_params(), self.profiles,
-                                   set(self.node_of), self.expected_devices(), asked, self.accuracy_key,
+                                   set(self.node_of), self.devices.expected(), asked, self.accuracy_key,
                                    self.policy.describe())
 
     def report_lost_devices(self) -> list[str]:
         """Log (WARNING) one ``DEGRADED:`` line if this strategy lost devices; the lines."""
         return self.books.report_lost()
 
-    def expected_devices(self) -> int:
-        """The topology's fixed device count, else every node seen at discovery (a rejected one included)."""
-        if self._fixed_devices is not None:
-            return self._fixed_devices
-        return max(self.nodes_seen, max(self.node_of, default=-1) + 1, len(self.node_of))
-
     # ------------------------------------------------------------------------------------------------- devices
     def wait_for_nodes(self, grid: Grid) -> list[int]:
         """Wait like FedAvg for ``min_available_nodes`` (or the topology's fixed ``num_devices``) to connect."""
         count = self.topology.num_devices if self.topology.num_devices is not None else self.min_available_nodes
         nodes = wait_for_nodes(grid, count, self.discovery_timeout)
-        self.nodes_seen = len(nodes)
+        self.devices.nodes_seen = len(nodes)
         return nodes
 
     def sample(self, server_round: int, phase: str = "train") -> list[int]:
@@ -275,24 +278,9 @@ class EdgeTierStrategy(FedAvg):
                              else (self.fraction_evaluate, self.min_evaluate_nodes))
         return sample_devices(sorted(self.node_of), fraction, minimum, self.seed, server_round, phase)
 
-    def bind(self, pid: int, node: int, profile: dict[str, Any]) -> None:
-        """Device ``pid`` lives on ``node`` with ``profile``."""
-        self.node_of[pid] = node
-        self.pid_of[node] = pid
-        self.profiles[pid] = profile
-
-    def unbind(self, pid: int) -> None:
-        """Device ``pid`` takes no further part (it failed setup)."""
-        node = self.node_of.pop(pid)
-        self.pid_of.pop(node, None)
-
     def bind_topology(self) -> None:
         """Fix the topology's device count to the discovered devices when it was left open."""
-        n = max(self.node_of, default=-1) + 1
-        if self.topology.num_devices is None:
-            if n < self.topology.num_edges:
-                raise ValueError(f"topology has {self.topology.num_edges} edges but only {n} devices connected")
-            self.topology = self.topology.with_devices(n)
+        self.topology = self.devices.bound(self.topology)
 
     def _ensure_ready(self, grid: Grid) -> None:
         if self._ready:
@@ -319,15 +307,9 @@ class EdgeTierStrategy(FedAvg):
 
     def _refresh_nodes(self, grid: Grid) -> None:
         """Nodes that connected after discovery join as new partition-ids (FedAvg samples whoever is connected)."""
-        if not self.policy.late_joiners:
-            return
-        new = sorted(set(grid.get_node_ids()) - set(self.pid_of))
-        for node in new:
-            pid = max(self.node_of, default=-1) + 1
-            self.bind(pid, node, {"partition-id": pid})
+        new = self.devices.join(list(grid.get_node_ids())) if self.policy.late_joiners else []
         if new:
-            logger.info("%s: %d node(s) joined (partition-ids %s)", self.record.name, len(new),
-                        [self.pid_of[n] for n in new])
+            logger.info("%s: %d node(s) joined (partition-ids %s)", self.record.name, len(new), new)
 
     # ------------------------------------------------------------------------------------------------- messages
     def _messages(self, server_round: int, phase: str, pids: list[int], build: Any, mtype: str) -> list[Message]:

@@ -154,7 +154,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy, RoundsPolicy):
             if pid in self.node_of:
                 self.record.add_failure(0, "discover", str(pid), "two nodes claim this partition-id")
                 continue
-            self.bind(pid, r.metadata.src_node_id, prof)
+            self.devices.bind(pid, r.metadata.src_node_id, prof)
             n = self.ledger.add_message(0, "edge-device", "up", r.content, pid)
             self.ledger.add(0, "cloud-edge", "up", n)  # the edge forwards the profile: the cloud picks the package
         self.probe = {"nodes": len(nodes), "acme": len(self.node_of), "no_handler": no_handler,
@@ -231,7 +231,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy, RoundsPolicy):
             if P.FEATURES in content.array_records:
                 self.features[pid] = P.vector_from_record(content[P.FEATURES], "cls")
         for pid in sorted(set(self.node_of) - set(ok)):  # a device that failed setup cannot take part
-            self.unbind(pid)
+            self.devices.unbind(pid)
         if self.deployment.nas_federated is not None and self.node_of:  # nas.reward=federated: search with devices
             self.ledger.phase = "nas"
             self.record.extra["nas"] = federated_header_search(self, grid)
