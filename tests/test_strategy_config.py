@@ -8,6 +8,7 @@ import inspect
 import logging
 import types
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -106,3 +107,37 @@ def test_start_removes_the_runs_shared_feature_directory(remove: bool) -> None:
 def test_drop_in_without_initial_arrays_says_what_to_pass() -> None:
     with pytest.raises(ValueError, match=r"pass start\(initial_arrays=...\)"):
         AcmeStrategy().start(grid=InProcessGrid(_plain_app(), 2), num_rounds=1)
+
+
+def _adding_app() -> ClientApp:
+    """Device p adds p+1 to the arrays and reports 10(p+1) examples."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        new = {k: v + (pid + 1) for k, v in msg.content["arrays"].to_torch_state_dict().items()}
+        metrics = MetricRecord({"num-examples": 10 * (pid + 1)})
+        return Message(RecordDict({"arrays": ArrayRecord(new), "metrics": metrics}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1, "acc": 0.5})}), reply_to=msg)
+
+    return app
+
+
+def test_drop_in_resumes_into_the_policy_discovery_chooses(tmp_path) -> None:  # noqa: ANN001
+    """The checkpoint of a drop-in run holds the FedAvg policy's state; a resumed AcmeStrategy loads it once
+    discovery has chosen that policy again, and ends where the uninterrupted run ends."""
+    init = ArrayRecord({"w": torch.zeros(3)})
+    topo = Topology(4, 2, edge_rounds_per_cloud=2)
+    full = AcmeStrategy(topology=topo, checkpoint_dir=tmp_path / "full").start(
+        grid=InProcessGrid(_adding_app(), 4), initial_arrays=init, num_rounds=3)
+    AcmeStrategy(topology=topo, checkpoint_dir=tmp_path / "cut").start(
+        grid=InProcessGrid(_adding_app(), 4), initial_arrays=init, num_rounds=2)
+    resumed = AcmeStrategy(topology=topo, checkpoint_dir=tmp_path / "cut")
+    assert resumed.restore(tmp_path / "cut" / "acme.json") == 2
+    result = resumed.start(grid=InProcessGrid(_adding_app(), 4), initial_arrays=init, num_rounds=1)
+    assert resumed.drop_in
+    np.testing.assert_allclose(result.arrays["w"].numpy(), full.arrays["w"].numpy(), rtol=1e-6)
