@@ -64,10 +64,15 @@ def _log_lines() -> Iterator[list[str]]:
         logging.getLogger("flwr").removeHandler(handler)
 
 
+def _global_sum(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    """A centralized evaluation: what ``evaluate_fn`` sees of the global model."""
+    return MetricRecord({"sum": float(sum(a.numpy().sum() for a in arrays.values()))})
+
+
 def _run(strategy: FedAvg, metrics: Metrics, rounds: int = 2) -> tuple[Result, list[str]]:
     with _log_lines() as lines:
         result = strategy.start(grid=InProcessGrid(_app(metrics), 3), initial_arrays=ArrayRecord(
-            {"w": torch.zeros(3), "b": torch.ones(2)}), num_rounds=rounds)
+            {"w": torch.zeros(3), "b": torch.ones(2)}), num_rounds=rounds, evaluate_fn=_global_sum)
     return result, lines
 
 
@@ -103,6 +108,9 @@ def _differential(cls: type, metrics: Metrics, **kwargs) -> tuple[Result, Result
         np.testing.assert_allclose(ours.arrays[key].numpy(), fedavg.arrays[key].numpy(), rtol=1e-6)
     _same_metrics(fedavg.train_metrics_clientapp, ours.train_metrics_clientapp)
     _same_metrics(fedavg.evaluate_metrics_clientapp, ours.evaluate_metrics_clientapp)
+    assert sorted(ours.evaluate_metrics_serverapp) == sorted(fedavg.evaluate_metrics_serverapp) == [0, 1, 2]
+    for rnd, m in fedavg.evaluate_metrics_serverapp.items():  # evaluate_fn saw the same global model each round
+        assert ours.evaluate_metrics_serverapp[rnd]["sum"] == pytest.approx(m["sum"], rel=1e-6)
     assert _user_lines(our_lines) == _user_lines(fed_lines)
     return fedavg, ours
 
