@@ -1,8 +1,12 @@
 """The results contract: what every run writes into its output directory.
 
 - ``config.json``: the resolved configuration, seed and package versions (written before any work).
-- ``rounds.jsonl``: one line per strategy × round × tier × node: ``{"strategy", "round", "phase", "tier", "id",
-  ...metrics, "bytes_up", "bytes_down", "wall_time"}``; tier is ``device``, ``edge`` or ``cloud``.
+- ``rounds.jsonl``: one line per strategy × round × phase × tier × node: ``{"strategy", "round", "phase", "tier",
+  "id", ...metrics, "bytes_up", "bytes_down", "wall_time"}``; tier is ``device``, ``edge`` or ``cloud`` (a cloud row
+  has ``bytes_<tier>_<direction>``). Bytes are the phase's own: round 0 holds discovery and setup (phases
+  ``discover``, ``setup``, ``nas``), a ``train`` row the train phase, an ``evaluate`` row the evaluate phase, so the
+  cloud rows (and the device rows, for the edge-device tier) sum to ``summary.json``'s byte totals. The round's
+  running total is ``rounds[i].bytes`` in ``summary.json``. Written by :class:`acme_flwr.round_books.RoundBooks`.
 - ``summary.json``: ``config``, ``seed``, ``versions``, ``strategy`` (the primary one), and for it at top level
   ``rounds`` (per round: metrics per tier), ``failures`` (count and reasons), ``bytes`` (``{tier: {up, down}}`` plus
   ``references``) and ``accuracy`` (``personalized``: mean, std, worst-10 %, per device; ``generic``); the same block

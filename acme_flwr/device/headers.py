@@ -1,4 +1,4 @@
-"""Headers that sit on a sub-backbone's patch-token grid ``(B, hidden, gh, gw)`` (spec §3.8, §3.9).
+"""Headers that sit on a sub-backbone's patch-token grid ``(B, hidden, gh, gw)`` (ACME §3.8, §3.9).
 
 * :class:`GatedTempCNN` — the header the original's Part III personalises (``TempCNN`` in
   ``third_part/models/vit.py``): a 1×1 stem conv + BN, then two nodes ``n1 = maxpool(x) + five(x)`` and
