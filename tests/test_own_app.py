@@ -58,7 +58,8 @@ def test_own_app_runs_full_acme_under_flwr_run(tmp_path: Path) -> None:
     app, out = tmp_path / "app", tmp_path / "out"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__"))
     out.mkdir()
-    before = set(Path(tempfile.gettempdir()).glob("acme-models-*"))
+    before = set(Path(tempfile.gettempdir()).glob("acme-models-*")) | set(Path(tempfile.gettempdir()).glob(
+        "acme-features-*"))
     run = _Launch(tmp_path / "flwr-home")
     try:
         run.start_superlink()
@@ -77,5 +78,10 @@ def test_own_app_runs_full_acme_under_flwr_run(tmp_path: Path) -> None:
     assert summary["accuracy"]["personalized"]["mean"] is not None
     assert summary["bytes"]["references"]["centralized"]["bytes"] == sum(48 * (64 + 1) for _ in range(4))
     assert set(report["picks"]) == {"small", "large"}
-    left = set(Path(tempfile.gettempdir()).glob("acme-models-*")) - before
-    assert not [p for p in left if p.name != "acme-models-1"], left  # the app removed its run's store (1: in-process)
+    # start()'s Result holds FedAvg-style aggregated device metrics for every round (full mode has no global model)
+    assert sorted(report["rounds"]["evaluate"]) == ["1", "2", "3"], report["rounds"]
+    assert all("val-acc" in m and "test-acc" in m for m in report["rounds"]["evaluate"].values()), report["rounds"]
+    assert sorted(report["rounds"]["train"]) == ["1", "2", "3"], report["rounds"]
+    left = (set(Path(tempfile.gettempdir()).glob("acme-models-*"))
+            | set(Path(tempfile.gettempdir()).glob("acme-features-*"))) - before
+    assert not [p for p in left if not p.name.endswith("-1")], left  # the strategy removed them (1: in-process)

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from acme_flwr import AcmeStrategy
 from acme_flwr.config import AcmeConfig
 from acme_flwr.packages import CloudData, build_packages
-from acme_flwr.runtime import remove_run_dirs
 from acme_flwr.task import TensorSplit
 from acme_flwr.topology import Topology
 from ownapp.task import cloud_splits
@@ -22,7 +21,8 @@ app = ServerApp()
 # what ACME needs to know on the cloud side: the backbone, the sub-network grid, the device classes and budgets
 ACME = {"model.name": "vit_micro_test", "model.header_channels": 8, "cloud.teacher_epochs": 2,
         "cloud.width_epochs": 1, "cloud.depth_epochs": 1, "cloud.header_epochs": 2, "cloud.depths": "0.5,1.0",
-        "profile.classes": "small,large", "profile.size_constraints": "0.5,1.0"}
+        "profile.classes": "small,large", "profile.size_constraints": "0.5,1.0",
+        "strategy.prune_per_iteration": 2, "strategy.feature_samples": 20}
 
 
 @app.main()
@@ -33,13 +33,11 @@ def main(grid: Grid, context: Context) -> None:
     (train_x, train_y), (val_x, val_y) = cloud_splits()
     packages = build_packages(cfg, CloudData(TensorSplit(train_x, train_y), TensorSplit(val_x, val_y)),
                               cache_dir=None, progress=False)
-    # AcmeStrategy.from_config(cfg, ...) is the one-source alternative to spelling the settings out here
-    strategy = AcmeStrategy(topology=Topology(int(context.run_config["num-devices"]), num_edges=2),
-                            deployment=packages, prune_per_iteration=2, feature_samples=20, min_available_nodes=4)
-    try:
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=int(context.run_config["num-server-rounds"]))
-    finally:
-        remove_run_dirs(context.run_id)  # this machine's temporary files of the run (simulation)
+    strategy = AcmeStrategy.from_config(cfg, topology=Topology(int(context.run_config["num-devices"]), num_edges=2),
+                                        deployment=packages, min_available_nodes=4)
+    result = strategy.start(grid=grid, num_rounds=int(context.run_config["num-server-rounds"]))
     summary = strategy.finalize()
     picks = {name: {"width": pkg.width, "depth": pkg.depth} for name, pkg in packages.packages.items()}
-    (out / "report.json").write_text(json.dumps({"summary": summary, "picks": picks}, default=str))
+    rounds = {"train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
+              "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()}}
+    (out / "report.json").write_text(json.dumps({"summary": summary, "picks": picks, "rounds": rounds}, default=str))
