@@ -10,10 +10,11 @@ handles (its own ``@app.train()`` stays untouched):
 - ``query.acme_nas`` (``nas.reward=federated``): the device's part of the header search (:mod:`.nas`).
 
 This module only dispatches. Where things live: the device's state per strategy (header, pruner, Ditto's personal
-header, checkpoints) is one typed :class:`.state.DeviceState` in ``context.state``; the sub-backbone it received is in
-the device's model store (:mod:`acme_flwr.model_store`, once per fingerprint, outside the context); the backbone's
-token grids in the worker's cache (:mod:`.features`); how a baseline trains on the device is its registered mode
-(:mod:`.modes`, one file each); nothing in module globals, as Ray reuses worker processes across nodes.
+header, the sub-backbone it fine-tuned in the ``backbone+header`` scope, checkpoints) is one typed
+:class:`.state.DeviceState` in ``context.state``; the sub-backbone it received is in the device's model store
+(:mod:`acme_flwr.model_store`, once per fingerprint, outside the context); the backbone's token grids in the worker's
+cache (:mod:`.features`); how a baseline trains on the device is its registered mode (:mod:`.modes`, one file each);
+nothing in module globals, as Ray reuses worker processes across nodes.
 
 What ``data_fn``/``profile_fn`` return is checked when a device reports its profile and when it is set up
 (:func:`acme_flwr.task.check_device_data`): a broken contract, or a stored package that does not match its

@@ -294,12 +294,13 @@ def split_fingerprint(x: torch.Tensor, samples: int = 4096) -> str:
 class FeatureCache:
     """A bounded LRU of a frozen backbone's token grids on fixed images, so a device computes them once per run.
 
-    Devices refine only the header on a frozen sub-backbone, so the grids of their fixed training, validation and
-    test images never change. Keys must name everything the grids depend on (the client uses run, backbone
-    fingerprint, split, data fingerprint, device and precision, so strategies and devices that share a package share
-    its grids, e.g. of the generic test set); entries are evicted least recently used beyond ``max_entries`` or
-    ``max_bytes``. ``max_entries=0`` disables caching. The entry bound is generous on purpose: a worker cycles through
-    every device it serves each round, and an LRU smaller than that cycle misses on every access.
+    In the ``header`` scope devices refine only the header on a frozen sub-backbone, so the grids of their fixed
+    training, validation and test images never change (the ``backbone+header`` scope never uses this cache). Keys must
+    name everything the grids depend on (the client uses run, backbone fingerprint, split, data fingerprint, device and
+    precision, so strategies and devices that share a package share its grids, e.g. of the generic test set); entries
+    are evicted least recently used beyond ``max_entries`` or ``max_bytes``. ``max_entries=0`` disables caching. The
+    entry bound is generous on purpose: a worker cycles through every device it serves each round, and an LRU smaller
+    than that cycle misses on every access.
 
     ``shared_dir``: a second tier that several processes of one machine share (one file per key, written atomically,
     at most ``max_bytes`` in all): in Flower's Ray simulation a device's messages go to whichever worker is free, and
