@@ -277,6 +277,12 @@ class StrategySection:
     weight_decay: float = field(default=1e-4, metadata={**_range(0.0, None),
                                                         "doc": "Device-side SGD weight decay."})
     batch_size: int = field(default=32, metadata={**_range(1, None), "doc": "Device-side batch size."})
+    device_scope: str = field(default="header", metadata={
+        **_choices("header", "backbone+header"),
+        "doc": "What every device trains locally, alike for every strategy of the run: `header` (its sub-backbone "
+               "frozen as received; the backbone's token grids are cached) or `backbone+header` (the original's "
+               "device regime: the sub-backbone fine-tunes with the header, everything but the gates, with the same "
+               "optimizer settings; it stays on the device, so no message grows, and its grids are never cached)."})
     prune_per_iteration: int = field(default=5, metadata={
         **_range(0, None), "doc": "Gates pruned per round (global rank of the criteria, momentum 0.9)."})
     prune_max_fraction: float = field(default=0.9, metadata={**_range(0.0, 1.0),

@@ -4,7 +4,9 @@ The one thing kept outside ``context.state`` besides the model store is a bounde
 token grids on the device's fixed images (:class:`FeatureCache`, one per worker process), keyed by run, backbone and
 data fingerprints, device and precision (strategies and devices with the same package share it): a hit skips
 rebuilding the backbone and its forward pass; a miss (another worker, an evicted entry) recomputes the same grids.
-Keeping the grids in ``context.state`` instead would serialize them with every message.
+Keeping the grids in ``context.state`` instead would serialize them with every message. The cache serves only a
+frozen backbone: in the ``backbone+header`` scope (:func:`device_scope`) the device's sub-backbone changes every round,
+so its grids are computed through the live (fine-tuned) backbone on every message and never cached.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from flwr.app import Array, ArrayRecord, Context
 from acme_flwr import accel
 from acme_flwr import protocol as P
 from acme_flwr.cloud.elastic_vit import ElasticViT
-from acme_flwr.device.training import FeatureCache, backbone_grids, split_fingerprint
+from acme_flwr.device.training import DEVICE_SCOPES, FeatureCache, backbone_grids, split_fingerprint
+from acme_flwr.errors import ConfigError
 from acme_flwr.model_store import ModelStore, model_store
 from acme_flwr.runtime import model_store_dir, shared_feature_dir
 from acme_flwr.task import TensorSplit
@@ -41,6 +44,16 @@ def process_feature_cache() -> FeatureCache:
 def run_value(context: Context, key: str, default: str) -> str:
     """A run-config value this node uses for itself (device placement), with the library's default."""
     return str(context.run_config.get(key, default))
+
+
+def device_scope(context: Context) -> str:
+    """What this device trains (``strategy.device_scope`` of the run config): ``header`` (default) or
+    ``backbone+header``; read from the run config, not from the messages, so a run's every strategy trains the same
+    scope and no message carries a byte more for it."""
+    scope = run_value(context, "strategy.device_scope", DEVICE_SCOPES[0])
+    if scope not in DEVICE_SCOPES:
+        raise ConfigError(f"strategy.device_scope={scope!r} is not allowed; allowed values: {list(DEVICE_SCOPES)}")
+    return scope
 
 
 def node_device(context: Context) -> torch.device:
@@ -81,25 +94,38 @@ def load_backbone(context: Context, state: DeviceState, store: ModelStore) -> El
 
 
 class Features:
-    """One message's access to the frozen backbone's token grids: from the cache when the same run, backbone, data
-    split, device and precision were seen before, else computed (the backbone rebuilt once per message)."""
+    """One message's access to the backbone's token grids. Frozen backbone (``header`` scope): from the cache when the
+    same run, backbone, data split, device and precision were seen before, else computed (the backbone rebuilt once
+    per message). ``trains_backbone`` (``backbone+header`` scope): the backbone is the device's fine-tuned one
+    (``DeviceState.tuned_backbone``, else the received one), trained in place by the round, and its grids are always
+    computed through it, never cached."""
 
-    def __init__(self, context: Context, state: DeviceState, store: ModelStore, cache: FeatureCache | None) -> None:
+    def __init__(self, context: Context, state: DeviceState, store: ModelStore, cache: FeatureCache | None,
+                 trains_backbone: bool = False) -> None:
         self.context, self.state, self.store, self.cache = context, state, store, cache
+        self.trains_backbone = trains_backbone
         self._backbone: ElasticViT | None = None
 
     @property
     def backbone(self) -> ElasticViT:
         if self._backbone is None:
             self._backbone = load_backbone(self.context, self.state, self.store)
+            if self.trains_backbone and self.state.tuned_backbone is not None:
+                P.load_arrays(self._backbone, self.state.tuned_backbone)
         return self._backbone
+
+    def keep_backbone(self) -> None:
+        """Store the backbone as the round left it in the device's state (``backbone+header`` scope only; the caller
+        saves the state)."""
+        if self.trains_backbone and self._backbone is not None:
+            self.state.tuned_backbone = P.arrays_from_state(self._backbone.state_dict())
 
     def __call__(self, name: str, split: TensorSplit) -> torch.Tensor:
         """The grids of ``split`` (``name``: train, val, test or generic); call inside the message's precision."""
         cache, c = self.cache, self.context
         digest = self.state.backbone_fp
         limit_mb = int(run_value(c, "run.feature_cache_mb", "1024"))
-        if cache is None or not digest or limit_mb <= 0:
+        if self.trains_backbone or cache is None or not digest or limit_mb <= 0:
             return backbone_grids(self.backbone, split.x)
         cache.max_bytes = limit_mb << 20
         cache.shared_dir = shared_feature_dir(c.run_id) if shares_worker_files(c) else None

@@ -10,10 +10,11 @@ handles (its own ``@app.train()`` stays untouched):
 - ``query.acme_nas`` (``nas.reward=federated``): the device's part of the header search (:mod:`.nas`).
 
 This module only dispatches. Where things live: the device's state per strategy (header, pruner, Ditto's personal
-header, checkpoints) is one typed :class:`.state.DeviceState` in ``context.state``; the sub-backbone it received is in
-the device's model store (:mod:`acme_flwr.model_store`, once per fingerprint, outside the context); the backbone's
-token grids in the worker's cache (:mod:`.features`); how a baseline trains on the device is its registered mode
-(:mod:`.modes`, one file each); nothing in module globals, as Ray reuses worker processes across nodes.
+header, the sub-backbone it fine-tuned in the ``backbone+header`` scope, checkpoints) is one typed
+:class:`.state.DeviceState` in ``context.state``; the sub-backbone it received is in the device's model store
+(:mod:`acme_flwr.model_store`, once per fingerprint, outside the context); the backbone's token grids in the worker's
+cache (:mod:`.features`); how a baseline trains on the device is its registered mode (:mod:`.modes`, one file each);
+nothing in module globals, as Ray reuses worker processes across nodes.
 
 What ``data_fn``/``profile_fn`` return is checked when a device reports its profile and when it is set up
 (:func:`acme_flwr.task.check_device_data`): a broken contract, or a stored package that does not match its
@@ -40,13 +41,14 @@ from acme_flwr import accel
 from acme_flwr import protocol as P
 from acme_flwr.device.headers import Header, build_header, split_header_params
 from acme_flwr.device.pruner import GatePruner
-from acme_flwr.device.training import FeatureCache, cls_feature_matrix, evaluate_header
+from acme_flwr.device.training import DEVICE_SCOPES, FeatureCache, cls_feature_matrix, evaluate_header
+from acme_flwr.errors import ConfigError
 from acme_flwr.model_store import ModelStore, ModelStoreError
 from acme_flwr.protocol import NAS_MESSAGE
 from acme_flwr.task import DeviceContractError, DeviceData, TensorSplit, check_device_data, check_profile
 
 from . import nas
-from .features import Features, load_backbone, node_device, process_feature_cache, run_value, store_of
+from .features import Features, device_scope, load_backbone, node_device, process_feature_cache, run_value, store_of
 from .modes import DEVICE_MODES, LocalRound
 from .state import DeviceState
 
@@ -68,7 +70,7 @@ def _reported(handler: Callable[[AcmeClient, Message, Context], Message]) -> Cal
     def wrapper(self: AcmeClient, msg: Message, context: Context) -> Message:
         try:
             return handler(self, msg, context)
-        except (DeviceContractError, ModelStoreError) as exc:
+        except (DeviceContractError, ModelStoreError, ConfigError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             logger.error("%s", reason)
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
@@ -184,6 +186,7 @@ class AcmeClient:
             metrics, importance = mode.train(header, r, importance=send == "importance")
         compute = time.perf_counter() - compute_started
         r.state.header = P.arrays_from_state(header.state_dict())
+        r.features.keep_backbone()  # backbone+header scope: the fine-tuned sub-backbone stays on the device
         r.state.save(context)
         reply = RecordDict({P.METRICS: MetricRecord({
             P.NUM_EXAMPLES: int(metrics["num_examples"]), "train-loss": metrics["loss"],
@@ -248,14 +251,15 @@ class AcmeClient:
     # ------------------------------------------------------------------------------------------------- helpers
     def _begin(self, msg: Message, context: Context) -> tuple[LocalRound, Header]:
         """What every round message starts with: its config, this node's state, data and backbone features
-        (cached grids; the backbone is rebuilt only on a miss), its header with any weights the edge sent loaded
-        (all of them, or the FedPer body)."""
+        (cached grids of the frozen backbone, rebuilt only on a miss; in the ``backbone+header`` scope the device's
+        live backbone), its header with any weights the edge sent loaded (all of them, or the FedPer body)."""
         cfg = msg.content[P.CONFIG]
         state = DeviceState.load(context, str(cfg["tag"]))
         header = self._header(context, state)
         if P.HEADER in msg.content.array_records:
             P.load_arrays(header, msg.content[P.HEADER], partial=True)
-        features = Features(context, state, self.store(context), self.feature_cache)
+        features = Features(context, state, self.store(context), self.feature_cache,
+                            trains_backbone=device_scope(context) == DEVICE_SCOPES[1])
         return LocalRound(cfg, self.data_fn(context), features, state), header
 
     @staticmethod

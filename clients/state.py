@@ -2,9 +2,11 @@
 
 Flower keeps a node's ``context.state`` (a ``RecordDict``) between its messages; :class:`DeviceState` is the one
 place that knows how a strategy's state is laid out in it (``"<tag>.setup"``, ``"<tag>.header"``,
-``"<tag>.pruner"``, ``"<tag>.personal"``) and on disk (one ``.npz`` per device and round). The sub-backbone is not
-part of it: it is kept once per fingerprint in the device's model store (:mod:`acme_flwr.model_store`), and the
-context holds only its fingerprint (``"acme.backbone.<fingerprint>"``, one entry however many strategies deploy it).
+``"<tag>.pruner"``, ``"<tag>.personal"``, ``"<tag>.tuned_backbone"``) and on disk (one ``.npz`` per device and
+round). The sub-backbone as received is not part of it: it is kept once per fingerprint in the device's model store
+(:mod:`acme_flwr.model_store`), and the context holds only its fingerprint (``"acme.backbone.<fingerprint>"``, one
+entry however many strategies deploy it). A sub-backbone the device fine-tuned (``strategy.device_scope =
+backbone+header``) is the device's own: it is part of this state (``tuned_backbone``), never of the shared store.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from acme_flwr import protocol as P
 
 #: the weight sets a device state holds, in checkpoint order (``header`` always; the others when present)
-WEIGHT_KINDS = ("header", "pruner", "personal")
+WEIGHT_KINDS = ("header", "pruner", "personal", "tuned_backbone")
 _SETUP_KEY = "setup/json"
 
 
@@ -48,6 +50,9 @@ class DeviceState:
         The gate pruner's state (momentum, mask, steps) once the device has pruned; else ``None``.
     personal
         Ditto's personal header once trained; else ``None``.
+    tuned_backbone
+        The device's fine-tuned sub-backbone once it trained one (``backbone+header`` scope); else ``None`` (the
+        received one, in the model store, is used as it is).
     """
 
     tag: str
@@ -58,6 +63,7 @@ class DeviceState:
     pruner: ArrayRecord | None = None
     personal: ArrayRecord | None = None
     extra: dict[str, str] = field(default_factory=dict)  # setup keys this version does not know, kept as they are
+    tuned_backbone: ArrayRecord | None = None
 
     # ------------------------------------------------------------------------------------------------ context
     @staticmethod
@@ -73,7 +79,8 @@ class DeviceState:
         known = {"arch", "header", "backbone-fp"}
         return cls(tag, str(setup["arch"]), str(setup["header"]), str(setup["backbone-fp"]),
                    context.state[f"{tag}.header"], context.state.get(f"{tag}.pruner"),
-                   context.state.get(f"{tag}.personal"), {k: str(v) for k, v in setup.items() if k not in known})
+                   context.state.get(f"{tag}.personal"), {k: str(v) for k, v in setup.items() if k not in known},
+                   context.state.get(f"{tag}.tuned_backbone"))
 
     def save(self, context: Context) -> None:
         """Write this state into ``context.state`` (absent optional parts removed)."""
@@ -82,7 +89,7 @@ class DeviceState:
                                                            "backbone-fp": self.backbone_fp})
         context.state[backbone_key(self.backbone_fp)] = ConfigRecord({"fingerprint": self.backbone_fp})
         context.state[f"{self.tag}.header"] = self.header
-        for kind in ("pruner", "personal"):
+        for kind in WEIGHT_KINDS[1:]:
             value = getattr(self, kind)
             if value is None:
                 context.state.pop(f"{self.tag}.{kind}", None)
@@ -119,11 +126,11 @@ class DeviceState:
                    for kind, part in parts.items()}
         return cls(str(setup.get("tag", "")), str(setup.get("arch", "")), str(setup.get("header", "")),
                    str(setup.get("backbone-fp", "")), records["header"] or ArrayRecord(), records["pruner"],
-                   records["personal"], dict(setup.get("extra", {})))
+                   records["personal"], dict(setup.get("extra", {})), records["tuned_backbone"])
 
     def restore_weights(self, saved: DeviceState) -> None:
-        """Take the weights (header, pruner, personal) of a saved state; the setup fields stay the ones the
-        setup message just delivered (the package the resumed run ships)."""
+        """Take the weights (header, pruner, personal, tuned backbone) of a saved state; the setup fields stay the
+        ones the setup message just delivered (the package the resumed run ships)."""
         for kind in WEIGHT_KINDS:
             setattr(self, kind, getattr(saved, kind))
 

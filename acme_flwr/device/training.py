@@ -1,9 +1,12 @@
-"""Local header training and evaluation on a device (no Flower): a frozen sub-backbone feeding a gated header.
+"""Local header training and evaluation on a device (no Flower): a sub-backbone feeding a gated header.
 
-The device never updates its sub-backbone (it is the cloud's elastic weights, shipped once); it refines the header on
-its own training split, accumulating Taylor importance of the header's channel gates, and evaluates on its own
-validation and test splits. Backbone features are computed once per call under ``no_grad``: with a frozen backbone
-this is exactly the same computation as running it inside every step, at a fraction of the cost.
+In the default scope (``header``) the device never updates its sub-backbone (it is the cloud's elastic weights,
+shipped once); it refines the header on its own training split, accumulating Taylor importance of the header's
+channel gates, and evaluates on its own validation and test splits. Backbone features are then computed once per call
+under ``no_grad``: with a frozen backbone this is exactly the same computation as running it inside every step, at a
+fraction of the cost. In the ``backbone+header`` scope (the original's device regime) the sub-backbone trains with
+the header, by the same optimizer settings, everything but the gates; images then go through the live backbone in
+every step.
 """
 
 from __future__ import annotations
@@ -27,10 +30,14 @@ from acme_flwr.cloud.elastic_vit import ElasticViT
 from acme_flwr.task import TensorSplit
 
 from .gates import GateLayer, gate_layers
-from .headers import Header
+from .headers import Header, split_header_params
 from .importance import TaylorImportance
 
 logger = logging.getLogger(__name__)
+
+
+#: what a device trains locally: its header only (the sub-backbone frozen, as received), or the sub-backbone with it
+DEVICE_SCOPES = ("header", "backbone+header")
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ Phase = tuple[Collection[str] | None, int]  # (names of the parameters to train,
 def train_header(backbone: ElasticViT | None, header: Header, data: TensorSplit, hp: TrainHParams,
                  seed: int, device: torch.device | None = None, *, grids: torch.Tensor | None = None,
                  phases: Sequence[Phase] | None = None, proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
-                 importance: bool = True) -> tuple[dict[str, float], np.ndarray]:
+                 importance: bool = True, train_backbone: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Local epochs of header training (on ``device``, default where the models are); returns metrics and the gate
     importance accumulated over them (CPU numpy; zeros of length 0 when ``importance`` is false).
 
@@ -78,30 +85,69 @@ def train_header(backbone: ElasticViT | None, header: Header, data: TensorSplit,
     are computed here (``backbone`` may then be ``None``). ``phases``: ``(parameter names, epochs)`` run one after the
     other, each with a fresh optimizer over its own parameters, the others frozen (FedRep: head then body; FedBABU:
     body only); default: every parameter for ``hp.local_epochs``. ``proximal``: ``(λ, w)`` adds ``λ/2·‖θ − w‖²`` over
-    the trained parameters (Ditto's personal header; ``w`` by parameter name)."""
+    the trained header parameters (Ditto's personal header; ``w`` by parameter name). ``train_backbone``: the
+    ``backbone+header`` scope: ``backbone`` (required, no ``grids``) trains in place, with the same optimizer, in
+    every phase that trains more than the header's classifier (a classifier-only phase sees it frozen)."""
     _place(device, *(m for m in (backbone, header) if m is not None))
-    if grids is None:
+    if train_backbone and (backbone is None or grids is not None):
+        raise ValueError("train_header(train_backbone=True) needs the backbone itself and no precomputed grids")
+    if grids is None and not train_backbone:
         if backbone is None:
             raise ValueError("train_header needs a backbone or precomputed grids")
         grids = backbone_grids(backbone, data.x)
-    labels = data.y.to(grids.device)
+    labels = data.y.to(grids.device if grids is not None else accel.device_of(backbone))
     tracker = TaylorImportance(header, mode=hp.accumulation) if importance and header.num_gates else None
     gen = torch.Generator().manual_seed(seed)
+    classifier = set(split_header_params(header)[1]) if train_backbone else set()
     metrics: dict[str, float] = {}
     for names, epochs in phases if phases is not None else [(None, hp.local_epochs)]:
         params = trainable_parameters(header, names)
         if not params or epochs <= 0:
             continue
-        optimizer = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        live = train_backbone and (names is None or any(n not in classifier for n in names))
+        model: nn.Module = _BackboneHeader(backbone, header) if live else header
+        inputs = grids if grids is not None or live else backbone_grids(backbone, data.x)
+        extra = list(backbone.parameters()) if live else []
+        optimizer = torch.optim.SGD(params + extra, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         loss_fn = _proximal_loss(header, params, *proximal) if proximal is not None else None
-        with _frozen_except(header, params, keep_gates=tracker is not None):
+        with _frozen_except(header, params, keep_gates=tracker is not None), _trained(extra):
             for _ in range(epochs):
                 order = torch.randperm(len(data), generator=gen)
-                batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
-                           for i in range(0, len(order), hp.batch_size)]
-                metrics = train_header_epoch(header, batches, optimizer, tracker, loss_fn=loss_fn)
+                chunks = [order[i:i + hp.batch_size] for i in range(0, len(order), hp.batch_size)]
+                if live:  # raw images through the live backbone, moved batch by batch
+                    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (
+                        (accel.to_model(backbone, data.x[idx])[0], labels[idx]) for idx in chunks)
+                else:
+                    batches = [(inputs[idx], labels[idx]) for idx in chunks]
+                metrics = train_header_epoch(model, batches, optimizer, tracker, loss_fn=loss_fn)
+        if live:
+            backbone.eval()
     vec = tracker.vector() if tracker is not None else np.zeros(0, dtype=np.float32)
     return metrics, vec
+
+
+class _BackboneHeader(nn.Module):
+    """Images → live sub-backbone → token grid → header: the model that trains in the ``backbone+header`` scope."""
+
+    def __init__(self, backbone: ElasticViT, header: Header) -> None:
+        super().__init__()
+        self.backbone, self.header = backbone, header
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.header(self.backbone.forward_features(x).grid)
+
+
+@contextlib.contextmanager
+def _trained(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Within the block ``params`` (a received backbone's, frozen outside training) require grad."""
+    before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, before, strict=True):
+            p.requires_grad_(flag)
 
 
 @contextlib.contextmanager
@@ -248,12 +294,13 @@ def split_fingerprint(x: torch.Tensor, samples: int = 4096) -> str:
 class FeatureCache:
     """A bounded LRU of a frozen backbone's token grids on fixed images, so a device computes them once per run.
 
-    Devices refine only the header on a frozen sub-backbone, so the grids of their fixed training, validation and
-    test images never change. Keys must name everything the grids depend on (the client uses run, backbone
-    fingerprint, split, data fingerprint, device and precision, so strategies and devices that share a package share
-    its grids, e.g. of the generic test set); entries are evicted least recently used beyond ``max_entries`` or
-    ``max_bytes``. ``max_entries=0`` disables caching. The entry bound is generous on purpose: a worker cycles through
-    every device it serves each round, and an LRU smaller than that cycle misses on every access.
+    In the ``header`` scope devices refine only the header on a frozen sub-backbone, so the grids of their fixed
+    training, validation and test images never change (the ``backbone+header`` scope never uses this cache). Keys must
+    name everything the grids depend on (the client uses run, backbone fingerprint, split, data fingerprint, device and
+    precision, so strategies and devices that share a package share its grids, e.g. of the generic test set); entries
+    are evicted least recently used beyond ``max_entries`` or ``max_bytes``. ``max_entries=0`` disables caching. The
+    entry bound is generous on purpose: a worker cycles through every device it serves each round, and an LRU smaller
+    than that cycle misses on every access.
 
     ``shared_dir``: a second tier that several processes of one machine share (one file per key, written atomically,
     at most ``max_bytes`` in all): in Flower's Ray simulation a device's messages go to whichever worker is free, and

@@ -42,6 +42,14 @@ class LocalRound:
                             local_epochs=int(c["local-epochs"]) if local_epochs is None else local_epochs,
                             accumulation=str(c.get("accumulation", "mean")))
 
+    def inputs(self) -> dict[str, Any]:
+        """How the header meets the backbone in this round's training (``train_header`` keywords): the frozen
+        backbone's grids of the training split (``header`` scope), or the live backbone, which trains with the header
+        (``backbone+header``). Call before seeding: building the backbone draws from the RNG."""
+        if self.features.trains_backbone:
+            return {"backbone": self.features.backbone, "train_backbone": True}
+        return {"backbone": None, "grids": self.features("train", self.data.train)}
+
     def seed(self, offset: int = 0) -> int:
         """The round's seed for this device (run seed, partition-id, round), plus ``offset``."""
         return int(self.cfg["seed"]) * 1_000_003 + self.data.partition_id * 1009 + int(self.cfg["server-round"]) \
@@ -61,11 +69,12 @@ class TrainMode:
         return None
 
     def train(self, header: Header, r: LocalRound, importance: bool) -> tuple[dict[str, Any], np.ndarray | None]:
-        """Train ``header`` in place on the device's training split; metrics and (if asked) Taylor importance."""
-        grids = r.features("train", r.data.train)  # before seeding: a miss rebuilds the backbone (draws from RNG)
+        """Train ``header`` (and, in the ``backbone+header`` scope, the device's sub-backbone) in place on the
+        device's training split; metrics and (if asked) Taylor importance."""
+        inputs = r.inputs()  # before seeding: a cache miss rebuilds the backbone (draws from RNG)
         seed = r.seed()
         torch.manual_seed(seed)
-        return train_header(None, header, r.data.train, r.hparams(), seed, grids=grids,
+        return train_header(header=header, data=r.data.train, hp=r.hparams(), seed=seed, **inputs,
                             phases=self.phases(header, r), importance=importance)
 
     def evaluated_header(self, header: Header, r: LocalRound) -> Header:

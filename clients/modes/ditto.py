@@ -1,5 +1,7 @@
 """Ditto on the device: the received header w trains as in FedAvg and is sent back; a personal header v stays on the
-device, trained with ``ditto-lambda``/2 * ||v - w||^2 to the w the round started from, and is the one evaluated."""
+device, trained with ``ditto-lambda``/2 * ||v - w||^2 to the w the round started from, and is the one evaluated.
+In the ``backbone+header`` scope the device's sub-backbone trains with w (as in every method's standard local
+training); v then trains on the round's updated backbone, frozen (the proximal term is over the header)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class DittoMode(TrainMode):
     name = "ditto"
 
     def train(self, header: Header, r: LocalRound, importance: bool) -> tuple[dict[str, Any], np.ndarray | None]:
-        grids = r.features("train", r.data.train)
+        inputs = r.inputs()
         seed = r.seed()
         torch.manual_seed(seed)
         reference = {n: p.detach().clone() for n, p in header.named_parameters()}
@@ -32,7 +34,9 @@ class DittoMode(TrainMode):
         if r.state.personal is not None:
             P.load_arrays(personal, r.state.personal)
         hp = r.hparams()
-        metrics, scores = train_header(None, header, r.data.train, hp, seed, grids=grids, importance=importance)
+        metrics, scores = train_header(header=header, data=r.data.train, hp=hp, seed=seed, **inputs,
+                                       importance=importance)
+        grids = r.features("train", r.data.train) if r.features.trains_backbone else inputs["grids"]
         personal_hp = replace(hp, local_epochs=int(r.cfg.get("personal-epochs", 0)) or hp.local_epochs)
         train_header(None, personal, r.data.train, personal_hp, seed + 1, grids=grids, importance=False,
                      proximal=(float(r.cfg.get("ditto-lambda", 0.1)), reference))
