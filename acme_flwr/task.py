@@ -24,7 +24,18 @@ import torch
 
 from acme_flwr.config import AcmeConfig
 from acme_flwr.data import ImageData, load_dataset, to_tensor
-from acme_flwr.partition import ClientSplit, balanced_cut, draw_following, label_report, partition, split_clients
+from acme_flwr.partition import (
+    ClientSplit,
+    balanced_cut,
+    draw_following,
+    hold_out,
+    is_quantity_skew,
+    label_report,
+    partition,
+    split_clients,
+)
+from acme_flwr.shift import DeviceShift, MixingGroup, plan_shifts
+from acme_flwr.topology import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +66,9 @@ class DeviceData:
 class FederatedData:
     """The pool split into the cloud's share, per-device partitions and the held-out generic test set."""
 
+    #: test images per device below which one image moves a device's accuracy by more than 1 point
+    TEST_TARGET = 100
+
     def __init__(self, cfg: AcmeConfig, image_size: int, num_channels: int) -> None:
         self.cfg = cfg
         self.image_size = image_size
@@ -74,24 +88,56 @@ class FederatedData:
             test_pool = np.empty(0, dtype=np.int64)
         cloud_idx, device_pool = _stratified_cut(labels, pool, d.cloud_fraction, rng)
         self.cloud_indices = cloud_idx
-        parts = partition(p.kind, labels[device_pool], cfg.topology.num_devices, cfg.run.seed + 1,
-                          **p.partitioner_params())
-        if p.max_samples:
+        num_devices = cfg.topology.num_devices
+        if p.max_samples and is_quantity_skew(p.kind):  # a size law over a pool of max_samples per device on average
+            keep = min(len(device_pool), p.max_samples * num_devices)
+            device_pool = np.sort(np.random.default_rng([cfg.run.seed, 23]).choice(device_pool, keep, replace=False))
+        parts = [device_pool[part] for part in partition(p.kind, labels[device_pool], num_devices, cfg.run.seed + 1,
+                                                          **p.partitioner_params())]
+        official_tests = self.test_source == "official"
+        held: list[np.ndarray] | None = None
+        if p.test_samples and not official_tests:  # fixed-size tests from each partition, before the cap
+            held = hold_out(parts, p.test_samples, cfg.run.seed)
+            out = np.concatenate(held)
+            parts = [part[~np.isin(part, out)] for part in parts]
+        if p.max_samples and not is_quantity_skew(p.kind):
             cap = np.random.default_rng([cfg.run.seed, 23])
             parts = [part if len(part) <= p.max_samples else np.sort(cap.choice(part, p.max_samples, replace=False))
                      for part in parts]
-        self.partitions = [device_pool[part] for part in parts]
-        official_tests = self.test_source == "official"
+        self.partitions = parts
+        cut_tests = not official_tests and held is None
         self.splits: list[ClientSplit] = split_clients(self.partitions, p.val_fraction,
-                                                       0.0 if official_tests else p.test_fraction, cfg.run.seed)
+                                                       p.test_fraction if cut_tests else 0.0, cfg.run.seed)
+        if held is not None:
+            self.splits = [ClientSplit(s.train, s.val, t) for s, t in zip(self.splits, held, strict=True)]
         if official_tests:  # the original's way (spec §4.2): per device, test images of its classes
             self.splits = [
                 ClientSplit(s.train, s.val, draw_following(
                     np.bincount(labels[s.train], minlength=self.num_classes), test_pool, labels[test_pool],
-                    max(1, int(round(p.test_fraction * len(part)))), np.random.default_rng([cfg.run.seed, 17, pid])))
+                    p.test_samples or max(1, int(round(p.test_fraction * len(part)))),
+                    np.random.default_rng([cfg.run.seed, 17, pid])))
                 for pid, (s, part) in enumerate(zip(self.splits, self.partitions, strict=True))
             ]
         self._check_no_leak()
+        self._check_test_sizes()
+        self.shifts: list[DeviceShift] = plan_shifts(p.feature, mixing_groups(cfg), cfg.run.seed,
+                                                     **p.shift_params())
+
+    def _check_test_sizes(self) -> None:
+        """Warn (once) when ``partition.test_samples`` asked for more test images than some devices got."""
+        want = self.cfg.partition.test_samples
+        sizes = [len(s.test) for s in self.splits]
+        short = [pid for pid, n in enumerate(sizes) if n < want]
+        if want and short:
+            why = ("the official test split lacks images of their classes" if self.test_source == "official" else
+                   f"data.name={self.data.name!r} has no official test split, so tests come out of each device's "
+                   "partition (at most half of it)")
+            logger.warning("partition.test_samples=%d: devices %s got fewer test images (smallest %d): %s; one image "
+                           "moves their accuracy by %.1f points", want, short, min(sizes), why, 100 / min(sizes))
+        elif not want and min(sizes) < self.TEST_TARGET:
+            logger.info("device test sets hold %d-%d images (one image = %.1f accuracy points on the smallest); "
+                        "set partition.test_samples=%d for sets sized independently of the training data",
+                        min(sizes), max(sizes), 100 / min(sizes), self.TEST_TARGET)
 
     def _check_no_leak(self) -> None:
         """Raise if a held-out sample (device val/test, generic test) is in the cloud's or any device's train."""
@@ -111,8 +157,13 @@ class FederatedData:
     def num_classes(self) -> int:
         return self.data.num_classes
 
-    def tensors(self, indices: np.ndarray) -> TensorSplit:
+    def tensors(self, indices: np.ndarray, shift: DeviceShift | None = None, split: str = "train") -> TensorSplit:
+        """Normalised tensors of ``indices``; a device's ``shift`` (feature skew) applied when given."""
         x = to_tensor(self.data.images[indices], self.image_size, self.num_channels, self.data.mean, self.data.std)
+        if shift is not None and not shift.is_identity:
+            black = to_tensor(np.zeros((1, 1, 1, self.data.images.shape[-1]), np.uint8), 1, self.num_channels,
+                              self.data.mean, self.data.std).flatten()
+            x = shift.apply(x, black, split)
         return TensorSplit(x, torch.from_numpy(self.data.labels[indices]).long())
 
     #: devices whose tensors a worker keeps built (normalised, resized once: e.g. 224x224 for ViT-B/16), read-only
@@ -129,8 +180,9 @@ class FederatedData:
             return cache[partition_id]
         s = self.splits[partition_id]
         hist = np.bincount(self.data.labels[s.train], minlength=self.num_classes).tolist()
-        built = DeviceData(partition_id, self.tensors(s.train), self.tensors(s.val), self.tensors(s.test),
-                           len(s.train) * self.data.sample_bytes, hist)
+        shift = self.shifts[partition_id]  # feature skew: alike in the three splits, never on the cloud's data
+        built = DeviceData(partition_id, self.tensors(s.train, shift, "train"), self.tensors(s.val, shift, "val"),
+                           self.tensors(s.test, shift, "test"), len(s.train) * self.data.sample_bytes, hist)
         cache[partition_id] = built
         while len(cache) > self.DEVICE_CACHE:
             cache.popitem(last=False)
@@ -151,7 +203,20 @@ class FederatedData:
         return self.tensors(self.generic_indices)
 
     def report(self) -> list[dict[str, object]]:
-        return label_report([s.train for s in self.splits], self.data.labels, self.num_classes)
+        """Per device: the training split's label report, its test set size and its feature shift."""
+        rows = label_report([s.train for s in self.splits], self.data.labels, self.num_classes)
+        for row, s, shift in zip(rows, self.splits, self.shifts, strict=True):
+            row["num_test"] = int(len(s.test))
+            row["shift"] = shift.describe()
+        return rows
+
+
+def mixing_groups(cfg: AcmeConfig) -> list[MixingGroup]:
+    """Per device: its mixing group (edge, device class index), the devices that share a package and mix their
+    importance (topology's edge assignment, device class ``classes[pid % n]``)."""
+    topo = Topology(cfg.topology.num_devices, cfg.topology.num_edges, cfg.topology.assignment)
+    n = len(cfg.device_classes)
+    return [(topo.edge_of(pid), pid % n) for pid in range(cfg.topology.num_devices)]
 
 
 def resolve_test_source(requested: str, data: ImageData) -> str:
