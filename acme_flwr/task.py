@@ -251,5 +251,7 @@ def federated_data(cfg: AcmeConfig, image_size: int, num_channels: int) -> Feder
     """Build (or reuse, read-only, within one worker process) the federated data of ``cfg``."""
     # "cloud" too: cloud.seed picks the cloud's share and the generic test set; without it the rebuilt config had
     # cloud.seed=-1, so every run.seed of a sweep got its own cloud data and cloud stage
-    relevant = {k: v for k, v in cfg.to_dict().items() if k in {"run", "data", "partition", "topology", "cloud"}}
+    # "profile" too: the device classes set the mixing groups that feature=rotation assigns domains by
+    relevant = {k: v for k, v in cfg.to_dict().items()
+                if k in {"run", "data", "partition", "topology", "cloud", "profile"}}
     return _cached(json.dumps(relevant, sort_keys=True), image_size, num_channels)
