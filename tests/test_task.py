@@ -272,3 +272,24 @@ def test_rotated_test_images_follow_the_device_on_the_official_split(fmnist_root
     for pid, shift in enumerate(fd.shifts):
         k = int(shift.rotation // 90)
         assert torch.equal(fd.device(pid).test.x, torch.rot90(fd.tensors(fd.splits[pid].test).x, k, dims=(2, 3)))
+
+
+def _preset(name: str) -> AcmeConfig:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        return AcmeConfig.from_dict(OmegaConf.to_container(compose("config", overrides=[f"+experiment={name}"])))
+
+
+def test_the_rotated_presets_shift_domains_within_every_mixing_group_and_share_the_cloud_stage() -> None:
+    smoke = _preset("smoke_rotated")
+    fd = FederatedData(smoke, image_size=8, num_channels=1)
+    assert [s.domain for s in fd.shifts] == [0, 0, 1, 1] and [len(s.test) for s in fd.splits] == [20] * 4
+    assert_leak_free(fd)
+    rotated, plain = _preset("fmnist_rotated"), _preset("fmnist")
+    assert (rotated.data, rotated.cloud, rotated.model) == (plain.data, plain.cloud, plain.model)  # one cached stage
+    groups = mixing_groups(rotated)
+    assert {groups.count(g) for g in set(groups)} == {4}
+    assert rotated.partition.feature == "rotation" and rotated.partition.test_samples == 100
