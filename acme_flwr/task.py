@@ -7,8 +7,14 @@ pool for backbone training (split into train/val); devices partition the rest.
 No held-out sample is ever trained on. Device test sets come from the data set's official test split, following
 each device's train label distribution, or (``partition.test_source=partition``, the default where a data set has no
 test split) are cut from the device's partition disjoint from every device's training data; device validation is
-always cut that way. ``generic_test`` is a class-balanced set disjoint from the cloud's and every device's data that
-no choice (importance, PFG table, NAS, pruning) uses: the "generic" accuracy is measured on it.
+always cut that way. ``partition.test_samples`` sizes them independently of the training data (a warning names the
+devices that got fewer). ``generic_test`` is a class-balanced set disjoint from the cloud's and every device's data
+that no choice (importance, PFG table, NAS, pruning) uses: the "generic" accuracy is measured on it.
+
+Feature skew (``partition.feature``: noise, rotated domains) is a per-device :class:`~acme_flwr.shift.DeviceShift`
+applied alike to the device's train, val and test tensors; the cloud's data and the generic test set stay as they
+are. ``partition.max_samples`` caps each device (label-skew kinds) or, for quantity-skew kinds, shrinks the pool to
+``max_samples`` per device on average so the size law still holds.
 """
 
 from __future__ import annotations
