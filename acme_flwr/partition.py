@@ -117,7 +117,7 @@ def run_flwr_partitioner(partitioner: Any, dataset: Any) -> list[np.ndarray]:
         partitioner.dataset = dataset
         parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
                  for i in range(partitioner.num_partitions)]
-    caught = [w for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    caught = [w for w in caught if issubclass(w.category, UserWarning) and "flwr_datasets" in w.filename]
     if caught:
         more = f" (and {len(caught) - 1} more)" if len(caught) > 1 else ""
         logger.warning("flwr-datasets %s: %s%s", type(partitioner).__name__, caught[0].message, more)

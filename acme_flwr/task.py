@@ -20,14 +20,18 @@ are. ``partition.max_samples`` caps each device (label-skew kinds) or, for quant
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from acme_flwr import partition as partition_module
 from acme_flwr.config import AcmeConfig
 from acme_flwr.data import ImageData, load_dataset, to_tensor
 from acme_flwr.partition import (
@@ -40,6 +44,7 @@ from acme_flwr.partition import (
     partition,
     split_clients,
 )
+from acme_flwr.runtime import cache_dir
 from acme_flwr.shift import DeviceShift, MixingGroup, plan_shifts
 from acme_flwr.topology import Topology
 
@@ -98,8 +103,7 @@ class FederatedData:
         if p.max_samples and is_quantity_skew(p.kind):  # a size law over a pool of max_samples per device on average
             keep = min(len(device_pool), p.max_samples * num_devices)
             device_pool = np.sort(np.random.default_rng([cfg.run.seed, 23]).choice(device_pool, keep, replace=False))
-        parts = [device_pool[part] for part in partition(p.kind, labels[device_pool], num_devices, cfg.run.seed + 1,
-                                                          **p.partitioner_params())]
+        parts = [device_pool[part] for part in stored_partition(cfg, labels[device_pool])]
         official_tests = self.test_source == "official"
         held: list[np.ndarray] | None = None
         if p.test_samples and not official_tests:  # fixed-size tests from each partition, before the cap
@@ -215,6 +219,45 @@ class FederatedData:
             row["num_test"] = int(len(s.test))
             row["shift"] = shift.describe()
         return rows
+
+
+def stored_partition(cfg: AcmeConfig, labels: np.ndarray) -> list[np.ndarray]:
+    """``partition`` of ``labels`` as ``cfg.partition`` says, kept under ``<cache dir>/partitions/``: the ServerApp
+    builds it first, and the Ray workers read it instead of each importing flwr-datasets (datasets, pandas, seaborn,
+    scipy.stats: seconds per process). The key holds everything the result depends on: the labels, the settings,
+    the library versions and the partitioners' source."""
+    from importlib import metadata
+
+    p = cfg.partition
+    params = p.partitioner_params()
+    versions = {name: _version(metadata, name) for name in ("flwr-datasets", "datasets", "numpy")}
+    versions["code"] = hashlib.sha256(Path(partition_module.__file__).read_bytes()).hexdigest()  # own partitioners
+    key = hashlib.sha256(json.dumps({"kind": p.kind, "params": params, "n": cfg.topology.num_devices,
+                                     "seed": cfg.run.seed + 1, "versions": versions}, sort_keys=True).encode()
+                         + np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:32]
+    try:
+        path = cache_dir(cfg) / "partitions" / f"{key}.npz"
+        with np.load(path) as stored:
+            return [stored[f"p{i}"] for i in range(cfg.topology.num_devices)]
+    except (OSError, KeyError, ValueError):  # absent (or unreadable): build it
+        pass
+    parts = partition(p.kind, labels, cfg.topology.num_devices, cfg.run.seed + 1, **params)
+    try:
+        path = cache_dir(cfg) / "partitions" / f"{key}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **{f"p{i}": part for i, part in enumerate(parts)})
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs the other processes the rebuild
+        logger.debug("partition not stored in %s: %s", path.parent, exc)
+    return parts
+
+
+def _version(metadata: object, name: str) -> str:
+    try:
+        return metadata.version(name)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - PackageNotFoundError: not installed, part of the key as such
+        return "none"
 
 
 def mixing_groups(cfg: AcmeConfig) -> list[MixingGroup]:

@@ -293,3 +293,23 @@ def test_the_rotated_presets_shift_domains_within_every_mixing_group_and_share_t
     groups = mixing_groups(rotated)
     assert {groups.count(g) for g in set(groups)} == {4}
     assert rotated.partition.feature == "rotation" and rotated.partition.test_samples == 100
+
+
+def test_a_partition_is_built_once_and_read_back_by_other_processes(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ServerApp builds the partition; Ray workers read it back instead of importing flwr-datasets."""
+    import acme_flwr.task as task
+
+    flat = {"data.name": "digits", "partition.kind": "dirichlet", "cloud.cache_dir": str(tmp_path)}
+    first = build(**flat)
+    stored = list((tmp_path / "partitions").glob("*.npz"))
+    assert len(stored) == 1
+
+    def no_partition(*_: object, **__: object) -> None:
+        raise AssertionError("the stored partition should have been read")
+
+    monkeypatch.setattr(task, "partition", no_partition)
+    again = build(**flat)
+    assert all(np.array_equal(a, b) for a, b in zip(first.partitions, again.partitions, strict=True))
+    with pytest.raises(AssertionError, match="should have been read"):  # another alpha: another key
+        build(**{**flat, "partition.alpha": 0.1})
