@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from acme_flwr import partition as partition_module
 from acme_flwr.config import AcmeConfig
 from acme_flwr.data import ImageData, load_dataset, to_tensor
 from acme_flwr.partition import (
@@ -231,7 +231,8 @@ def stored_partition(cfg: AcmeConfig, labels: np.ndarray) -> list[np.ndarray]:
     p = cfg.partition
     params = p.partitioner_params()
     versions = {name: _version(metadata, name) for name in ("flwr-datasets", "datasets", "numpy")}
-    versions["code"] = hashlib.sha256(Path(partition_module.__file__).read_bytes()).hexdigest()  # own partitioners
+    source = Path(sys.modules[partition.__module__].__file__ or "")  # the partitioners' own code
+    versions["code"] = hashlib.sha256(source.read_bytes()).hexdigest()
     key = hashlib.sha256(json.dumps({"kind": p.kind, "params": params, "n": cfg.topology.num_devices,
                                      "seed": cfg.run.seed + 1, "versions": versions}, sort_keys=True).encode()
                          + np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:32]
