@@ -24,10 +24,8 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +40,7 @@ from acme_flwr.partition import (
     is_quantity_skew,
     label_report,
     partition,
+    source_digest,
     split_clients,
 )
 from acme_flwr.runtime import cache_dir
@@ -231,8 +230,7 @@ def stored_partition(cfg: AcmeConfig, labels: np.ndarray) -> list[np.ndarray]:
     p = cfg.partition
     params = p.partitioner_params()
     versions = {name: _version(metadata, name) for name in ("flwr-datasets", "datasets", "numpy")}
-    source = Path(sys.modules[partition.__module__].__file__ or "")  # the partitioners' own code
-    versions["code"] = hashlib.sha256(source.read_bytes()).hexdigest()
+    versions["code"] = source_digest()  # the partitioners' own code
     key = hashlib.sha256(json.dumps({"kind": p.kind, "params": params, "n": cfg.topology.num_devices,
                                      "seed": cfg.run.seed + 1, "versions": versions}, sort_keys=True).encode()
                          + np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:32]
