@@ -1,8 +1,9 @@
 """acme-flwr: ACME (ICDCS 2025) — adaptive customization of a large ViT over cloud, edges and devices — on Flower.
 
 The public API is loaded lazily so that ``import acme_flwr`` stays cheap and never pulls Flower server code into
-library-only users: ``AcmeStrategy``, ``HierarchicalFedAvg``, ``AcmeClient``, ``ElasticViT``, ``create_model``,
-``list_models``, ``AcmeConfig``, ``partition``.
+library-only users: the strategies ``AcmeStrategy``, ``HierarchicalFedAvg`` and ``HeaderFedAvg``; the client side
+``AcmeClient``; the backbone ``ElasticViT`` with ``create_model`` / ``list_models``; ``AcmeConfig``; ``Topology``; and
+the partitioners, ``partition`` / ``list_partitioners`` (``__all__`` lists exactly these names).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import platform
 from collections.abc import Iterator
 
 import torch
@@ -76,6 +77,26 @@ def precision(value: str) -> Iterator[None]:
 def cores() -> int:
     """The CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def resolve_threads(n: int) -> int:
+    """``run.threads`` → the thread count to use: ``n`` itself, or every core this process may run on for 0."""
+    if n < 0:
+        raise ConfigError(f"run.threads={n}; allowed: 0 (every core) or a positive count")
+    return n or cores()
+
+
+def provenance() -> dict[str, object]:
+    """What besides the config and the versions moves a run's floats: the CPU (its vector ISA picks the kernels),
+    the cores this process may use, and this process's intra-op thread count."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": cores(),
+            "threads": torch.get_num_threads(), "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -35,61 +36,119 @@ class _DeviceChoices(tuple):
         return value in ("auto", "cpu", "cuda") or (head == "cuda" and bool(sep) and index.isdigit())
 
 
+def _registry(kind: str, *, with_argument: bool = False) -> dict[str, Any]:
+    """A name looked up in a registry (:mod:`acme_flwr.registry`): its allowed values are what is registered there."""
+    return {"registry": kind, "with_argument": with_argument}
+
+
 @dataclass
 class RunSection:
     """Run identity and outputs."""
 
-    seed: int = 0
-    out_dir: str = ""  # absolute path recommended: the ServerApp runs in the SuperLink's cwd
-    name: str = "default"
-    resume: bool = False  # continue from the checkpoints in run.out_dir (same config) instead of starting over
-    # a strategy that lost devices (never discovered, or silent in its last round) is reported as degraded in the
-    # summary and the table; warn: the run still succeeds with a warning, fail: it exits non-zero
-    on_lost_devices: str = field(default="warn", metadata=_choices("warn", "fail"))
-    # where every stage computes (cloud stages, edge search, devices' header training and evaluation): auto = the
-    # first CUDA device when one is visible, else the CPU; wire messages are always CPU arrays
-    device: str = field(default="auto", metadata={"choices": _DeviceChoices(("auto", "cpu", "cuda", "cuda:N"))})
-    precision: str = field(default="fp32", metadata=_choices("fp32", "bf16"))  # bf16 = autocast where supported
-    # GPU share of one simulated device (Ray's client-resources-num-gpus) when the run uses CUDA; ignored on CPU
-    client_gpus: float = field(default=0.25, metadata=_range(0.0, 1.0, low_open=True))
-    # devices keep their frozen sub-backbone's token grids in memory between messages (per worker process, LRU, at
-    # most this many MiB); 0 = recompute them on every message
-    feature_cache_mb: int = field(default=1024, metadata=_range(0, None))
+    seed: int = field(default=0, metadata={"doc": "Seeds data splits, partitions, model init and local training: the "
+                                                  "same seed gives the same metrics."})
+    out_dir: str = field(default="", metadata={"doc": "Output directory; use an absolute path (the ServerApp runs in "
+                                                      "the SuperLink's cwd). Empty: `./outputs/<run.name>`."})
+    name: str = field(default="default", metadata={"doc": "Run name (used for the default output directory)."})
+    resume: bool = field(default=False, metadata={"doc": "Continue an interrupted run from the checkpoints in "
+                                                         "`run.out_dir` (same config required) instead of starting "
+                                                         "over."})
+    on_lost_devices: str = field(default="warn", metadata={
+        **_choices("warn", "fail"),
+        "doc": "A strategy that lost devices (never discovered, or silent in its last round) is reported as DEGRADED "
+               "in the summary and the table. `warn`: the run still succeeds, with a warning; `fail`: it exits "
+               "non-zero (the launcher with status 3)."})
+    device: str = field(default="auto", metadata={
+        "choices": _DeviceChoices(("auto", "cpu", "cuda", "cuda:N")),
+        "doc": "Where every stage computes (cloud stages, edge search, devices' header training and evaluation): "
+               "`auto` is the first CUDA device when one is visible, else the CPU. Wire messages are always CPU "
+               "arrays."})
+    precision: str = field(default="fp32", metadata={**_choices("fp32", "bf16"),
+                                                     "doc": "`bf16`: autocast where the device supports it."})
+    client_gpus: float = field(default=0.25, metadata={
+        **_range(0.0, 1.0, low_open=True),
+        "doc": "GPU share of one simulated device (Ray's `client-resources-num-gpus`) when the run uses CUDA; "
+               "ignored on a CPU-only machine."})
+    feature_cache_mb: int = field(default=1024, metadata={
+        **_range(0, None),
+        "doc": "MiB of frozen-backbone token grids a device process keeps between messages (LRU), and in Ray "
+               "simulation the bound of the files its workers share; 0: recompute them on every message."})
+    threads: int = field(default=2, metadata={**_range(0, None), "doc": (
+        "Intra-op CPU threads of the cloud's backbone stages (teacher, width and depth distillation). A fixed number, "
+        "not the machine's core count: float sums are split by thread count, so the trained backbone (and every "
+        "number downstream) differs between thread counts, while one machine and setting is bit-identical. Part of "
+        "the cloud stage's cache key and recorded in config.json (``provenance``). The default 2 is what the "
+        "published results used (2-core machines); 0 = every core this process may run on (fastest, reproducible "
+        "only on machines with that many cores). The ServerApp's own work and each ClientApp run on 1 thread.")})
 
 
 @dataclass
 class DataSection:
     """Which data set, where it lives, and how much of it the cloud keeps for backbone training."""
 
-    name: str = field(default="digits", metadata={"registry": "dataset"})
-    root: str = ""  # local directory for real data sets (CIFAR-100 / Fashion-MNIST / ImageFolder); never downloaded
-    cloud_fraction: float = field(default=0.3, metadata=_range(0.0, 0.9))
-    # class-balanced held-out "generic" evaluation set (FederatedData.generic_test) that no choice ever uses: this
-    # share of the rarest class, per class, from the official test split if any, else from the pool
-    generic_test_fraction: float = field(default=0.1, metadata=_range(0.0, 0.5, low_open=True))
-    synthetic_classes: int = field(default=10, metadata=_range(2, None))
-    synthetic_samples: int = field(default=600, metadata=_range(10, None))
+    name: str = field(default="digits", metadata={
+        **_registry("dataset"),
+        "doc": "Registered data set: `digits` (embedded, scikit-learn), `synthetic`, `cifar100` (a local torchvision "
+               "copy), `fashion_mnist` (four IDX files), `imagefolder`."})
+    root: str = field(default="", metadata={
+        "doc": "Local directory of a real data set (`cifar100`, `fashion_mnist`, `imagefolder`); never downloaded. "
+               "Empty for `fashion_mnist`: `/usr/share/datasets/fashion-mnist`."})
+    cloud_fraction: float = field(default=0.3, metadata={
+        **_range(0.0, 0.9),
+        "doc": "Stratified share of the training pool the cloud keeps for backbone training (disjoint from every "
+               "device's data)."})
+    generic_test_fraction: float = field(default=0.1, metadata={
+        **_range(0.0, 0.5, low_open=True),
+        "doc": "Class-balanced held-out \"generic\" evaluation set (`FederatedData.generic_test`) that no choice "
+               "ever uses: this share of the rarest class, per class, from the official test split if any, else from "
+               "the pool."})
+    synthetic_classes: int = field(default=10, metadata={**_range(2, None),
+                                                         "doc": "Number of classes of the `synthetic` data set."})
+    synthetic_samples: int = field(default=600, metadata={**_range(10, None),
+                                                          "doc": "Number of images of the `synthetic` data set."})
 
 
 @dataclass
 class PartitionSection:
     """How the device pool is split across devices, and each device's train/val/test split."""
 
-    kind: str = field(default="dirichlet", metadata={"registry": "partitioner"})
-    alpha: float = field(default=0.5, metadata=_range(0.0, None, low_open=True))
-    classes_per_client: int = field(default=2, metadata=_range(1, None))
-    category: str = field(default="C2", metadata=_choices("IID", "C2", "C3", "C4"))
-    per_class_fraction: float = field(default=0.1, metadata=_range(0.0, 1.0, low_open=True))
-    min_size: int = field(default=10, metadata=_range(1, None))
-    val_fraction: float = field(default=0.15, metadata=_range(0.0, 0.5, low_open=True))
-    test_fraction: float = field(default=0.2, metadata=_range(0.0, 0.5, low_open=True))
-    # where device test sets come from: the data set's official test split (following each device's train label
-    # distribution), cut from the device's partition (disjoint from every device's training data), or auto: official
-    # where the data set has one
-    test_source: str = field(default="auto", metadata=_choices("auto", "official", "partition"))
-    # at most this many images per device (its train + val pool, drawn uniformly from its partition; the test set
-    # follows the result): devices with a few hundred images, as in cross-device FL; 0: the whole partition
-    max_samples: int = field(default=0, metadata=_range(0, None))
+    kind: str = field(default="dirichlet", metadata={
+        **_registry("partitioner"),
+        "doc": "Registered partitioner (flwr-datasets' partitioners behind the names wherever one exists). Label "
+               "skew: `iid`, `dirichlet` (by `partition.alpha`), `pathological` (#C=k: "
+               "`partition.classes_per_client` classes each), `shard` (`partition.shards_per_client` label-sorted "
+               "shards each), `acme` (ACME's IID/C2/C3/C4 class lists, own code). Quantity skew, labels IID: "
+               "`linear` / `square` / `exponential` (device i of 1..N gets a share proportional to i, i^2, e^i), "
+               "`quantity_dirichlet` (sizes ~ Dir(`partition.beta`)). Feature skew is `partition.feature`, over "
+               "any kind."})
+    alpha: float = field(default=0.5, metadata={**_range(0.0, None, low_open=True),
+                                                "doc": "Dirichlet concentration (smaller: more skewed)."})
+    classes_per_client: int = field(default=2, metadata={**_range(1, None),
+                                                         "doc": "Classes per device for `pathological`."})
+    category: str = field(default="C2", metadata={**_choices("IID", "C2", "C3", "C4"),
+                                                  "doc": "ACME's class-list category for `acme`."})
+    per_class_fraction: float = field(default=0.1, metadata={
+        **_range(0.0, 1.0, low_open=True),
+        "doc": "Share of each owned class a device draws for `acme` (the original's 0.1)."})
+    min_size: int = field(default=10, metadata={
+        **_range(1, None), "doc": "Minimum samples per device for `dirichlet` and `quantity_dirichlet`."})
+    val_fraction: float = field(default=0.15, metadata={**_range(0.0, 0.5, low_open=True),
+                                                        "doc": "Each device's validation share of its partition."})
+    test_fraction: float = field(default=0.2, metadata={
+        **_range(0.0, 0.5, low_open=True),
+        "doc": "Each device's test share of its partition (when its test set is cut from the partition)."})
+    test_source: str = field(default="auto", metadata={
+        **_choices("auto", "official", "partition"),
+        "doc": "Where device test sets come from: `official`, the data set's official test split following each "
+               "device's train label distribution; `partition`, cut from the device's partition (disjoint from every "
+               "device's training data); `auto`, official where the data set has one (`cifar100`, "
+               "`fashion_mnist`)."})
+    max_samples: int = field(default=0, metadata={
+        **_range(0, None),
+        "doc": "At most this many images per device (its train + val pool, drawn uniformly from its partition; the "
+               "test set follows the result unless `partition.test_samples` is set): devices with a few hundred "
+               "images, as in cross-device FL. For the quantity-skew kinds the pool shrinks to this many per device "
+               "on average instead, so the size law still holds. 0: the whole partition."})
     shards_per_client: int = field(default=2, metadata={**_range(1, None), "doc": (
         "kind=shard: label-sorted shards per device (flwr-datasets' ShardPartitioner, McMahan et al.).")})
     class_assignment: str = field(default="first-deterministic", metadata={
@@ -100,7 +159,7 @@ class PartitionSection:
     beta: float = field(default=0.5, metadata={**_range(0.0, None, low_open=True), "doc": (
         "kind=quantity_dirichlet: device sizes ~ Dir(beta) (NIID-Bench's quantity skew; smaller is more "
         "skewed), each at least min_size, labels IID.")})
-    feature: str = field(default="none", metadata={"registry": "feature_shift", "doc": (
+    feature: str = field(default="none", metadata={**_registry("feature_shift"), "doc": (
         "Feature skew applied per device, alike to its train, val and test images and never to the cloud's: "
         "none; noise (device i of N adds Gaussian noise of std noise_sigma*i/N to its normalised images, "
         "NIID-Bench); rotation (IFCA-style domain shift: devices in rotation_groups domains, domain g rotated by "
@@ -109,7 +168,7 @@ class PartitionSection:
         "feature=noise: the noise level sigma (on the model's normalised input scale).")})
     rotation_groups: int = field(default=4, metadata={**_range(1, None), "doc": (
         "feature=rotation: number of domains R; domain g sees its images rotated by g*360/R degrees.")})
-    domain_assignment: str = field(default="paired", metadata={"registry": "domain_assignment", "doc": (
+    domain_assignment: str = field(default="paired", metadata={**_registry("domain_assignment"), "doc": (
         "feature=rotation: which domain each device gets. paired (default): inside every mixing group (the "
         "devices of one edge with the same device class, i.e. the same package) devices take domains two by "
         "two, the group's starting domain shifted per group, so every group of >= 4 devices has at least two "
@@ -139,126 +198,203 @@ class PartitionSection:
 class ModelSection:
     """The backbone (a registered elastic ViT) and the header devices refine."""
 
-    name: str = field(default="vit_tiny_digits", metadata={"registry": "model"})
-    pretrained_path: str = ""  # local save_pretrained directory of ViT weights
-    header: str = field(default="gated_temp_cnn", metadata={"registry": "header"})
-    header_channels: int = field(default=64, metadata=_range(1, None))
-    # where the pointwise channel gates of the gated headers sit: after their batch-statistics BN (a fix: before it
-    # they are normalised away and their Taylor importance is ~0) or before it, as the original TempCNN
-    gate_placement: str = field(default="after_bn", metadata=_choices("after_bn", "original"))
-    # header BatchNorms at evaluation: running statistics (per-sample, independent of the test batch) or the
-    # original's batch statistics (a device's accuracy then depends on what else is in its test batch)
-    header_bn: str = field(default="running", metadata=_choices("running", "batch"))
-
-
-class _CostModelChoices(tuple):
-    """``cloud.cost_model`` values: the named models, or ``measured:`` followed by a (non-empty) file path."""
-
-    def __contains__(self, value: object) -> bool:
-        return value in tuple(self)[:-1] or (isinstance(value, str) and value.startswith("measured:")
-                                              and bool(value[len("measured:"):].strip()))
+    name: str = field(default="vit_tiny_digits", metadata={
+        **_registry("model"),
+        "doc": "Registered backbone: `vit_tiny_digits` (the embedded default), `vit_micro_test` (unit tests), "
+               "`vit_fmnist` (the Fashion-MNIST benchmark), `vit_b16` (the paper's ViT-B/16)."})
+    pretrained_path: str = field(default="", metadata={
+        "doc": "Local `save_pretrained` directory of ViT weights (google/vit-base-patch16-224 layout)."})
+    header: str = field(default="gated_temp_cnn", metadata={
+        **_registry("header"),
+        "doc": "Registered header devices refine: `gated_temp_cnn` (ACME's TempCNN with 4 gate layers) or `linear`; "
+               "`searched` comes only from `nas.enabled`."})
+    header_channels: int = field(default=64, metadata={
+        **_range(1, None), "doc": "Header width (256 in the original; 4 × this many prunable gates)."})
+    gate_placement: str = field(default="after_bn", metadata={
+        **_choices("after_bn", "original"),
+        "doc": "Where the pointwise channel gates of the gated headers sit: after their batch-statistics BN "
+               "(`after_bn`, a fix: before it they are normalised away and their Taylor importance is ~0) or before "
+               "it, as the original TempCNN (`original`)."})
+    header_bn: str = field(default="running", metadata={
+        **_choices("running", "batch"),
+        "doc": "Header BatchNorms at evaluation: `running` statistics (a sample's prediction does not depend on the "
+               "rest of its test batch) or the original's `batch` statistics."})
 
 
 @dataclass
 class CloudSection:
     """Cloud tier: elastic backbone training and per-device sub-backbone selection."""
 
-    enabled: bool = True
-    widths: str = "0.25,0.5,0.75,1.0"
-    depths: str = "0.25,0.5,0.75,1.0"
-    teacher_epochs: int = field(default=30, metadata=_range(0, None))
-    width_epochs: int = field(default=10, metadata=_range(0, None))
-    depth_epochs: int = field(default=10, metadata=_range(0, None))
-    lr: float = field(default=1e-3, metadata=_range(0.0, None, low_open=True))
-    batch_size: int = field(default=64, metadata=_range(1, None))
-    header_epochs: int = field(default=10, metadata=_range(0, None))
-    faithful: bool = False
-    selection: str = field(default="pfg", metadata=_choices("pfg", "highest_accuracy", "largest_size", "random",
-                                                            "traverse", "worst"))
-    # what PFG's size/latency/energy axes measure: the original's constants, this backbone's analytic parameter
-    # count or MACs, or a latency table measured on the device (cost_models.OriginalCostModel / ParamCountCostModel /
-    # MacsCostModel / MeasuredLatencyCostModel.from_json; the file is read on the cloud, before the cloud stage)
-    cost_model: str = field(default="original", metadata={"choices": _CostModelChoices(
-        ("original", "params", "macs", "measured:<path to a JSON latency table>"))})
-    cache_dir: str = ""
-    # seed of the cloud's side: its data cut (cloud share, generic test set), backbone init and training, warm headers
-    # and PFG; -1: run.seed. A sweep over run.seed with it fixed varies the devices over one cached cloud stage
-    seed: int = field(default=-1, metadata=_range(-1, None))
+    enabled: bool = field(default=True, metadata={
+        "doc": "Run the cloud stage; false ships the untrained full backbone to every device."})
+    widths: str = field(default="0.25,0.5,0.75,1.0", metadata={
+        "doc": "Width ratios of the elastic grid (comma-separated, each in (0, 1])."})
+    depths: str = field(default="0.25,0.5,0.75,1.0", metadata={
+        "doc": "Depth ratios of the elastic grid (comma-separated, each in (0, 1])."})
+    teacher_epochs: int = field(default=30, metadata={**_range(0, None),
+                                                      "doc": "Epochs of full-size teacher fine-tuning."})
+    width_epochs: int = field(default=10, metadata={**_range(0, None), "doc": "Epochs of the width stage."})
+    depth_epochs: int = field(default=10, metadata={**_range(0, None),
+                                                    "doc": "Epochs of the width × depth stage."})
+    lr: float = field(default=1e-3, metadata={**_range(0.0, None, low_open=True),
+                                              "doc": "AdamW learning rate of the cloud stages."})
+    batch_size: int = field(default=64, metadata={**_range(1, None), "doc": "Batch size of the cloud stages."})
+    header_epochs: int = field(default=10, metadata={
+        **_range(0, None),
+        "doc": "Epochs warming each distinct sub-backbone's header on the cloud's data (best validation epoch "
+               "kept)."})
+    faithful: bool = field(default=False, metadata={
+        "doc": "Reproduce what the original code ran (no distillation, plain cross-entropy in the depth stage)."})
+    selection: str = field(default="pfg", metadata={
+        **_registry("selection method"),
+        "doc": "How each device class's sub-backbone is picked: PFG or one of the baselines it is compared with."})
+    cost_model: str = field(default="original", metadata={
+        **_registry("cost model", with_argument=True),
+        "doc": "What PFG's size/latency/energy axes measure: the original's constants (`original`, reproduces the "
+               "published picks), this backbone's analytic parameter count (`params`) or MACs (`macs`), or a "
+               "latency table measured on the device, `measured:<path>` (a JSON list of `{\"width\": w, "
+               "\"depth\": d, \"latency\": s}` records, optionally with `\"energy\"`, over a full width × depth "
+               "grid; size is the parameter count). The file is read on the cloud before the cloud stage; a missing "
+               "or bad file stops the run with an error naming this key."})
+    cache_dir: str = field(default="", metadata={
+        "doc": "Where cloud stages and warm headers are cached (key: a hash of everything that determines them). "
+               "Empty: `~/.cache/acme_flwr`."})
+    seed: int = field(default=-1, metadata={
+        **_range(-1, None),
+        "doc": "Seed of the cloud's side: its data cut (cloud share, generic test set), backbone init and training, "
+               "warm headers and PFG; -1: `run.seed`. A sweep over `run.seed` with it fixed varies the devices over "
+               "one cached cloud stage."})
 
 
 @dataclass
 class TopologySection:
     """How many devices and edges, and how often edges report to the cloud."""
 
-    # 18 = 2 edges x 3 device classes x 3: round-robin edges (p % 2) and classes (p % 3) give every (edge, package)
-    # mixing group 3 devices, so no device mixes importance with itself alone
-    num_devices: int = field(default=18, metadata=_range(1, None))
-    num_edges: int = field(default=2, metadata=_range(1, None))
-    edge_rounds_per_cloud: int = field(default=2, metadata=_range(1, None))
-    assignment: str = field(default="round_robin", metadata=_choices("round_robin", "contiguous"))
+    num_devices: int = field(default=18, metadata={
+        **_range(1, None),
+        "doc": "Simulated devices (= SuperNodes). Devices mix importance (and baselines average headers) only with "
+               "the devices of their edge that received the same package; the default 18 = 2 edges × 3 device "
+               "classes × 3 gives every (edge, package) group 3 devices, so no device mixes with itself alone."})
+    num_edges: int = field(default=2, metadata={**_range(1, None), "doc": "Number of edges."})
+    edge_rounds_per_cloud: int = field(default=2, metadata={
+        **_range(1, None), "doc": "Edges report to the cloud every this many rounds."})
+    assignment: str = field(default="round_robin", metadata={
+        **_choices("round_robin", "contiguous"),
+        "doc": "Device → edge: `round_robin` (partition-id p goes to edge p % E) or `contiguous` blocks."})
 
 
 @dataclass
 class ProfileSection:
     """Device classes: each device gets class ``classes[pid % n]`` and that class's normalised size budget."""
 
-    classes: str = "low,mid,high"
-    size_constraints: str = "0.3,0.6,0.9"
+    classes: str = field(default="low,mid,high", metadata={
+        "doc": "Device class names (comma-separated); device p is class p % n."})
+    size_constraints: str = field(default="0.3,0.6,0.9", metadata={
+        "doc": "Each device class's normalised size budget (comma-separated, one per class, each in (0, 1])."})
 
 
 @dataclass
 class StrategySection:
     """Which strategies run (ACME and baselines, in one run) and their personalization hyper-parameters."""
 
-    names: str = "acme,fedavg_header,local"
-    variant: str = field(default="pruning_per", metadata=_choices("wo_pruning", "pruning_alone", "pruning_avg",
-                                                                  "pruning_per"))
-    distance: str = field(default="emd", metadata=_choices("emd", "js"))
-    temperature: float = field(default=1.0, metadata=_range(0.0, None, low_open=True))
-    rounds: int = field(default=10, metadata=_range(1, None))
-    local_epochs: int = field(default=1, metadata=_range(1, None))
-    lr: float = field(default=1e-2, metadata=_range(0.0, None, low_open=True))
-    momentum: float = field(default=0.5, metadata=_range(0.0, 1.0))
-    weight_decay: float = field(default=1e-4, metadata=_range(0.0, None))
-    batch_size: int = field(default=32, metadata=_range(1, None))
-    prune_per_iteration: int = field(default=5, metadata=_range(0, None))
-    prune_max_fraction: float = field(default=0.9, metadata=_range(0.0, 1.0))
-    importance_accumulation: str = field(default="mean", metadata=_choices("mean", "faithful"))
-    feature_samples: int = field(default=200, metadata=_range(1, None))
-    fraction_train: float = field(default=1.0, metadata=_range(0.0, 1.0, low_open=True))
-    timeout: float = field(default=600.0, metadata=_range(1.0, None))
-    # a device reply larger than this many serialized bytes is rejected and recorded (0: no cap)
-    max_reply_bytes: int = field(default=512 * 1024 * 1024, metadata=_range(0, None))
-    # baselines' hyper-parameters (their papers' values; reference/pfl-baselines.md)
-    fedrep_head_epochs: int = field(default=10, metadata=_range(0, None))  # FedRep: head epochs per round
-    fedrep_body_epochs: int = field(default=1, metadata=_range(1, None))  # FedRep: body epochs per round
-    fedbabu_finetune_epochs: int = field(default=5, metadata=_range(0, None))  # FedBABU: head fine-tuning to evaluate
-    ditto_lambda: float = field(default=0.1, metadata=_range(0.0, None))  # Ditto: proximal weight λ
-    ditto_personal_epochs: int = field(default=0, metadata=_range(0, None))  # Ditto: personal epochs (0: local)
+    names: str = field(default="acme,fedavg_header,local", metadata={
+        "doc": "Strategies run one after another on the same devices: comma-separated names of the strategy registry "
+               "(`strategies/registry.py`; ACME, its ablation with the variant fixed, and the baselines of "
+               "docs/algorithm.md §4.5 and §5). The first is the primary one in `summary.json`; plain `acme` follows "
+               "`strategy.variant` and `strategy.distance`. Checked where the strategies are built."})
+    variant: str = field(default="pruning_per", metadata={
+        **_registry("aggregation variant"),
+        "doc": "ACME's importance aggregation: no pruning, each device alone, the data-size average, or the "
+               "similarity-weighted personalised mix (docs/algorithm.md §4.5); the `pruning_*` names are the "
+               "original's."})
+    distance: str = field(default="emd", metadata={
+        **_registry("similarity metric"),
+        "doc": "Similarity of the devices' feature statistics for the personalised mix (docs/algorithm.md §4.3)."})
+    temperature: float = field(default=1.0, metadata={
+        **_range(0.0, None, low_open=True),
+        "doc": "Softmax temperature of the similarity weights (1.0: the original, nearly uniform)."})
+    rounds: int = field(default=10, metadata={**_range(1, None), "doc": "Federated rounds (= edge rounds)."})
+    local_epochs: int = field(default=1, metadata={**_range(1, None), "doc": "Device-side epochs per round."})
+    lr: float = field(default=1e-2, metadata={**_range(0.0, None, low_open=True),
+                                              "doc": "Device-side SGD learning rate."})
+    momentum: float = field(default=0.5, metadata={**_range(0.0, 1.0), "doc": "Device-side SGD momentum."})
+    weight_decay: float = field(default=1e-4, metadata={**_range(0.0, None),
+                                                        "doc": "Device-side SGD weight decay."})
+    batch_size: int = field(default=32, metadata={**_range(1, None), "doc": "Device-side batch size."})
+    prune_per_iteration: int = field(default=5, metadata={
+        **_range(0, None), "doc": "Gates pruned per round (global rank of the criteria, momentum 0.9)."})
+    prune_max_fraction: float = field(default=0.9, metadata={**_range(0.0, 1.0),
+                                                             "doc": "Cap on the pruned share of gates."})
+    importance_accumulation: str = field(default="mean", metadata={
+        **_registry("importance accumulation"),
+        "doc": "How a round's per-batch Taylor criteria become one importance vector: `mean` over batches, or "
+               "`faithful` (the original's running-sum double counting)."})
+    feature_samples: int = field(default=200, metadata={
+        **_range(1, None), "doc": "[CLS] feature rows a device sends once for the similarity matrix."})
+    fraction_train: float = field(default=1.0, metadata={**_range(0.0, 1.0, low_open=True),
+                                                         "doc": "Share of devices trained per round (seeded)."})
+    timeout: float = field(default=600.0, metadata={**_range(1.0, None),
+                                                    "doc": "Seconds to wait for replies per round."})
+    max_reply_bytes: int = field(default=512 * 1024 * 1024, metadata={
+        **_range(0, None),
+        "doc": "A device reply larger than this many serialized bytes is rejected and recorded; 0: no cap."})
+    fedrep_head_epochs: int = field(default=10, metadata={
+        **_range(0, None),
+        "doc": "FedRep: per round, epochs on the classifier with the body frozen (Collins et al. 2021)."})
+    fedrep_body_epochs: int = field(default=1, metadata={
+        **_range(1, None), "doc": "FedRep: per round, epochs on the body with the classifier frozen, after the head."})
+    fedbabu_finetune_epochs: int = field(default=5, metadata={
+        **_range(0, None),
+        "doc": "FedBABU: epochs a device fine-tunes (a copy of) its classifier on its training data before each "
+               "evaluation; 0: none (Oh et al. 2022)."})
+    ditto_lambda: float = field(default=0.1, metadata={
+        **_range(0.0, None),
+        "doc": "Ditto: weight λ of the personal header's proximal term λ/2·‖v − w‖² (the paper picks it on "
+               "validation from about 0.01–2: sweep it)."})
+    ditto_personal_epochs: int = field(default=0, metadata={
+        **_range(0, None),
+        "doc": "Ditto: personal-header epochs per round; 0: `strategy.local_epochs` (Li et al. 2021)."})
 
 
 @dataclass
 class NasSection:
-    """Edge tier header search (ENAS, spec §3): per distinct sub-backbone, search a header on the cloud's proxy data
-    (train split: child training; val split: rewards and arc selection), export it with gates and fine-tune it."""
+    """Edge tier header search (ENAS, docs/algorithm.md §3): per distinct sub-backbone, search a header on the cloud's
+    proxy data (train split: child training; val split: rewards and arc selection), export it with gates and fine-tune
+    it."""
 
-    enabled: bool = False
-    reward: str = field(default="edge-proxy", metadata=_choices("edge-proxy", "federated"))
-    # per_backbone: one search per distinct sub-backbone (header size by the §3.6 rule); shared: one search on the
-    # smallest, the arc fine-tuned on every other one (one header architecture: ACME can mix importance across classes)
-    scope: str = field(default="per_backbone", metadata=_choices("per_backbone", "shared"))
-    epochs: int = field(default=20, metadata=_range(1, None))
-    controller_steps: int = field(default=30, metadata=_range(0, None))
-    child_channels: int = field(default=32, metadata=_range(1, None))
-    batch_size: int = field(default=64, metadata=_range(1, None))
-    lr: float = field(default=0.05, metadata=_range(0.0, None, low_open=True))
-    finetune_epochs: int = field(default=10, metadata=_range(0, None))
-    header_rule_threshold: float = field(default=0.25, metadata=_range(0.0, 1.0))
-    # the searched header's cell BNs keep running statistics (calibrated, then fine-tuned); false = the child's batch
-    # statistics, which normalise away the class signal of a device's small non-IID evaluation batch
-    bn_running_stats: bool = True
-    # federated reward: local SGD steps (one sampled arc each) a device takes on the shared child per search epoch
-    device_steps: int = field(default=4, metadata=_range(1, None))
+    enabled: bool = field(default=False, metadata={
+        "doc": "Search each device class's header at the edge (ENAS) instead of using the fixed `model.header`."})
+    reward: str = field(default="edge-proxy", metadata={
+        **_choices("edge-proxy", "federated"),
+        "doc": "`edge-proxy`: the child trains on the cloud's train split, rewards and the arc choice use its val "
+               "split; `federated`: devices train the shared child and score arcs on their own data "
+               "(`query.acme_nas`), bytes counted."})
+    scope: str = field(default="per_backbone", metadata={
+        **_choices("per_backbone", "shared"),
+        "doc": "`per_backbone`: one search per distinct sub-backbone (header size by the rule of "
+               "docs/algorithm.md §3.6); `shared`: one search on the smallest, the arc fine-tuned on every other one "
+               "(one header architecture, so ACME can mix importance across device classes)."})
+    epochs: int = field(default=20, metadata={**_range(1, None), "doc": "Search epochs."})
+    controller_steps: int = field(default=30, metadata={**_range(0, None),
+                                                        "doc": "REINFORCE steps of the controller per epoch."})
+    child_channels: int = field(default=32, metadata={**_range(1, None),
+                                                      "doc": "Width of the weight-shared child."})
+    batch_size: int = field(default=64, metadata={**_range(1, None), "doc": "Batch size of the search."})
+    lr: float = field(default=0.05, metadata={**_range(0.0, None, low_open=True),
+                                              "doc": "Peak (SGDR) learning rate of the child."})
+    finetune_epochs: int = field(default=10, metadata={
+        **_range(0, None), "doc": "Fine-tuning epochs of the exported header (best validation epoch kept)."})
+    header_rule_threshold: float = field(default=0.25, metadata={
+        **_range(0.0, 1.0),
+        "doc": "Header-size rule: `width·depth > threshold` gives 1 cell × 1 layer, else 1 cell × 3 layers."})
+    bn_running_stats: bool = field(default=True, metadata={
+        "doc": "The searched header's cell BNs keep running statistics (calibrated, then fine-tuned); false: the "
+               "child's batch statistics, which normalise away the class signal of a device's small non-IID "
+               "evaluation batch."})
+    device_steps: int = field(default=4, metadata={
+        **_range(1, None),
+        "doc": "Federated reward: local SGD steps (one sampled arc each) a device takes on the shared child per "
+               "search epoch."})
 
 
 _SECTIONS: dict[str, type] = {
@@ -358,7 +494,8 @@ class AcmeConfig:
             section = getattr(self, section_name)
             for f in fields(section):
                 if "registry" in f.metadata:
-                    check_registered(f.metadata["registry"], f"{section_name}.{f.name}", getattr(section, f.name))
+                    check_registered(f.metadata["registry"], f"{section_name}.{f.name}", getattr(section, f.name),
+                                     with_argument=f.metadata.get("with_argument", False))
         return self  # strategy.names is checked against the strategy registry where strategies are built
 
     def _check_lists(self) -> None:
@@ -444,3 +581,80 @@ def _check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             lo = "-inf" if low is None else f"{'(' if low_open else '['}{low}"
             hi = "inf)" if high is None else f"{high}]"
             raise ConfigError(f"{key}={value!r} is out of range; allowed: {lo}, {hi}")
+
+
+# ---------------------------------------------------------------------------------------------------- documentation
+def _allowed(meta: Mapping[str, Any]) -> str:
+    """The allowed values of a field, as the reference shows them (registries read now, never a literal list)."""
+    if "registry" in meta:
+        from acme_flwr.registry import registered_names  # late: registries import heavy modules
+
+        names = ", ".join(f"`{n}`" for n in registered_names(meta["registry"]))
+        suffix = " (`name:argument` where that one takes an argument)" if meta.get("with_argument") else ""
+        return f"registered {meta['registry']}: {names}{suffix}"
+    if "choices" in meta:
+        return ", ".join(f"`{c}`" for c in meta["choices"])
+    if "range" in meta:
+        low, high, low_open = meta["range"]
+        lo = "(-∞" if low is None else f"{'(' if low_open else '['}{low}"
+        hi = "∞)" if high is None else f"{high}]"
+        return f"{lo}, {hi}"
+    return "any"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def config_markdown() -> str:
+    """``docs/configuration.md``: every key of the schema with its type, default, allowed values and description.
+
+    Generated from the dataclasses (each field's ``metadata["doc"]``) and the registries, so the reference cannot
+    drift from the code; ``python -m acme_flwr.config --markdown`` prints it and ``--write`` rewrites the file.
+    """
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- generated by `python -m acme_flwr.config --write` from acme_flwr/config.py; do not edit by hand -->",
+        "",
+        "One typed schema, `acme_flwr.config.AcmeConfig`, with two front doors: `[tool.flwr.app.config]` in "
+        "`pyproject.toml` (flat dotted keys, lists as comma-separated strings, overridable with `flwr run "
+        "--run-config`) and Hydra's `conf/` (groups `dataset`, `model`, `partition`, `strategy`, `topology`, "
+        "`profile`; presets in `conf/experiment/`). A test keeps the two equal. An unknown key or a bad value stops "
+        "the run before any work with one line naming the key and the allowed values. Every run writes its resolved "
+        "config, seed and package versions to `config.json` and `summary.json`.",
+        "",
+        "Allowed values marked *registered* are read from the registries when this page is generated: registering "
+        "a new one (e.g. `@register_metric(\"cosine\")` in `acme_flwr.edge.similarity`) makes it a valid value.",
+    ]
+    for section_name, section_cls in _SECTIONS.items():
+        lines += ["", f"## `{section_name}`", "", " ".join((section_cls.__doc__ or "").split()), "",
+                  "| key | type | default | allowed | description |", "|---|---|---|---|---|"]
+        for f in fields(section_cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            shown = '`""`' if default == "" else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+            doc = " ".join(str(f.metadata.get("doc", "")).split())
+            lines.append(f"| `{section_name}.{f.name}` | {f.type} | {shown} | {_cell(_allowed(f.metadata))} | "
+                         f"{_cell(doc)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m acme_flwr.config", description="The configuration reference.")
+    parser.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
+    parser.add_argument("--write", type=Path, nargs="?", const=Path("docs/configuration.md"), default=None,
+                        help="write it (default docs/configuration.md)")
+    args = parser.parse_args(argv)
+    text = config_markdown()
+    if args.write is not None:
+        args.write.write_text(text)
+    if args.markdown or args.write is None:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

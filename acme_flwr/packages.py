@@ -3,7 +3,7 @@
 :func:`build_packages` runs the cloud stage (elastic backbone, cached on disk), picks each device class's
 sub-backbone with PFG under that class's size constraint (snapped to a trained grid point), physically extracts it,
 and warms a header on the cloud's own training data for each distinct sub-backbone (the original trains its header
-centrally too, spec §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
+centrally too, ACME §3.8). With ``nas.enabled`` the header of each distinct sub-backbone is instead searched by the
 edge NAS on the cloud's proxy data (:func:`acme_flwr.edge.nas.header_search.search_header`: train split for the
 child, val split for rewards and arc selection), exported with gates and fine-tuned; its arc goes into
 ``picks[class]["header_arc"]``. With ``nas.reward=federated`` the packages keep their warm headers and
@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from acme_flwr.cloud.models import create_model
 from acme_flwr.cloud.pfg import select_backbone, snap_to_grid
 from acme_flwr.cloud.stages import CloudStageConfig, build_elastic_backbone
 from acme_flwr.config import AcmeConfig, ConfigError
-from acme_flwr.device.headers import Header, create_header
+from acme_flwr.device.headers import Header, build_header
 from acme_flwr.device.training import (
     TrainHParams,
     backbone_grids,
@@ -48,8 +49,10 @@ from acme_flwr.device.training import (
 )
 from acme_flwr.edge.nas.header_search import EdgeSearch, adapt_header, edge_search_config, search_header
 from acme_flwr.edge.nas.search import SearchConfig
+from acme_flwr.logs import Progress
+from acme_flwr.registry import Registry
 from acme_flwr.runtime import fingerprint
-from acme_flwr.task import FederatedData, TensorSplit
+from acme_flwr.task import DataContractError, FederatedData, TensorSplit, check_split
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,42 @@ class CloudPackages:
         return self.packages[device_class]
 
 
+@dataclass(frozen=True)
+class CloudData:
+    """The cloud's own labelled data, for :func:`build_packages` with your own tensors (no :class:`FederatedData`).
+
+    ``build_packages(cfg, CloudData(train, val), cache_dir)`` trains the elastic backbone (cloud stage) on ``train``,
+    picks sub-backbones with the accuracy table measured on ``val`` and warms (or searches) the headers on both.
+    Neither may hold any device's data; the devices' data stays on the devices.
+
+    Parameters
+    ----------
+    train, val
+        :class:`TensorSplit` s: normalised float images (N, C, H, W) at the model's input shape and integer labels.
+    num_classes
+        The number of classes the headers predict; ``0`` (default): one more than the largest label in
+        ``train``/``val``. Give it when a class may be missing from the cloud's data.
+    """
+
+    train: TensorSplit
+    val: TensorSplit
+    num_classes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val"):
+            check_split(getattr(self, name), f"CloudData.{name}", error=DataContractError)
+        seen = int(max(self.train.y.max(), self.val.y.max())) + 1
+        if self.num_classes == 0:
+            object.__setattr__(self, "num_classes", seen)
+        elif self.num_classes < seen:
+            raise DataContractError(f"CloudData.num_classes: expected > the largest label ({seen - 1}), "
+                                    f"got {self.num_classes}")
+
+    def cloud(self, val_fraction: float = 0.2) -> tuple[TensorSplit, TensorSplit]:
+        """The cloud's (train, val) split (``val_fraction`` is ignored: the split is yours)."""
+        return self.train, self.val
+
+
 def header_spec(cfg: AcmeConfig, in_channels: int, num_classes: int) -> dict[str, Any]:
     """JSON-able recipe the device rebuilds its header from (``create_header(**spec)``)."""
     kwargs: dict[str, Any] = {}
@@ -98,11 +137,6 @@ def header_spec(cfg: AcmeConfig, in_channels: int, num_classes: int) -> dict[str
     return {"name": cfg.model.header, "in_channels": in_channels, "num_classes": num_classes, **kwargs}
 
 
-def build_header(spec: dict[str, Any]) -> Header:
-    spec = dict(spec)
-    return create_header(spec.pop("name"), spec.pop("in_channels"), spec.pop("num_classes"), **spec)
-
-
 def cloud_stage_config(cfg: AcmeConfig) -> CloudStageConfig:
     c = cfg.cloud
     return CloudStageConfig(widths=sorted(cfg.widths, reverse=True), depths=sorted(cfg.depths, reverse=True),
@@ -110,16 +144,19 @@ def cloud_stage_config(cfg: AcmeConfig) -> CloudStageConfig:
                             lr=c.lr, teacher_lr=c.lr, batch_size=c.batch_size, faithful=c.faithful, seed=cfg.cloud_seed)
 
 
-def build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None,
+def build_packages(cfg: AcmeConfig, data: FederatedData | CloudData, cache_dir: str | Path | None,
                    progress: bool = True) -> CloudPackages:
     """Cloud stage → PFG pick per device class → extracted sub-backbones and warm headers, computed on
-    ``run.device`` at ``run.precision`` (the packages' tensors are shipped as CPU arrays)."""
+    ``run.device`` at ``run.precision`` (the packages' tensors are shipped as CPU arrays).
+
+    ``data``: the run's :class:`FederatedData` (its cloud share), or your own cloud tensors as :class:`CloudData`;
+    their image shape must be the model's input (DataContractError otherwise, before any training)."""
     device = accel.resolve_device(cfg.run.device)
     with accel.precision(cfg.run.precision):
         return _build_packages(cfg, data, cache_dir, progress, device)
 
 
-def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path | None, progress: bool,
+def _build_packages(cfg: AcmeConfig, data: FederatedData | CloudData, cache_dir: str | Path | None, progress: bool,
                     device: torch.device) -> CloudPackages:
     torch.manual_seed(cfg.cloud_seed)
     overrides: dict[str, Any] = {"num_labels": data.num_classes}
@@ -130,11 +167,16 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
     costs = cost_model(cfg, model)  # before the cloud stage: a bad cloud.cost_model stops here, not after training
     full_params = sum(p.numel() for p in model.parameters())
     train, val = data.cloud()
+    shape = (model.config.num_channels, model.config.image_size, model.config.image_size)
+    for name, split in (("train", train), ("val", val)):
+        check_split(split, f"cloud data: {name}", image_shape=shape, num_classes=data.num_classes,
+                    error=DataContractError)
     table = None
     stage_log: dict[str, Any] = {}
     if cfg.cloud.enabled:
-        # before any message, while the simulated devices wait: the backbone stages may use every core
-        with accel.threads(accel.cores()):
+        # before any message, while the simulated devices wait: the backbone stages get run.threads threads (a fixed
+        # count, part of the cache key: the floats depend on it)
+        with accel.threads(accel.resolve_threads(cfg.run.threads)):
             model, table, stage_log = build_elastic_backbone(model, (accel.pin(train.x, device), train.y),
                                                              (accel.pin(val.x, device), val.y),
                                                              cloud_stage_config(cfg), cache_dir, progress=progress)
@@ -175,7 +217,8 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
                            "nas.scope=shared", sorted({pkg.header.num_gates for pkg in by_point.values()}))
     else:
         for point, sub in subs.items():
-            by_point[point] = Package(*point, sub, warm_header(sub, spec, train, val, cfg, cache_dir), spec)
+            by_point[point] = Package(*point, sub, warm_header(sub, spec, train, val, cfg, cache_dir,
+                                                               label=f"w={point[0]:g} d={point[1]:g}"), spec)
     packages = {name: by_point[point] for name, point in point_of.items()}
     nas_federated = None
     if cfg.nas.enabled and cfg.nas.reward == "federated":  # the strategy searches with its devices (setup time)
@@ -195,31 +238,63 @@ def _build_packages(cfg: AcmeConfig, data: FederatedData, cache_dir: str | Path 
     return CloudPackages(packages, full_params, table, picks, stage_log, nas_federated)
 
 
-_COST_MODELS: dict[str, Any] = {
-    "original": lambda arch: OriginalCostModel(),
-    "params": lambda arch: ParamCountCostModel(arch=arch),
-    "macs": lambda arch: MacsCostModel(arch=arch),
-}
+# ``cloud.cost_model`` is ``name`` or ``name:argument``; a factory builds the model for this backbone's geometry
+CostModelFactory = Callable[[ViTArch, str], CostModel]
+COST_MODELS: Registry[CostModelFactory] = Registry("cost model")
+register_cost_model = COST_MODELS.register  # ``fn(arch, argument) -> CostModel`` under a name
+list_cost_models = COST_MODELS.names  # names accepted by ``cloud.cost_model``
+
+
+def _no_argument(name: str, argument: str) -> None:
+    if argument:
+        raise ValueError(f"cost model {name!r} takes no argument; write just {name!r}")
+
+
+@register_cost_model("original")
+def _original_cost_model(arch: ViTArch, argument: str) -> CostModel:
+    """The original's constants (reproduces the published PFG picks)."""
+    _no_argument("original", argument)
+    return OriginalCostModel()
+
+
+@register_cost_model("params")
+def _params_cost_model(arch: ViTArch, argument: str) -> CostModel:
+    """This backbone's analytic parameter count."""
+    _no_argument("params", argument)
+    return ParamCountCostModel(arch=arch)
+
+
+@register_cost_model("macs")
+def _macs_cost_model(arch: ViTArch, argument: str) -> CostModel:
+    """This backbone's analytic MACs."""
+    _no_argument("macs", argument)
+    return MacsCostModel(arch=arch)
+
+
+@register_cost_model("measured")
+def _measured_cost_model(arch: ViTArch, argument: str) -> CostModel:
+    """``measured:<path>``: a JSON latency table measured on the device; its size axis is the parameter count."""
+    if not argument:
+        raise ValueError("give the latency table's file: measured:<path to a JSON latency table>")
+    return MeasuredLatencyCostModel.from_json(argument, size_model=ParamCountCostModel(arch=arch))
 
 
 def cost_model(cfg: AcmeConfig, model: ElasticViT) -> CostModel:
     """``cloud.cost_model`` for this backbone's geometry (the analytic models count its real parameters/MACs).
 
     ``measured:<path>`` reads a JSON latency table (:meth:`MeasuredLatencyCostModel.from_json`; a relative path is
-    relative to the current directory) whose size axis is this backbone's parameter count; a missing or bad file
-    raises :class:`ConfigError` naming the key.
+    relative to the current directory) whose size axis is this backbone's parameter count; an unknown name, a missing
+    or bad file raises :class:`ConfigError` naming the key.
     """
     c = model.config
     arch = ViTArch(hidden=c.hidden_size, num_heads=max(c.heads), ffn=max(c.ffn), num_layers=c.num_layers,
                    image_size=c.image_size, patch_size=c.patch_size, in_chans=c.num_channels)
-    name = cfg.cloud.cost_model
-    if name.startswith("measured:"):
-        try:
-            return MeasuredLatencyCostModel.from_json(name[len("measured:"):].strip(),
-                                                      size_model=ParamCountCostModel(arch=arch))
-        except ValueError as exc:
-            raise ConfigError(f"cloud.cost_model={name!r}: {exc}") from exc
-    return _COST_MODELS[name](arch)
+    value = cfg.cloud.cost_model
+    name, _, argument = value.partition(":")
+    try:
+        return COST_MODELS.get(name)(arch, argument.strip())
+    except ValueError as exc:  # RegistryError too
+        raise ConfigError(f"cloud.cost_model={value!r}: {exc}") from exc
 
 
 def check_grid(model: ElasticViT, cfg: AcmeConfig) -> None:
@@ -248,8 +323,8 @@ def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorS
 
     Only for ``nas.reward=edge-proxy``; with ``nas.reward=federated`` the strategy searches with its devices at setup
     time (``strategies/nas_search.py``, from :attr:`CloudPackages.nas_federated`) and this is not called.
-    ``nas.scope=per_backbone``: one search per distinct sub-backbone, header size by the §3.6 rule for it.
-    ``nas.scope=shared``: one search on the smallest sub-backbone (where the header matters most, §3.6), whose arc
+    ``nas.scope=per_backbone``: one search per distinct sub-backbone, header size by the ACME §3.6 rule for it.
+    ``nas.scope=shared``: one search on the smallest sub-backbone (where the header matters most, ACME §3.6), whose arc
     and weights are then fine-tuned on every other sub-backbone, so all classes share one header architecture (same
     gates: importance mixing and header averaging across classes stay meaningful).
     """
@@ -274,7 +349,7 @@ def searched_headers(subs: dict[tuple[float, float], ElasticViT], train: TensorS
 
 
 def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, val: TensorSplit,
-                cfg: AcmeConfig, cache_dir: str | Path | None = None) -> Header:
+                cfg: AcmeConfig, cache_dir: str | Path | None = None, label: str = "") -> Header:
     """Train a fresh header on the cloud's data for this sub-backbone; keep the epoch with the best val accuracy.
 
     With ``cache_dir`` the result is stored under a hash of everything it depends on (the sub-backbone's weights,
@@ -299,6 +374,9 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
     opt = torch.optim.SGD(trainable_parameters(header), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     gen = torch.Generator().manual_seed(cfg.cloud_seed)
     best = (-1.0, copy.deepcopy(header.state_dict()))
+    layers = len(backbone.arch()["heads"])
+    report = Progress(f"warm header {label or f'({layers}-layer sub-backbone)'}", cfg.cloud.header_epochs,
+                      unit="epoch", log=logger)
     for _ in range(cfg.cloud.header_epochs):
         order = torch.randperm(len(train), generator=gen)
         batches = [(grids[order[i:i + hp.batch_size]], labels[order[i:i + hp.batch_size]])
@@ -307,6 +385,7 @@ def warm_header(backbone: ElasticViT, spec: dict[str, Any], train: TensorSplit, 
         _, acc = evaluate_header(None, header, val, grids=val_grids)
         if acc > best[0]:
             best = (acc, copy.deepcopy(header.state_dict()))
+        report.step(val_acc=acc)
     header.load_state_dict(best[1])
     logger.info("warm header: val accuracy %.4f after %d epochs", max(best[0], 0.0), cfg.cloud.header_epochs)
     if path is not None:

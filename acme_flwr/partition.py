@@ -15,7 +15,7 @@ Label skew (NIID-Bench):
   ``class_assignment`` says; ``first-deterministic`` is NIID-Bench's).
 - ``shard``: ``ShardPartitioner`` (McMahan et al.: the pool sorted by label, cut into equal shards,
   ``shards_per_client`` shards per device).
-- ``acme``: ACME's IID/C2/C3/C4 class lists (spec §4.2) verbatim for 100 classes, per-client independent draws of
+- ``acme``: ACME's IID/C2/C3/C4 class lists (ACME §4.2) verbatim for 100 classes, per-client independent draws of
   ``per_class_fraction`` of each owned class (overlap across devices is possible, as in the original). Own code.
 
 Quantity skew (labels IID, sizes skewed; marked ``quantity_skew`` so ``partition.max_samples`` sets the mean size):
@@ -52,20 +52,20 @@ logger = logging.getLogger(__name__)
 Partitioner = Callable[..., list[np.ndarray]]
 PARTITIONERS: Registry[Partitioner] = Registry("partitioner")
 
-# ACME's CIFAR-100 class lists (spec §4.2), verbatim; list1..list4 partition the 100 classes.
+# ACME's CIFAR-100 class lists (ACME §4.2), verbatim; list1..list4 partition the 100 classes.
 ACME_LISTS: dict[str, tuple[int, ...]] = {
     "list1": (23, 4, 7, 27, 89, 48, 9, 15, 66, 94, 36, 39, 60, 13, 50, 29, 38, 8, 52, 18, 90, 21, 81, 62, 99),
     "list2": (61, 34, 14, 88, 76, 67, 78, 59, 20, 74, 65, 2, 70, 92, 97, 19, 28, 83, 11, 95, 32, 56, 53, 17, 91),
     "list3": (12, 85, 42, 35, 64, 24, 98, 25, 45, 33, 10, 75, 26, 1, 3, 84, 87, 40, 37, 30, 54, 58, 16, 68, 93),
     "list4": (79, 77, 82, 72, 41, 47, 31, 73, 49, 55, 5, 69, 86, 80, 22, 57, 0, 46, 43, 6, 71, 51, 44, 63, 96),
 }
-# Mixed lists by (source list, count of its classes); the spec gives counts, we take each list's first classes.
+# Mixed lists by (source list, count of its classes); the original gives counts, we take each list's first classes.
 ACME_MIXES: dict[str, tuple[tuple[str, int], ...]] = {
     "list1_3": (("list1", 13), ("list3", 11)),
     "list1_2_3": (("list1", 9), ("list2", 8), ("list3", 7)),
     "list1_4": (("list1", 11), ("list4", 14)),
 }
-# Which list each of the 5 clients owns per category (spec §4.2 table); client k uses entry k % 5.
+# Which list each of the 5 clients owns per category (ACME §4.2 table); client k uses entry k % 5.
 ACME_CATEGORIES: dict[str, tuple[str, ...]] = {
     "IID": ("list1", "list1", "list1", "list1", "list1"),
     "C2": ("list1", "list1", "list1", "list2", "list2"),

@@ -1,4 +1,5 @@
-"""PNG plots of a run's summary: sub-net accuracy surface, similarity heatmaps, accuracy per round, accuracy vs bytes.
+"""PNG plots of a run's summary (sub-net accuracy surface, similarity heatmaps, accuracy per round, accuracy vs bytes)
+and of a regime grid (gain over local against images per device).
 
 Called by the ServerApp after ``summary.json`` is written (a plotting error is logged, never fatal) and usable on
 any finished run: ``python -m acme_flwr.plots outputs/default/summary.json``.
@@ -88,6 +89,49 @@ def accuracy_vs_bytes(summary: dict[str, Any], out: Path) -> Path | None:
     ax.set_xlabel("total bytes (all tiers, both directions)")
     ax.set_ylabel("personalized accuracy")
     return _save(fig, out / "accuracy_vs_bytes.png")
+
+
+def regime_map(points: list[dict[str, Any]], out: Path, reference: str = "local") -> Path | None:
+    """The regime map: gain over ``reference`` (points, with its interval as an error bar) against images per device,
+    one panel per heterogeneity kind, one line per method. ``points``: dicts with ``panel``, ``images``, ``method``,
+    ``mean``, ``low`` and ``high`` (what ``experiments.report.regime_points`` makes of a grid's result files)."""
+    if not points:
+        return None
+    plt = _plt()
+    panels = list(dict.fromkeys(p["panel"] for p in points))
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    colors = {m: plt.cm.tab20(i % 20) for i, m in enumerate(methods)}
+    images = sorted({p["images"] for p in points})
+    for ax, panel in zip(axes.ravel(), panels, strict=False):
+        for i, method in enumerate(methods):
+            pts = sorted((p for p in points if p["panel"] == panel and p["method"] == method),
+                         key=lambda p: p["images"])
+            if not pts:
+                continue
+            x = [p["images"] * (1 + 0.012 * (i - len(methods) / 2)) for p in pts]  # a small dodge per method
+            y = [p["mean"] for p in pts]
+            err = [[p["mean"] - p["low"] for p in pts], [p["high"] - p["mean"] for p in pts]]
+            ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, lw=1, color=colors[method], label=method)
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(images, [f"{v:g}" for v in images])
+        ax.minorticks_off()
+        ax.set_title(panel)
+        ax.set_xlabel("images per device (train + val)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"gain over {reference} (points, 95 % CI)")
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    path = out / "regime_map.png"
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # the legend sits outside the panels
+    plt.close(fig)
+    return path
 
 
 def plot_run(summary_path: str | Path) -> list[Path]:

@@ -1,8 +1,12 @@
 """The results contract: what every run writes into its output directory.
 
 - ``config.json``: the resolved configuration, seed and package versions (written before any work).
-- ``rounds.jsonl``: one line per strategy × round × tier × node: ``{"strategy", "round", "phase", "tier", "id",
-  ...metrics, "bytes_up", "bytes_down", "wall_time"}``; tier is ``device``, ``edge`` or ``cloud``.
+- ``rounds.jsonl``: one line per strategy × round × phase × tier × node: ``{"strategy", "round", "phase", "tier",
+  "id", ...metrics, "bytes_up", "bytes_down", "wall_time"}``; tier is ``device``, ``edge`` or ``cloud`` (a cloud row
+  has ``bytes_<tier>_<direction>``). Bytes are the phase's own: round 0 holds discovery and setup (phases
+  ``discover``, ``setup``, ``nas``), a ``train`` row the train phase, an ``evaluate`` row the evaluate phase, so the
+  cloud rows (and the device rows, for the edge-device tier) sum to ``summary.json``'s byte totals. The round's
+  running total is ``rounds[i].bytes`` in ``summary.json``. Written by :class:`acme_flwr.round_books.RoundBooks`.
 - ``summary.json``: ``config``, ``seed``, ``versions``, ``strategy`` (the primary one), and for it at top level
   ``rounds`` (per round: metrics per tier), ``failures`` (count and reasons), ``bytes`` (``{tier: {up, down}}`` plus
   ``references``) and ``accuracy`` (``personalized``: mean, std, worst-10 %, per device; ``generic``); the same block
@@ -40,6 +44,19 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def run_provenance(config: dict[str, Any]) -> dict[str, Any]:
+    """The machine facts that move a run's floats besides config and versions (CPU, its vector ISA, cores) and the
+    thread count of every stage: the cloud stages' resolved ``run.threads``, this (ServerApp) process's, and the
+    ClientApps' (each fixes 1 intra-op thread, one Ray CPU per simulated device)."""
+    from acme_flwr import accel  # torch: only where a run records results
+
+    machine = accel.provenance()
+    server_threads = machine.pop("threads")
+    requested = int(config.get("run", {}).get("threads", 0) or 0)
+    return {**machine, "threads": {"cloud_stages": accel.resolve_threads(requested), "server_app": server_threads,
+                                   "client_app": 1}}
 
 
 def accuracy_stats(per_device: dict[int, float]) -> dict[str, Any]:
@@ -101,6 +118,7 @@ class RunRecorder:
         self.config = config
         self.seed = seed
         self.versions = package_versions()
+        self.provenance = run_provenance(config)
         self.strategies: dict[str, StrategyRecord] = {}
         self.cloud: dict[str, Any] = {}
         self.data: dict[str, Any] = {}
@@ -113,7 +131,8 @@ class RunRecorder:
             for stale in STALE_ON_FRESH_RUN:
                 (self.out_dir / stale).unlink(missing_ok=True)
         self._rewrite_rows()
-        _write_json(self.out_dir / "config.json", {"config": config, "seed": seed, "versions": self.versions})
+        _write_json(self.out_dir / "config.json", {"config": config, "seed": seed, "versions": self.versions,
+                                                   "provenance": self.provenance})
 
     def strategy(self, name: str) -> StrategyRecord:
         return self.strategies.setdefault(name, StrategyRecord(name))
@@ -140,7 +159,8 @@ class RunRecorder:
         if primary not in self.strategies:
             raise KeyError(f"no results for strategy {primary!r}; have {sorted(self.strategies)}")
         blocks = {name: rec.to_dict() for name, rec in self.strategies.items()}
-        summary = {"config": self.config, "seed": self.seed, "versions": self.versions, "strategy": primary,
+        summary = {"config": self.config, "seed": self.seed, "versions": self.versions,
+                   "provenance": self.provenance, "strategy": primary,
                    **blocks[primary], "strategies": blocks, "cloud": self.cloud, "data": self.data,
                    "wall_time_s": round(time.time() - self.started, 2), "out_dir": str(self.out_dir)}
         path = self.out_dir / "summary.json"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,20 @@ def shared_feature_dir(run_id: int) -> Path:
     ``<tmp>/acme-features-<run id>``. The ServerApp removes it when the run ends (in simulation it runs on that
     machine)."""
     return Path(tempfile.gettempdir()) / f"acme-features-{int(run_id)}"
+
+
+def model_store_dir(run_id: int) -> Path:
+    """Where the simulated devices of one machine keep what they received, once per fingerprint
+    (:mod:`acme_flwr.model_store`): ``<tmp>/acme-models-<run id>``. A real device uses its node config's
+    ``model-store-dir`` instead; this per-run directory goes with :func:`remove_run_dirs`."""
+    return Path(tempfile.gettempdir()) / f"acme-models-{int(run_id)}"
+
+
+def remove_run_dirs(run_id: int) -> None:
+    """Remove what a run kept in this machine's temporary directory (the shared grids, the simulated devices'
+    model store). Called once the run has ended; a missing directory is fine."""
+    for path in (shared_feature_dir(run_id), model_store_dir(run_id)):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def fingerprint(*tensors: torch.Tensor) -> str:

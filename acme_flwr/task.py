@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TensorSplit:
-    """Normalised images ``x`` (N, C, H, W) and labels ``y`` (N,)."""
+    """Normalised images ``x`` (N, C, H, W), float, and integer labels ``y`` (N,) in ``[0, num_classes)``."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -63,14 +63,133 @@ class TensorSplit:
 
 @dataclass(frozen=True)
 class DeviceData:
-    """One device's data and the facts it may report about it (never the samples themselves)."""
+    """What a device's ``data_fn`` returns: its identity and its three splits (never sent anywhere).
+
+    Parameters
+    ----------
+    partition_id
+        The device's identity, an int in ``[0, num_devices)``: the one source of it. The device reports it in its
+        profile, the strategy keys everything by it (topology, package, mixing, results) and the device's checkpoints
+        are named by it. Take it from wherever your app splits its data (e.g. ``node_config["partition-id"]``).
+    train, val, test
+        :class:`TensorSplit` s, images already normalised and at the backbone's input shape (C, H, W): local
+        training; choices made on the device (validation); the reported accuracy (test). None may be empty.
+    raw_train_bytes
+        What uploading the raw training set would cost, for the "centralized" byte reference. Optional: left out, it
+        is derived as ``len(train) * (C*H*W + 1)`` (one uint8 per pixel at the shape given, one label byte; 2 above
+        256 classes). Give it when your raw images are smaller than the resized tensors (as :class:`FederatedData`
+        does).
+    label_hist
+        Not read by ACME (nothing on the device or the server uses it); optional, kept so that code building
+        ``DeviceData`` with it keeps working.
+    """
 
     partition_id: int
     train: TensorSplit
     val: TensorSplit
     test: TensorSplit
-    raw_train_bytes: int  # what uploading the raw training set would cost (the "centralized" reference)
-    label_hist: list[int]
+    raw_train_bytes: int | None = None
+    label_hist: list[int] | None = None
+
+    @property
+    def upload_bytes(self) -> int:
+        """``raw_train_bytes``, or derived from the training tensors (see the class docstring)."""
+        if self.raw_train_bytes is not None:
+            return int(self.raw_train_bytes)
+        x = self.train.x
+        pixels = int(np.prod(tuple(x.shape[1:]))) if x.dim() > 1 else 1
+        num_classes = int(self.train.y.max()) + 1 if len(self.train) else 0
+        return len(self.train) * (pixels + (1 if num_classes <= 256 else 2))
+
+
+class DataContractError(ValueError):
+    """Tensors given to ACME (a device's splits, the cloud's own data) that it cannot use; one line naming the field,
+    what was expected and what was given."""
+
+
+class DeviceContractError(DataContractError):
+    """A device's ``data_fn``/``profile_fn`` returned something ACME cannot use; the message is one line naming the
+    device, the field, what was expected and what was given."""
+
+
+#: max |x| a normalised image may reach; raw 0..255 pixels are far above it
+MAX_ABS_PIXEL = 100.0
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_device_data(data: object, *, image_shape: tuple[int, int, int] | None = None,
+                      num_classes: int | None = None) -> DeviceData:
+    """Return ``data`` if it fulfils the client contract, else raise :class:`DeviceContractError` (one line).
+
+    Checked: a :class:`DeviceData` with an int ``partition_id`` >= 0; three :class:`TensorSplit` s, non-empty, ``x``
+    a finite float tensor (N, C, H, W) with |x| <= ``MAX_ABS_PIXEL`` (normalised), ``y`` an integer tensor (N,);
+    with ``image_shape`` (the backbone's (C, H, W)) the image shape, with ``num_classes`` the label range;
+    ``raw_train_bytes`` a non-negative int when given."""
+    if not isinstance(data, DeviceData):
+        raise DeviceContractError(f"data_fn: expected a DeviceData, got {type(data).__name__}")
+    pid = data.partition_id
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid < 0:
+        raise DeviceContractError(f"data_fn: DeviceData.partition_id: expected an int >= 0, got {pid!r}")
+    if data.raw_train_bytes is not None and (not isinstance(data.raw_train_bytes, int) or data.raw_train_bytes < 0):
+        raise DeviceContractError(f"device {pid}: DeviceData.raw_train_bytes: expected an int >= 0 or None, got "
+                                  f"{data.raw_train_bytes!r}")
+    for name in ("train", "val", "test"):
+        check_split(getattr(data, name), f"device {pid}: DeviceData.{name}", image_shape=image_shape,
+                    num_classes=num_classes)
+    return data
+
+
+def check_split(split: object, name: str, *, image_shape: tuple[int, ...] | None = None,
+                num_classes: int | None = None, error: type[DataContractError] = DeviceContractError) -> TensorSplit:
+    """Return ``split`` if it is a usable :class:`TensorSplit`, else DeviceContractError naming ``name`` (see
+    :func:`check_device_data` for what is checked)."""
+
+    def fail(field: str, expected: str, given: object) -> DataContractError:
+        return error(f"{name}{field}: expected {expected}, got {given}")
+
+    if not isinstance(split, TensorSplit):
+        raise fail("", "a TensorSplit(x, y)", "None (missing split)" if split is None else type(split).__name__)
+    x, y = split.x, split.y
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise fail(".x/y", "torch tensors", f"{type(x).__name__}/{type(y).__name__}")
+    want = "(N, C, H, W)" if image_shape is None else f"(N, {', '.join(map(str, image_shape))})"
+    if x.dim() != 4 or (image_shape is not None and tuple(x.shape[1:]) != tuple(image_shape)):
+        raise fail(".x", f"shape {want} (normalised images at the backbone's input)", tuple(x.shape))
+    if not x.is_floating_point():
+        raise fail(".x", "a float tensor", x.dtype)
+    if y.dim() != 1 or len(y) != len(x):
+        raise fail(".y", f"shape ({len(x)},) (one label per image)", tuple(y.shape))
+    if y.dtype not in _INT_DTYPES:
+        raise fail(".y", "an integer tensor (torch.long)", y.dtype)
+    if len(y) == 0:
+        raise fail("", "at least one sample", "an empty split")
+    if not bool(torch.isfinite(x).all()):
+        raise fail(".x", "finite values", "NaN or inf")
+    peak = float(x.abs().max())
+    if peak > MAX_ABS_PIXEL:
+        raise fail(".x", f"normalised images (|x| <= {MAX_ABS_PIXEL:g}; (x - mean) / std)", f"max |x| = {peak:g}")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or (num_classes is not None and high >= num_classes):
+        bound = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+        raise fail(".y", f"labels in {bound}", f"labels in [{low}, {high}]")
+    return split
+
+
+def check_profile(profile: object, partition_id: int, device_classes: list[str] | None = None) -> dict:
+    """Return ``profile`` (what ``profile_fn`` returned) if it holds what ACME reads, else DeviceContractError.
+
+    ACME reads ``device-class`` (a non-empty str; one of ``device_classes`` when the device knows them) and, if
+    given, ``size-constraint`` (a number, reported for the record); every other key is passed through."""
+    if not isinstance(profile, dict):
+        raise DeviceContractError(f"device {partition_id}: profile_fn: expected a dict, got {type(profile).__name__}")
+    cls = profile.get("device-class")
+    if not isinstance(cls, str) or not cls:
+        raise DeviceContractError(f"device {partition_id}: profile_fn['device-class']: expected a non-empty str, "
+                                  f"got {cls!r}")
+    if device_classes and cls not in device_classes:
+        raise DeviceContractError(f"device {partition_id}: profile_fn['device-class']: expected one of "
+                                  f"{device_classes}, got {cls!r}")
+    return profile
 
 
 class FederatedData:
@@ -119,7 +238,7 @@ class FederatedData:
                                                        p.test_fraction if cut_tests else 0.0, cfg.run.seed)
         if held is not None:
             self.splits = [ClientSplit(s.train, s.val, t) for s, t in zip(self.splits, held, strict=True)]
-        if official_tests:  # the original's way (spec §4.2): per device, test images of its classes
+        if official_tests:  # the original's way (ACME §4.2): per device, test images of its classes
             self.splits = [
                 ClientSplit(s.train, s.val, draw_following(
                     np.bincount(labels[s.train], minlength=self.num_classes), test_pool, labels[test_pool],

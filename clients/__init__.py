@@ -11,6 +11,9 @@ from acme_flwr.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .handlers import AcmeClient
+    from .modes import TrainMode, register_mode
+    from .state import DeviceState
 
-__all__ = ["AcmeClient"]
-__getattr__ = lazy_exports(__name__, {"AcmeClient": ".handlers"})
+__all__ = ["AcmeClient", "DeviceState", "TrainMode", "register_mode"]
+__getattr__ = lazy_exports(__name__, {"AcmeClient": ".handlers", "DeviceState": ".state", "TrainMode": ".modes",
+                                      "register_mode": ".modes"})

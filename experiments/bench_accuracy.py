@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from acme_flwr.config import ConfigError
+from acme_flwr.logs import Progress
 
 from .launch import REPO, launch, snapshot
 from .report import LAUNCH_FILE
@@ -102,25 +103,26 @@ def main() -> None:
     app = snapshot()
     failed: list[str] = []
     started = time.monotonic()
+    todo = [(seed, setting) for seed in seeds for setting in settings  # seed-major: a sweep stopped early
+            if not (out / setting / f"seed{seed}" / "summary.json").exists()]  # still covers every setting
+    jobs = Progress(f"grid {args.grid}", len(todo), unit="job", warmup=False)
     try:
-        for seed in seeds:  # seed-major: a sweep stopped early still covers every setting
-            for setting in settings:
-                job = out / setting / f"seed{seed}"
-                if (job / "summary.json").exists():
-                    continue
-                overrides = [*grid.overrides, *SETTINGS[setting], f"run.seed={seed}", *args.extra]
-                print(f"running {setting} seed {seed} ...", flush=True)
-                job_started = time.monotonic()
-                with (out / f"{setting}-seed{seed}.log").open("w") as log:
-                    try:
-                        launch(job, None, overrides, app_dir=app, stream_to=log)
-                        took = time.monotonic() - job_started
-                        # the whole flwr run (SuperLink, Ray, ServerApp start and stop), beside the ServerApp's own
-                        (job / LAUNCH_FILE).write_text(json.dumps({"launcher_wall_s": round(took, 2)}) + "\n")
-                        print(f"  done in {took:.0f} s", flush=True)
-                    except (RuntimeError, ConfigError) as exc:  # one failed job does not stop the sweep
-                        failed.append(f"{setting} seed {seed}")
-                        print(f"  failed: {exc} (log: {log.name}); re-run to retry", flush=True)
+        for i, (seed, setting) in enumerate(todo, 1):
+            job = out / setting / f"seed{seed}"
+            overrides = [*grid.overrides, *SETTINGS[setting], f"run.seed={seed}", *args.extra]
+            print(f"job {i}/{len(todo)}: {setting} seed {seed} ...", flush=True)
+            job_started = time.monotonic()
+            with (out / f"{setting}-seed{seed}.log").open("w") as log:
+                try:
+                    launch(job, None, overrides, app_dir=app, stream_to=log)
+                    took = time.monotonic() - job_started
+                    # the whole flwr run (SuperLink, Ray, ServerApp start and stop), beside the ServerApp's own
+                    (job / LAUNCH_FILE).write_text(json.dumps({"launcher_wall_s": round(took, 2)}) + "\n")
+                    print(f"  done in {took:.0f} s", flush=True)
+                except (RuntimeError, ConfigError) as exc:  # one failed job does not stop the sweep
+                    failed.append(f"{setting} seed {seed}")
+                    print(f"  failed: {exc} (log: {log.name}); re-run to retry", flush=True)
+            print(f"  {jobs.advance().split('] ', 1)[1]}", flush=True)  # job i/n, elapsed, ETA
     finally:
         shutil.rmtree(app, ignore_errors=True)
     print(f"grid {args.grid}: {time.monotonic() - started:.0f} s for the jobs this call ran", flush=True)

@@ -4,7 +4,7 @@ Synthetic class-conditional grids shaped like the embedded default sub-backbone'
 grid, 10 classes; 1 000 train / 300 reward / 300 validation samples, about the digits data set) feed a ``ProxyReward``
 search for each header size (B cells, L layers). Per size: shared-child and exported-header parameters, gates, and
 time per child SGD step, per controller step (sample + reward batch + REINFORCE update, and the parts), per
-validation pass, per epoch, plus the epoch time extrapolated to the spec's 300 controller steps.
+validation pass, per epoch, plus the epoch time extrapolated to the original's 300 controller steps.
 
     python -m experiments.bench_nas                      # < 2 min on 2 shared cores
     python -m experiments.bench_nas --sizes 1x1,1x3,3x3 --channels 64 --epochs 3 --json out.json

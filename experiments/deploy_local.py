@@ -16,7 +16,7 @@ What it does, in order (every process in its own group, registered with the laun
 6. submits the run with ``flwr run <app> deploy --stream`` and checks that it wrote ``summary.json``;
 7. stops every process it started and removes ``FLWR_HOME``.
 
-The cloud on one machine and devices on others: see the README's "Deployment Engine" section.
+The cloud on one machine and devices on others: see docs/operations.md, "Deployment Engine".
 """
 
 from __future__ import annotations

@@ -66,6 +66,10 @@ def _flower_env(flwr_home: Path) -> dict[str, str]:
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
         "RAY_DEDUP_LOGS": "0",
+        # idle OpenMP threads sleep instead of spinning: on a loaded machine a spinning thread waits for its partner's
+        # time slice at every barrier (measured: 2-thread training steps 58x slower at load 30 on 2 cores); the
+        # work split, and so every float, is the same
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         # flwr starts `flower-superlink` and `flwr-simulation` by name: they must resolve to this environment's
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     })
@@ -116,9 +120,13 @@ _LOCAL_DATA = ("cifar100", "fashion_mnist")
 def preflight(cfg: AcmeConfig) -> None:
     """Local data and weights the run will read exist: one-line ConfigError naming what to put where, before any
     process starts (the ServerApp would otherwise find out after the SuperLink and Ray are up)."""
+    from acme_flwr import accel
+    from acme_flwr import data as acme_data
     from acme_flwr.cloud.elastic_vit import _WEIGHT_FILES
     from acme_flwr.data import DataNotFoundError, load_dataset
 
+    accel.resolve_device(cfg.run.device)  # run.device=cuda without a visible CUDA device: one line, nothing started
+    accel.resolve_threads(cfg.run.threads)
     if cfg.model.pretrained_path:
         path = Path(cfg.model.pretrained_path).expanduser()
         if not (path / "config.json").is_file() or not any((path / f).is_file() for f in _WEIGHT_FILES):
@@ -132,6 +140,14 @@ def preflight(cfg: AcmeConfig) -> None:
             raise ConfigError(str(exc).splitlines()[0]) from None
     elif cfg.data.name == "imagefolder" and not Path(cfg.data.root).expanduser().is_dir():
         raise ConfigError(f"data.root={cfg.data.root!r} is not a directory; an ImageFolder needs root/<class>/<image>")
+    # CALL SITE for corrupt or truncated data/image/weights files (acme_flwr.data.check_data_files, one line naming
+    # the file and the fix): called as soon as that function exists
+    check_data_files = getattr(acme_data, "check_data_files", None)
+    if check_data_files is not None:
+        try:
+            check_data_files(cfg)
+        except DataNotFoundError as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
 
 
 class _Launch:
@@ -231,39 +247,74 @@ def fab_source(app_dir: Path) -> Iterator[Path]:
         shutil.rmtree(fab, ignore_errors=True)
 
 
+def ray_cluster(address: str) -> list[dict[str, Any]]:
+    """The live nodes of the Ray cluster at ``address`` (IP, node id, CPUs); RuntimeError naming the address if
+    none answers. Connects as a short-lived driver and disconnects."""
+    import ray
+
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=False)
+    except Exception as exc:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, ValueError
+        raise RuntimeError(f"no Ray cluster answers at {address!r} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); start one with `ray start --head`, "
+                           "or leave out --ray-address / RAY_ADDRESS for a local simulation") from None
+    try:
+        return [{"ip": n["NodeManagerAddress"], "node_id": n["NodeID"], "cpus": n["Resources"].get("CPU", 0.0)}
+                for n in ray.nodes() if n.get("Alive")]
+    finally:
+        ray.shutdown()
+
+
+def cluster_line(address: str, nodes: list[dict[str, Any]]) -> str:
+    """``Ray cluster 127.0.0.1:6379: 2 nodes, 2 CPUs (127.0.0.1 1 CPU [ab12cd34], ...)``."""
+    parts = ", ".join(f"{n['ip']} {n['cpus']:g} CPU [{n['node_id'][:8]}]" for n in nodes)
+    return (f"Ray cluster {address}: {len(nodes)} node{'s' * (len(nodes) != 1)}, "
+            f"{sum(n['cpus'] for n in nodes):g} CPUs ({parts})")
+
+
 def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str] = (), app_dir: Path = REPO,
            stream_to: Any = None, flwr_home: Path | None = None, *, cfg: AcmeConfig | None = None,
-           client_cpus: int = 1) -> Path:
+           client_cpus: int = 1, ray_address: str | None = None) -> Path:
     """Validate, then run one ``flwr run`` and return the path of its ``summary.json`` (raises if none was written).
 
     ``overrides`` are composed on ``app_dir``'s ``conf/`` (or a ready ``cfg`` is used); ConfigError leaves
     ``out`` untouched. ``flwr_home``: the private FLWR_HOME (created if missing, removed afterwards); default a
     new temp dir. ``client_cpus``: CPUs per simulated device (Ray runs cores / client_cpus workers at once).
-    Every process the run starts is stopped when this returns or the calling process ends."""
+    ``ray_address`` (default ``$RAY_ADDRESS``): run the simulation's devices on that existing Ray cluster (its nodes
+    and CPUs are logged first) instead of a Ray instance of its own. Every process the run starts is stopped when
+    this returns or the calling process ends; an existing cluster is left running."""
     out, cfg, run_config, written = accept_run(out, num_supernodes, overrides, cfg, app_dir)
+    ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    if ray_address:
+        logger.info("%s", cluster_line(ray_address, ray_cluster(ray_address)))
     run = _Launch(flwr_home)
+    if ray_address:
+        run.env["RAY_ADDRESS"] = ray_address  # Flower's Ray backend calls ray.init(), which joins it
     try:
         run.start_superlink()
         with fab_source(app_dir) as fab:
             cmd = [_tool("flwr"), "run", str(fab), "--stream", "--run-config", str(run_config),
                    "--federation-config", federation_config(cfg, client_cpus=client_cpus)]
-            if stream_to == PROGRESS:  # the full log goes to run.log, the terminal gets progress and warnings
-                proc = run.spawn(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            errors: list[str] = []
+            if stream_to in (PROGRESS, VERBOSE):  # the full log goes to run.log; the terminal gets progress and
+                proc = run.spawn(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # warnings, or all
                 with (out / "run.log").open("w") as full:
-                    show_progress(proc.stdout, full, sys.stdout)
+                    errors = show_progress(proc.stdout, full, sys.stdout, verbose=stream_to == VERBOSE)
                 rc = proc.wait()
             else:
                 rc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT).wait()
     finally:
         run.close()
-    return written("the run", rc)
+    return written("the run", rc, failure_line(errors))
 
 
 def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], cfg: AcmeConfig | None,
-               app_dir: Path) -> tuple[Path, AcmeConfig, Path, Callable[[str, int | None], Path]]:
+               app_dir: Path) -> tuple[Path, AcmeConfig, Path, Callable[..., Path]]:
     """Validate (:func:`prepare`); only then claim ``out`` and write its ``run_config.toml``. Returns the resolved
-    directory, the config, the run-config path and ``written(what, rc)``, which returns the ``summary.json`` this
-    run wrote or raises RuntimeError if it wrote none (an older one does not count)."""
+    directory, the config, the run-config path and ``written(what, rc, error=None)``, which returns the
+    ``summary.json`` this run wrote or raises RuntimeError if it wrote none (an older one does not count), naming
+    ``error`` (the ServerApp's exception line, when the log had one) first."""
     out = out.expanduser().resolve()
     conf_dir = app_dir / "conf" if (app_dir / "conf").is_dir() else CONF_DIR
     cfg = prepare(out, num_supernodes, overrides, cfg, conf_dir)
@@ -274,8 +325,11 @@ def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], 
     run_config = out / "run_config.toml"
     run_config.write_text(toml_lines(cfg.to_flat()))
 
-    def written(what: str, rc: int | None) -> Path:
+    def written(what: str, rc: int | None, error: str | None = None) -> Path:
         if not summary.exists() or summary.stat().st_mtime_ns == before:
+            if error:
+                raise RuntimeError(f"{error} ({what} failed: flwr exit code {rc}, no {summary.name}; full log: "
+                                   f"{out / 'run.log'})")
             raise RuntimeError(f"{what} wrote no {summary} (flwr exit code {rc}); see the log above")
         return summary
 
@@ -283,20 +337,40 @@ def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], 
 
 
 PROGRESS = "progress"  # launch(stream_to=PROGRESS): condensed terminal output, full log in <out>/run.log
-_SHOWN = re.compile(r"\[STRATEGY |\[ROUND |Bytes of |running as |WARNING|ERROR|Traceback|results go to|summary written")
+VERBOSE = "verbose"  # launch(stream_to=VERBOSE): the full log on the terminal and in <out>/run.log
+_SHOWN = re.compile(r"\[STRATEGY |\[ROUND |\[PROGRESS\] |Bytes of |running as |WARNING|ERROR|Traceback|results go to|"
+                    r"summary written|cloud cache (hit|miss)|cache hit")
 _TABLE = re.compile(r"^\s*(tier |cloud-edge |edge-device |total |ref )")
 _PREFIX = re.compile(r"^(\x1b\[[0-9;]*m)?(INFO|DEBUG)\s*(\x1b\[0m)?\s*:\s*")
 MAX_WARNINGS = 20
+# the last line of a traceback: "acme_flwr.errors.ConfigError: run.device='cuda' but ..." (dotted type, then message)
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Interrupt): \S.*$")
 
 
-def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
-    """Copy the run's log to ``full``; print to ``term`` only progress (strategy i/n, round r/R), the byte tables,
-    the mode line and the first ``MAX_WARNINGS`` warnings/errors."""
+def show_progress(lines: IO[bytes], full: IO[str], term: IO[str], verbose: bool = False) -> list[str]:
+    """Copy the run's log to ``full``; print to ``term`` only progress (strategy i/n, round r/R, ``[PROGRESS]`` lines
+    of long stages), the byte tables, the mode line, the first ``MAX_WARNINGS`` warnings/errors and every exception
+    line (``SomeError: message``, the last line of a traceback), or everything with ``verbose``. Returns the
+    exception lines, so that a failed run can say why where the user is looking."""
     strategy, in_table, warned = "", False, 0
+    errors: list[str] = []
     for raw in lines:
         line = raw.decode(errors="replace").rstrip("\n")
         full.write(line + "\n")
         text = _PREFIX.sub("", line)
+        exc = _EXCEPTION.match(text.strip())
+        if exc and exc.group(0) not in errors:
+            errors.append(exc.group(0))
+            if not verbose:
+                term.write(f"  {exc.group(0)}\n")
+        elif "ERROR" in line and not any(e.startswith("ERROR ") for e in errors):
+            message = re.sub(r"^\s*(\x1b\[[0-9;]*m)?ERROR\s*(\x1b\[0m)?\s*:\s*", "", line).strip()
+            if message and not message.startswith("Traceback"):
+                errors.append(f"ERROR {message}")  # the first ERROR line, for failures without an exception line
+        if verbose:
+            term.write(line + "\n")
+            term.flush()
+            continue
         if in_table and _TABLE.match(text):
             term.write(f"  {text.strip()}\n")
             continue
@@ -306,6 +380,8 @@ def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
         if "[STRATEGY " in text:
             strategy = text.split("[STRATEGY ", 1)[1].replace("]", "")
             term.write(f"strategy {strategy}\n")
+        elif "[PROGRESS] " in text:  # stage, step/epoch and ETA of long work (acme_flwr.logs.Progress)
+            term.write(f"  {text.split('[PROGRESS] ', 1)[1].strip()}\n")
         elif "[ROUND " in text:
             term.write(f"  {strategy.split(' ', 1)[-1]}: round {text.split('[ROUND ', 1)[1].rstrip(']')}\n")
         elif "Bytes of " in text:
@@ -320,6 +396,21 @@ def show_progress(lines: IO[bytes], full: IO[str], term: IO[str]) -> None:
         else:
             term.write(f"  {text.strip()}\n")
         term.flush()
+    return errors
+
+
+# Flower's wrappers around the exception that stopped a run: they say that it failed, not why
+_GENERIC = ("RuntimeError: An error was encountered. Ending simulation.", "RuntimeError: Simulation Runtime crashed.")
+
+
+def failure_line(errors: Sequence[str]) -> str | None:
+    """The line that says why a run failed: the last exception line that is not one of Flower's generic wrappers
+    (a chained traceback ends with the exception that was raised: ``ConfigError`` after the ``FileNotFoundError``
+    it wraps), else the first ERROR line, else the first wrapper."""
+    specific = [e for e in errors if e not in _GENERIC and not e.startswith("ERROR ")]
+    if specific:
+        return specific[-1]
+    return ([e for e in errors if e.startswith("ERROR ")] or list(errors) or [None])[0]
 
 
 def federation_config(cfg: AcmeConfig, cuda_available: bool | None = None, client_cpus: int = 1) -> str:
@@ -389,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="output directory (default: run.out_dir of the overrides, else outputs/default)")
     parser.add_argument("--num-supernodes", type=int, default=None,
                         help="simulated devices (default: topology.num_devices of the config)")
+    parser.add_argument("--ray-address", default=None,
+                        help="run the devices on this existing Ray cluster (e.g. 10.0.0.1:6379; default: "
+                             "$RAY_ADDRESS, else a local simulation); its nodes and CPUs are printed first")
     parser.add_argument("--verbose", action="store_true",
                         help="print Flower's full log (default: progress and warnings; the full log is in run.log)")
     parser.add_argument("overrides", nargs="*",
@@ -401,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out is None:
             given = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0] == "run.out_dir"]
             out = Path(given[-1]) if given and given[-1] else REPO / "outputs" / "default"
-        return launch(out, args.num_supernodes, args.overrides, stream_to=None if args.verbose else PROGRESS)
+        return launch(out, args.num_supernodes, args.overrides, stream_to=VERBOSE if args.verbose else PROGRESS,
+                      ray_address=args.ray_address)
 
     code, data = run_cli(run, "the launcher")
     if data is None:

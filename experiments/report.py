@@ -1,4 +1,4 @@
-"""The results report: every results table the README publishes, generated from the files under experiments/results/.
+"""The results report: every published results table, generated from the files under experiments/results/.
 
 Two steps, both commands:
 
@@ -8,8 +8,9 @@ Two steps, both commands:
    package versions, machine).
 2. ``python -m experiments.report`` renders each table from those files, writes it as CSV under
    ``experiments/results/tables/`` and as Markdown between ``<!-- report:<table> -->`` / ``<!-- /report:<table> -->``
-   markers in README.md, and draws the plots beside the CSVs. ``--check`` writes nothing and exits 1 if the README's
-   tables differ from what the report makes (``tests/test_report.py`` runs it).
+   markers in docs/results.md (every table) and README.md (the few it shows), and draws the plots beside the CSVs.
+   ``--check`` writes nothing and exits 1 if a document's tables differ from what the report makes
+   (``tests/test_report.py`` keeps them equal).
 
 A table whose inputs are missing is rendered as a one-line note saying which command produces them, never as numbers.
 """
@@ -26,18 +27,23 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from acme_flwr import accel
+from acme_flwr import accel, stats
+from acme_flwr.plots import regime_map
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"
-README = REPO / "README.md"
+RESULTS_DOC = REPO / "docs" / "results.md"  # every table
+README = REPO / "README.md"  # the front door embeds a few (e.g. the message sizes of one round)
+DOCUMENTS = (RESULTS_DOC, README)  # every report marker in these is refreshed by the report
 LAUNCH_FILE = "launch.json"  # a sweep job's whole `flwr run` wall time, start-up included (bench_accuracy)
-KEEP = ("summary.json", "summary.csv", LAUNCH_FILE)
+SETTING_FILE = "setting.json"  # a regime-grid job's setting: its axes, overrides and position in the grid
+KEEP = ("summary.json", "summary.csv", LAUNCH_FILE, SETTING_FILE)
 CODE = ("acme_flwr", "strategies", "clients")  # what a result depends on (a change there makes it "dirty")
 
 Table = tuple[list[str], list[list[str]], str]  # header, rows, provenance line
@@ -45,7 +51,7 @@ TABLES: dict[str, Callable[[Path], Table | str]] = {}
 
 
 def table(name: str) -> Callable[[Callable[[Path], Table | str]], Callable[[Path], Table | str]]:
-    """Register a table renderer (its README marker is ``report:<name>``)."""
+    """Register a table renderer (its document marker is ``report:<name>``)."""
     def deco(fn: Callable[[Path], Table | str]) -> Callable[[Path], Table | str]:
         TABLES[name] = fn
         return fn
@@ -360,10 +366,64 @@ def _grid(path: Path) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], list
         rel = summary.parent.relative_to(path).parts
         setting = "/".join(rel[:-1]) if len(rel) > 1 else rel[0]
         settings += [setting] if setting not in settings else []
-        for name, block in json.loads(summary.read_text())["strategies"].items():
+        for name, block in with_derived(json.loads(summary.read_text())).items():
             names += [name] if name not in names else []
             cells.setdefault((setting, name), []).append(block)
     return cells, settings, names
+
+
+# ------------------------------------------------------------------------------------------- derived methods
+# ACME at fixed similarity temperatures (strategies/registry.py registers acme_t<T>); the derived method picks, per
+# job (setting × seed), the temperature whose run has the best mean validation accuracy, and reports its test accuracy
+VAL_T = "acme_valT"
+TEMPERATURE_RUNS = {"acme_t1": 1.0, "acme_t0.1": 0.1, "acme_t0.01": 0.01}
+DERIVED = (VAL_T,)
+
+
+def val_accuracy(block: dict[str, Any]) -> float | None:
+    """Mean device validation accuracy at the round the strategy's accuracy block was chosen at (never test)."""
+    chosen = block.get("accuracy", {}).get("chosen_round")
+    entry = next((r for r in block.get("rounds", []) if r.get("round") == chosen), None)
+    devices = ((entry or {}).get("evaluate") or {}).get("device") or {}
+    vals = [m["val-acc"] for m in devices.values() if m.get("val-acc") is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def temperature_candidates(summary: dict[str, Any]) -> dict[str, float]:
+    """The job's ACME runs that differ only in the similarity temperature: every ``acme_t<T>`` it ran, plus ``acme``
+    itself at ``strategy.temperature`` when that is ACME's similarity-weighted variant and no ``acme_t<T>`` has the
+    same temperature (so a grid need not run T = 1 twice)."""
+    runs = summary.get("strategies", {})
+    found = {n: t for n, t in TEMPERATURE_RUNS.items() if n in runs}
+    s = summary.get("config", {}).get("strategy", {})
+    if "acme" in runs and s.get("variant", "pruning_per") == "pruning_per" and s.get("temperature") is not None \
+            and float(s["temperature"]) not in found.values():
+        found["acme"] = float(s["temperature"])
+    return found
+
+
+def select_temperature(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``acme_valT`` block of one job: a copy of the temperature run with the best mean validation accuracy
+    (ties: the higher temperature, the original's side), with ``selected`` = {from, temperature, val per candidate};
+    None when the job has fewer than two temperatures."""
+    candidates = temperature_candidates(summary)
+    vals = {n: v for n in candidates if (v := val_accuracy(summary["strategies"][n])) is not None}
+    if len(vals) < 2:
+        return None
+    best = max(vals, key=lambda n: (vals[n], candidates[n]))
+    block = json.loads(json.dumps(summary["strategies"][best]))
+    block["selected"] = {"from": best, "temperature": candidates[best], "by": "val-acc",
+                         "val": {n: vals[n] for n in sorted(vals, key=lambda n: -candidates[n])}}
+    return block
+
+
+def with_derived(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The job's strategy blocks plus the derived methods it has the runs for (``acme_valT``)."""
+    blocks = dict(summary["strategies"])
+    selected = select_temperature(summary)
+    if selected is not None:
+        blocks[VAL_T] = selected
+    return blocks
 
 
 @table("accuracy")
@@ -397,7 +457,7 @@ FMNIST_GRID_COMMAND = "python -m experiments.bench_accuracy --grid fmnist"
 ABLATION = {"acme": "EMD (acme)", "acme_pruning_per_js": "JS", "acme_pruning_avg": "Avg",
             "acme_pruning_alone": "Alone", "acme_wo_pruning": "wo_pruning"}
 PAPER_ABLATION = {"C2": (75.4, 74.6, 74.4, 74.8, 70.2), "C3": (72.2, 72.0, 71.8, 71.6, 69.6),
-                  "C4": (72.8, 72.2, 71.6, 72.2, 69.6)}  # EMD, JS, Avg, Alone, original (acme-spec §6.9)
+                  "C4": (72.8, 72.2, 71.6, 72.2, 69.6)}  # EMD, JS, Avg, Alone, original (ACME §6.3)
 
 
 def _fmnist_grid(root: Path) -> tuple[Path, dict[tuple[str, str], list[dict[str, Any]]], list[str], list[str]] | None:
@@ -459,7 +519,7 @@ def fmnist_grid_costs(root: Path) -> Table | str:
         return _missing("fmnist_grid", FMNIST_GRID_COMMAND)
     path, cells, settings, names = grid
     rows = []
-    for name in names:
+    for name in [n for n in names if n not in DERIVED]:  # a derived method is one of the runs above, not a cost
         blocks = [b for s in settings for b in cells.get((s, name), [])]
         total = [b["bytes"]["total"] for b in blocks]
         fed = [b["bytes"]["references"].get("fedavg_full", {}).get("bytes") for b in blocks]
@@ -481,6 +541,324 @@ def fmnist_grid_costs(root: Path) -> Table | str:
                  f"jobs ({min(launched):.0f}–{max(launched):.0f} s)")
     note += "."
     return header, rows, note
+
+
+# ------------------------------------------------------------------------------------------- paired comparisons
+PairCells = dict[str, dict[str, dict[tuple[int, str], float]]]  # setting -> method -> (seed, device) -> accuracy (pts)
+
+
+@dataclass(frozen=True)
+class PairedGrid:
+    """A grid's per-device personalized test accuracies (points), keyed for pairing, with what the reading needs."""
+
+    path: Path
+    settings: list[str]
+    names: list[str]
+    acc: PairCells
+    seeds: dict[str, list[int]]
+    min_test: dict[str, int]  # the smallest device test set of each setting
+    selected: dict[str, list[float]]  # acme_valT's chosen temperature per job of each setting
+
+
+def _setting_order(path: Path, summary: Path) -> tuple[float, str]:
+    """Where a job's setting sits in its grid: the runner's ``order`` (regime grid), else the fmnist grid's order."""
+    setting = "/".join(summary.parent.relative_to(path).parts[:-1]) or summary.parent.name
+    meta = summary.with_name(SETTING_FILE)
+    if meta.exists():
+        return float(json.loads(meta.read_text()).get("order", 0)), setting
+    known = ("dir0.05", "dir0.1", "dir0.5", "dir1.0", "C2", "C3", "C4")
+    return (float(known.index(setting)) if setting in known else float(len(known))), setting
+
+
+def paired_grid(path: Path) -> PairedGrid | None:
+    """Load a grid directory (``<setting>/seed<k>/summary.json``) for paired comparisons; None until it exists."""
+    if not (path / "provenance.json").exists():
+        return None
+    summaries = sorted(path.rglob("summary.json"), key=lambda p: (_setting_order(path, p), str(p)))
+    acc: PairCells = {}
+    settings: list[str] = []
+    names: list[str] = []
+    seeds: dict[str, list[int]] = {}
+    min_test: dict[str, int] = {}
+    selected: dict[str, list[float]] = {}
+    for summary_path in summaries:
+        setting = _setting_order(path, summary_path)[1]
+        summary = json.loads(summary_path.read_text())
+        seed = int(summary.get("seed", summary.get("config", {}).get("run", {}).get("seed", 0)))
+        settings += [setting] if setting not in settings else []
+        seeds.setdefault(setting, []).append(seed)
+        tests = [int(d["test"]) for d in summary.get("data", {}).get("device_splits", []) if "test" in d]
+        if tests:
+            min_test[setting] = min(min_test.get(setting, tests[0]), *tests)
+        for name, block in with_derived(summary).items():
+            names += [name] if name not in names else []
+            per_device = ((block.get("accuracy") or {}).get("personalized") or {}).get("per_device") or {}
+            cell = acc.setdefault(setting, {}).setdefault(name, {})
+            cell.update({(seed, str(pid)): 100.0 * float(v) for pid, v in per_device.items() if v is not None})
+            if "selected" in block:
+                selected.setdefault(setting, []).append(block["selected"]["temperature"])
+    return PairedGrid(path, settings, names, acc, seeds, min_test, selected)
+
+
+def _is_acme(name: str) -> bool:
+    return name.startswith("acme")
+
+
+def best_baseline(grid: PairedGrid, setting: str, name: str) -> str | None:
+    """The reference a method is held against beside ``local``: the baseline (any non-ACME method, ``local``
+    included) other than ``name`` with the highest mean test accuracy over the setting's (seed, device) pairs."""
+    means = {n: float(np.mean(list(v.values()))) for n, v in grid.acc.get(setting, {}).items()
+             if v and n != name and not _is_acme(n)}
+    return max(means, key=lambda n: (means[n], n)) if means else None
+
+
+def compare(grid: PairedGrid, setting: str, name: str, other: str) -> stats.Paired | None:
+    """``name − other`` in points over the setting's (seed, device) pairs, with the bootstrap interval."""
+    cells = grid.acc.get(setting, {})
+    if name not in cells or other not in cells:
+        return None
+    return stats.paired_comparison(cells[name], cells[other])
+
+
+def _cell(p: stats.Paired | None, suffix: str = "") -> str:
+    if p is None:
+        return "–"
+    text = p.format() + suffix
+    return f"**{text}**" if p.verdict != stats.CANNOT_TELL else text  # bold: the interval excludes 0
+
+
+def _paired_note(grid: PairedGrid) -> str:
+    return (_provenance(grid.path) + f" Mean per-device difference in points (method − reference) over every (seed, "
+            f"device) pair of the setting, with its {100 * stats.LEVEL:.0f} % percentile bootstrap interval "
+            f"({stats.RESAMPLES} resamples of the pairs, seed {stats.SEED}); **bold**: the interval excludes 0.")
+
+
+def paired_vs_local(grid: PairedGrid | None, missing: str) -> Table | str:
+    """Per setting and method: the paired difference to ``local`` (same seed, same device)."""
+    if grid is None:
+        return missing
+    rows = [[name, *(_cell(compare(grid, s, name, "local")) for s in grid.settings)]
+            for name in grid.names if name != "local"]
+    pairs = {s: len(next(iter(grid.acc[s].values()))) for s in grid.settings}
+    header = ["method − local", *(f"{s} ({pairs[s]} pairs)" for s in grid.settings)]
+    return header, rows, _paired_note(grid)
+
+
+def paired_vs_best(grid: PairedGrid | None, missing: str) -> Table | str:
+    """Per setting and method: the paired difference to the best baseline other than the method itself."""
+    if grid is None:
+        return missing
+    rows = []
+    for name in grid.names:
+        row = [name]
+        for s in grid.settings:
+            ref = best_baseline(grid, s, name)
+            row.append(_cell(compare(grid, s, name, ref), f" vs {ref}") if ref else "–")
+        rows.append(row)
+    note = _paired_note(grid) + (" Reference: the baseline (FedAvg-header, FedPer, FedRep, FedBABU, Ditto or local; "
+                                 "never an ACME variant) with the highest mean test accuracy in the setting, other "
+                                 "than the method itself; picking it on test favours the reference, not the method.")
+    return ["method − best baseline", *grid.settings], rows, note
+
+
+def _listing(items: list[tuple[str, stats.Paired]]) -> str:
+    return ", ".join(f"{n} {p.format()}" for n, p in items) if items else "none"
+
+
+WORDS = {stats.BETTER: "helps", stats.WORSE: "hurts", stats.CANNOT_TELL: "the data cannot tell"}
+
+
+def paired_reading(grid: PairedGrid | None, missing: str) -> str:
+    """The generated reading: per setting, which methods beat local and the best baseline (interval excludes 0),
+    which lose, and where the data cannot tell; then ACME's record over the whole grid, plainly."""
+    if grid is None:
+        return missing
+    out = []
+    acme_vs_local: dict[str, stats.Paired] = {}
+    acme_vs_best: dict[str, tuple[str, stats.Paired]] = {}
+    for s in grid.settings:
+        seeds = sorted(set(grid.seeds[s]))
+        pairs = len(next(iter(grid.acc[s].values())))
+        by: dict[str, list[tuple[str, stats.Paired]]] = {k: [] for k in WORDS}
+        for name in grid.names:
+            p = compare(grid, s, name, "local") if name != "local" else None
+            if p is not None:
+                by[p.verdict].append((name, p))
+        step = f"; one test image moves a device's accuracy by {100 / grid.min_test[s]:.1f} points" \
+            if s in grid.min_test else ""
+        line = (f"- **{s}** ({pairs} pairs, seeds {', '.join(map(str, seeds))}{step}). Against local: "
+                f"helps: {_listing(by[stats.BETTER])}; hurts: {_listing(by[stats.WORSE])}; "
+                f"the data cannot tell: {_listing(by[stats.CANNOT_TELL])}.")
+        if (acme := compare(grid, s, "acme", "local")) is not None:
+            acme_vs_local[s] = acme
+        ref = best_baseline(grid, s, "acme")
+        if ref and (vs := compare(grid, s, "acme", ref)) is not None:
+            acme_vs_best[s] = (ref, vs)
+            line += f" ACME − the best baseline ({ref}): {vs.format()}, {WORDS[vs.verdict]}."
+        if grid.selected.get(s):
+            temps = ", ".join(f"{t:g}" for t in grid.selected[s])
+            line += f" {VAL_T} chose the temperature {temps} (per seed, on validation)"
+            vt = compare(grid, s, VAL_T, "acme")
+            line += f"; {VAL_T} − acme (T = 1): {vt.format()}, {WORDS[vt.verdict]}." if vt else "."
+        ablation = _ablation_steps(grid, s)
+        if ablation:
+            line += " Ablation, paired: " + "; ".join(ablation) + "."
+        out.append(line)
+    if acme_vs_local:
+        out.append(_acme_record(acme_vs_local, acme_vs_best))
+    return "\n".join(out) + "\n\n" + _paired_note(grid)
+
+
+# the paper's ablation order EMD ≥ JS ≥ Avg ≈ Alone > wo_pruning, as paired steps (name, next name, the claim)
+ABLATION_STEPS = (("acme", "acme_pruning_per_js", "EMD ≥ JS"), ("acme_pruning_per_js", "acme_pruning_avg", "JS ≥ Avg"),
+                  ("acme_pruning_avg", "acme_pruning_alone", "Avg ≈ Alone"),
+                  ("acme_pruning_alone", "acme_wo_pruning", "Alone > wo_pruning"))
+
+
+def _ablation_steps(grid: PairedGrid, setting: str) -> list[str]:
+    """Each step of the paper's ablation order as a paired difference with its interval, and what it says: a "≥"
+    claim is contradicted only by an interval below 0, a ">" claim holds only with an interval above 0, and "≈" is
+    contradicted by an interval that excludes 0."""
+    steps = []
+    for a, b, claim in ABLATION_STEPS:
+        p = compare(grid, setting, a, b)
+        if p is None:
+            continue
+        if "≈" in claim:
+            said = "contradicted" if p.verdict != stats.CANNOT_TELL else "consistent (the interval contains 0)"
+        elif "≥" in claim:
+            said = "contradicted" if p.verdict == stats.WORSE else (
+                "holds" if p.verdict == stats.BETTER else "consistent (the interval contains 0)")
+        else:
+            said = "holds" if p.verdict == stats.BETTER else (
+                "contradicted" if p.verdict == stats.WORSE else "not shown (the interval contains 0)")
+        steps.append(f"{claim}: {p.format()}, {said}")
+    return steps
+
+
+def _acme_record(vs_local: dict[str, stats.Paired], vs_best: dict[str, tuple[str, stats.Paired]]) -> str:
+    """One sentence on ACME over every setting: where it helps, where it hurts, and if it helps nowhere, that."""
+    n = len(vs_local)
+    wins = [s for s, p in vs_local.items() if p.verdict == stats.BETTER]
+    losses = [s for s, p in vs_local.items() if p.verdict == stats.WORSE]
+    beats = [s for s, (_, p) in vs_best.items() if p.verdict == stats.BETTER]
+    behind = [s for s, (_, p) in vs_best.items() if p.verdict == stats.WORSE]
+
+    def where(settings: list[str]) -> str:
+        return f"{len(settings)} of {n} settings" + (f" ({', '.join(settings)})" if settings else "")
+
+    text = (f"- **ACME over the grid**: it beats local in {where(wins)} and loses to it in {where(losses)}; "
+            f"it beats the best baseline in {where(beats)} and loses to it in {where(behind)}.")
+    if not wins and not beats:
+        text += (" ACME helps nowhere in this grid: in no setting does its interval against local or against the "
+                 "best baseline lie above 0.")
+    return text
+
+
+@table("fmnist_grid_vs_local")
+def fmnist_grid_vs_local(root: Path) -> Table | str:
+    """Fashion-MNIST grid: each method's paired difference to local, with its bootstrap interval."""
+    return paired_vs_local(paired_grid(root / "fmnist_grid"), _missing("fmnist_grid", FMNIST_GRID_COMMAND))
+
+
+@table("fmnist_grid_vs_best")
+def fmnist_grid_vs_best(root: Path) -> Table | str:
+    """Fashion-MNIST grid: each method's paired difference to the best baseline other than itself."""
+    return paired_vs_best(paired_grid(root / "fmnist_grid"), _missing("fmnist_grid", FMNIST_GRID_COMMAND))
+
+
+@table("fmnist_grid_reading")
+def fmnist_grid_reading(root: Path) -> str:
+    """Fashion-MNIST grid: the generated reading of the paired comparisons."""
+    return paired_reading(paired_grid(root / "fmnist_grid"), _missing("fmnist_grid", FMNIST_GRID_COMMAND))
+
+
+# ------------------------------------------------------------------------------------------- regime grid
+REGIME_GRID_COMMAND = "python -m experiments.regime"
+
+
+def _regime_missing() -> str:
+    return (f"_No results yet: run `{REGIME_GRID_COMMAND}` (it writes experiments/results/regime_grid/ as jobs "
+            "finish)._")
+
+
+@table("regime_grid")
+def regime_grid(root: Path) -> Table | str:
+    """Regime grid: personalized test accuracy (device mean; mean ± std over seeds) per method and setting."""
+    grid = paired_grid(root / "regime_grid")
+    if grid is None:
+        return _regime_missing()
+    cells, _, _ = _grid(grid.path)
+    rows = [[name, *(_mean_std([_acc(b, "personalized") for b in cells.get((s, name), [])]) for s in grid.settings)]
+            for name in grid.names]
+    header = ["method", *(f"{s} ({len(set(grid.seeds[s]))} seeds)" for s in grid.settings)]
+    return header, rows, _provenance(grid.path) + _regime_walls(grid.path)
+
+
+JOB_BUDGET_S = 600  # each regime-grid job after the cloud stage
+
+
+def _regime_walls(path: Path) -> str:
+    """The grid's wall time: each job's whole ``flwr run`` and the part after the cloud side (its budget)."""
+    walls, after = [], []
+    for f in sorted(path.rglob(LAUNCH_FILE)):
+        wall = json.loads(f.read_text())["launcher_wall_s"]
+        cloud = json.loads(f.with_name("summary.json").read_text()).get("cloud", {}).get("wall_time_s", 0.0)
+        walls.append(wall)
+        after.append(wall - (cloud or 0.0))
+    if not walls:
+        return ""
+    over = sum(a > JOB_BUDGET_S for a in after)
+    return (f" Whole `flwr run` per job, start-up included: {sum(walls) / 60:.0f} min over {len(walls)} jobs "
+            f"({min(walls):.0f}–{max(walls):.0f} s); after the cloud side {min(after):.0f}–{max(after):.0f} s per "
+            f"job, {over} over the {JOB_BUDGET_S // 60}-minute budget.")
+
+
+def regime_points(path: Path, reference: str = "local") -> list[dict[str, Any]]:
+    """The regime map's points: per setting and method, the paired gain over ``reference`` with its interval, placed
+    at the setting's mean images per device (train + val) in the panel of its heterogeneity kind (and its scope, when
+    the grid has more than one). Axes come from each job's ``setting.json``; without one the setting is its own
+    panel."""
+    grid = paired_grid(path)
+    if grid is None:
+        return []
+    axes: dict[str, dict[str, str]] = {}
+    images: dict[str, list[float]] = {}
+    for summary in sorted(path.rglob("summary.json")):
+        setting = _setting_order(path, summary)[1]
+        meta = summary.with_name(SETTING_FILE)
+        axes[setting] = json.loads(meta.read_text()).get("axes", {}) if meta.exists() else {}
+        splits = json.loads(summary.read_text()).get("data", {}).get("device_splits", [])
+        images.setdefault(setting, []).extend(d["train"] + d["val"] for d in splits)
+    scopes = {a.get("scope") for a in axes.values()}
+    points = []
+    for s in grid.settings:
+        if not images.get(s):
+            continue
+        panel = axes[s].get("kind", s) + (f" ({axes[s]['scope']})" if len(scopes) > 1 and "scope" in axes[s] else "")
+        for name in grid.names:
+            if name != reference and (p := compare(grid, s, name, reference)) is not None:
+                points.append({"panel": panel, "images": float(np.mean(images[s])), "method": name,
+                               "mean": p.mean, "low": p.low, "high": p.high, "setting": s})
+    return points
+
+
+@table("regime_grid_vs_local")
+def regime_grid_vs_local(root: Path) -> Table | str:
+    """Regime grid: each method's paired difference to local, with its bootstrap interval."""
+    return paired_vs_local(paired_grid(root / "regime_grid"), _regime_missing())
+
+
+@table("regime_grid_vs_best")
+def regime_grid_vs_best(root: Path) -> Table | str:
+    """Regime grid: each method's paired difference to the best baseline other than itself."""
+    return paired_vs_best(paired_grid(root / "regime_grid"), _regime_missing())
+
+
+@table("regime_grid_reading")
+def regime_grid_reading(root: Path) -> str:
+    """Regime grid: the generated reading (per kind and scale: who beats local and the best baseline)."""
+    return paired_reading(paired_grid(root / "regime_grid"), _regime_missing())
 
 
 def _mean(blocks: list[dict[str, Any]], kind: str = "personalized") -> tuple[float, float, int] | None:
@@ -667,13 +1045,17 @@ def render(root: Path = RESULTS) -> dict[str, str]:
 _MARKER = re.compile(r"<!-- report:(?P<name>[\w-]+) -->\n(?P<body>.*?)<!-- /report:(?P=name) -->", re.S)
 
 
-def update_readme(text: str, tables: dict[str, str]) -> str:
+def update_document(text: str, tables: dict[str, str]) -> str:
+    """``text`` with the body of every ``report:<table>`` marker replaced by that table."""
     def sub(m: re.Match[str]) -> str:
         name = m.group("name")
         if name not in tables:
-            raise SystemExit(f"README marker report:{name} names no table; tables: {sorted(tables)}")
+            raise SystemExit(f"marker report:{name} names no table; tables: {sorted(tables)}")
         return f"<!-- report:{name} -->\n{tables[name]}\n<!-- /report:{name} -->"
     return _MARKER.sub(sub, text)
+
+
+update_readme = update_document  # the name from before the tables moved to docs/results.md
 
 
 def write_outputs(root: Path, tables: dict[str, Any]) -> None:
@@ -690,6 +1072,7 @@ def write_outputs(root: Path, tables: dict[str, Any]) -> None:
             writer.writerows(rows)
     _plot_accuracy(root, out)
     _plot_fmnist(root, out)
+    regime_map(regime_points(root / "regime_grid"), out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -701,27 +1084,31 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--command", required=True, help="the command that produced src (printed under the table)")
     c.add_argument("--commit", default=None,
                    help="the commit whose code produced src, when it is not HEAD (e.g. a sweep's snapshot)")
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md's tables are not the report's")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if the tables in docs/results.md or README.md are not the report's")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.cmd == "collect":
         print(collect(args.src, args.name, args.command, args.commit))
         return 0
     tables = render(args.results)
-    text = README.read_text()
-    new = update_readme(text, tables)
-    missing = sorted(set(tables) - {m.group("name") for m in _MARKER.finditer(text)})
+    texts = {doc: doc.read_text() for doc in DOCUMENTS}
+    updated = {doc: update_document(text, tables) for doc, text in texts.items()}
+    stale = [doc.relative_to(REPO).as_posix() for doc in DOCUMENTS if updated[doc] != texts[doc]]
     if args.check:
-        if new != text:
-            print("README.md's results tables differ from `python -m experiments.report`; run it and commit",
+        if stale:
+            print(f"{', '.join(stale)}: results tables differ from `python -m experiments.report`; run it and commit",
                   file=sys.stderr)
             return 1
         return 0
-    README.write_text(new)
+    for doc in stale:
+        (REPO / doc).write_text(updated[REPO / doc])
     write_outputs(args.results, tables)
-    for name in missing:
-        print(f"note: README has no <!-- report:{name} --> marker; table {name} is only in CSV", file=sys.stderr)
-    print(f"updated {README} ({len(tables)} tables) and {args.results / 'tables'}")
+    shown = {m.group("name") for text in texts.values() for m in _MARKER.finditer(text)}
+    for name in sorted(set(tables) - shown):
+        print(f"note: no document has a <!-- report:{name} --> marker; table {name} is only in CSV", file=sys.stderr)
+    print(f"updated {', '.join(stale) or 'nothing (documents already current)'} ({len(tables)} tables) and "
+          f"{args.results / 'tables'}")
     return 0
 
 

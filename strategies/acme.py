@@ -1,4 +1,4 @@
-"""AcmeStrategy: ACME's personalization loop (spec §4) as a Flower strategy, and a drop-in hierarchical strategy.
+"""AcmeStrategy: ACME's personalization loop (ACME §4) as a Flower strategy, and a drop-in hierarchical strategy.
 
 With clients that register the ACME handlers (:class:`acme_flwr.clients.AcmeClient`): each device receives its
 class's sub-backbone and header once; for ``pruning_per`` it also sends [CLS] feature statistics, from which its edge
@@ -12,46 +12,102 @@ Variants are configs of this one strategy: ``wo_pruning``, ``pruning_alone``, ``
 
 It takes FedAvg's arguments with FedAvg's defaults, so ``FedAvg(...)`` → ``AcmeStrategy(...)`` is a one-line swap.
 With an unmodified ClientApp (standard ``arrays``/``metrics`` contract) the profile query fails on every node (one INFO
-line, no tracebacks, no round lost) and the strategy runs as :class:`HierarchicalFedAvg` with the same arguments on
-the arrays given to ``start`` (drop-in mode), with byte accounting. Without ``deployment=`` (cloud packages) the full
-ACME loop cannot run and the strategy is hierarchical FedAvg too, keyed by the partition-ids the ACME handlers report
-when the clients have them.
+line, no tracebacks, no round lost) and the strategy chooses the FedAvg rounds policy (:class:`FedAvgPolicy`, what
+:class:`HierarchicalFedAvg` runs) on the arrays given to ``start`` (drop-in mode), with byte accounting. Without
+``deployment=`` (cloud packages) the full ACME loop cannot run and the strategy is hierarchical FedAvg too, keyed by
+the partition-ids the ACME handlers report when the clients have them.
+
+In full mode personalization has no global model: ``Result.arrays`` stays ``initial_arrays`` (which may be left out)
+and ``evaluate_fn`` sees only them; ``Result.train_metrics_clientapp`` / ``evaluate_metrics_clientapp`` hold FedAvg's
+aggregation of the devices' metrics per round, and the strategy's summary block (``finalize()``) the per-device
+results.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
+from acme_flwr.config import AcmeConfig, StrategySection
 from acme_flwr.edge.mixing import build_mixing_weights, get_variant, mix_importance, validate_importance
 from acme_flwr.edge.similarity import aggregation_weights, similarity_matrix
 from acme_flwr.packages import CloudPackages
+from acme_flwr.results import RunRecorder
 from acme_flwr.topology import Topology
 
-from .harness import AcmeProtocolStrategy, NotAcmeClients
-from .hier_fedavg import HierarchicalFedAvg
+from .base import MetricsAggrFn
+from .fedavg_policy import FedAvgPolicy
+from .harness import AcmeProtocolStrategy, NotAcmeClients, config_kwargs, topology_of
 
 logger = logging.getLogger(__name__)
 
+_S = StrategySection()  # the one set of defaults: the config schema's
+
 
 class AcmeStrategy(AcmeProtocolStrategy):
-    """ACME personalization by importance exchange; hierarchical FedAvg for clients that do not speak ACME."""
+    """ACME personalization by importance exchange; hierarchical FedAvg for clients that do not speak ACME.
+
+    Parameters
+    ----------
+    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes, weighted_by_key,
+    arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_fn :
+        FedAvg's ten arguments, with FedAvg's meaning, order and defaults.
+    topology : Topology, optional (keyword-only, as everything below)
+        Devices, edges, assignment and ``edge_rounds_per_cloud``; default: one edge over whatever nodes connect.
+    deployment : CloudPackages, optional
+        The cloud's packages (sub-backbone and header per device class, from ``build_packages``); without it the
+        strategy runs as hierarchical FedAvg.
+    variant : str (default: ``strategy.variant``, "pruning_per")
+        How an edge mixes importance: "wo_pruning", "pruning_alone", "pruning_avg" or "pruning_per".
+    distance : str (default: ``strategy.distance``, "emd")
+        Feature-distribution distance of the similarity weights ("emd" or "js"; pruning_per only).
+    temperature : float (default: ``strategy.temperature``, 1.0)
+        Softmax temperature of the similarity rows.
+    prune_per_iteration : int (default: ``strategy.prune_per_iteration``, 5)
+        Gates a device prunes per round.
+    prune_max_fraction : float (default: ``strategy.prune_max_fraction``, 0.9)
+        At most this fraction of a header's gates is ever pruned.
+    prune_momentum : float (default: 0.9)
+        Momentum of the devices' pruning criteria.
+    feature_samples : int (default: ``strategy.feature_samples``, 200)
+        [CLS] feature rows per device for the similarity (pruning_per only).
+    train_config : dict, optional
+        What devices train with (lr, momentum, weight-decay, batch-size, local-epochs, accumulation); default: the
+        ``strategy.*`` defaults. ``start(train_config=...)`` overrides it key by key.
+    recorder, record_name, seed, timeout, checkpoint_dir, accuracy_key, **kwargs :
+        The harness's and the template's settings (results writer, name in the results, sampling seed, seconds to
+        wait for replies, checkpoint directory, reported accuracy metric, ``discovery_timeout``, ...).
+
+    :meth:`from_config` builds it from an :class:`~acme_flwr.config.AcmeConfig`.
+    """
 
     name = "acme"
+    policy_name = "acme"
+    fedavg_compatible = True  # until discovery says otherwise it may be FedAvg (drop-in)
 
-    def __init__(self, *args: Any, topology: Topology | None = None, deployment: CloudPackages | None = None,
-                 variant: str = "pruning_per", distance: str = "emd", temperature: float = 1.0,
-                 prune_per_iteration: int = 10, prune_max_fraction: float = 0.9, prune_momentum: float = 0.9,
-                 feature_samples: int = 200, **kwargs: Any) -> None:
-        """FedAvg's arguments (positional or keyword, FedAvg's defaults); ``topology=``, ``deployment=`` and the
-        ACME settings are keyword-only. ``AcmeStrategy()`` alone is hierarchical FedAvg with one edge."""
-        super().__init__(*args, topology=topology, deployment=deployment, **kwargs)
+    def __init__(self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0, min_train_nodes: int = 2,
+                 min_evaluate_nodes: int = 2, min_available_nodes: int = 2, weighted_by_key: str = "num-examples",
+                 arrayrecord_key: str = "arrays", configrecord_key: str = "config",
+                 train_metrics_aggr_fn: MetricsAggrFn | None = None,
+                 evaluate_metrics_aggr_fn: MetricsAggrFn | None = None, *, topology: Topology | None = None,
+                 deployment: CloudPackages | None = None, variant: str = _S.variant, distance: str = _S.distance,
+                 temperature: float = _S.temperature, prune_per_iteration: int = _S.prune_per_iteration,
+                 prune_max_fraction: float = _S.prune_max_fraction, prune_momentum: float = 0.9,
+                 feature_samples: int = _S.feature_samples, train_config: dict[str, Any] | None = None,
+                 recorder: RunRecorder | None = None, record_name: str | None = None, seed: int = 0,
+                 timeout: float = _S.timeout, checkpoint_dir: str | Path | None = None,
+                 accuracy_key: str | None = None, **kwargs: Any) -> None:
+        super().__init__(fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes,
+                         weighted_by_key, arrayrecord_key, configrecord_key, train_metrics_aggr_fn,
+                         evaluate_metrics_aggr_fn, topology=topology, deployment=deployment,
+                         train_config=train_config, recorder=recorder, record_name=record_name, seed=seed,
+                         timeout=timeout, checkpoint_dir=checkpoint_dir, accuracy_key=accuracy_key, **kwargs)
         self.variant = get_variant(variant)
         self.variant_name = variant
         self.distance = distance
@@ -63,7 +119,35 @@ class AcmeStrategy(AcmeProtocolStrategy):
         self.edge_weights: dict[int, dict[int, dict[int, float]]] = {}
         self.mixed: dict[int, np.ndarray] = {}
         self.mixed_round: dict[int, int] = {}  # the round each device's mix was computed in
-        self.fallback: HierarchicalFedAvg | None = None
+
+    @classmethod
+    def from_config(cls, cfg: AcmeConfig, *, topology: Topology | None = None,
+                    deployment: CloudPackages | None = None, recorder: RunRecorder | None = None,
+                    name: str = "acme", **overrides: Any) -> AcmeStrategy:
+        """The strategy ``cfg`` describes: its ``strategy.*`` settings (variant, distance, pruning, training, timeout,
+        reply cap), ``run.seed``, and unless given, the topology of ``topology.*``; with a ``recorder``, checkpoints in
+        ``<out>/checkpoints``. ``overrides`` win over the config (e.g. ``variant=`` for the ablation's names)."""
+        s = cfg.strategy
+        kwargs = {"variant": s.variant, "distance": s.distance, "temperature": s.temperature,
+                  "prune_per_iteration": s.prune_per_iteration, "prune_max_fraction": s.prune_max_fraction,
+                  "feature_samples": s.feature_samples, **config_kwargs(cfg, recorder, name), **overrides}
+        return cls(topology=topology or topology_of(cfg), deployment=deployment, **kwargs)
+
+    def settings(self) -> dict[str, Any]:
+        return {"ACME": f"variant {self.variant_name}, distance {self.distance}, temperature {self.temperature}, "
+                        f"prune {self.prune_per_iteration}/round up to {self.prune_max_fraction:.0%} of the gates "
+                        f"(momentum {self.prune_momentum}), {self.feature_samples} feature rows per device",
+                "Devices train with": self.train_config,
+                "Packages": "none (hierarchical FedAvg)" if self.deployment is None
+                else ", ".join(sorted(self.deployment.packages))}
+
+    def describe(self) -> str:
+        return f"acme ({self.variant_name}, {self.distance})"
+
+    @property
+    def drop_in(self) -> bool:
+        """Whether the rounds run as hierarchical FedAvg (the clients do not speak ACME, or no deployment)."""
+        return isinstance(self.policy, FedAvgPolicy)
 
     # ------------------------------------------------------------------------------------------------- setup
     def discover(self, grid: Grid) -> None:
@@ -71,37 +155,22 @@ class AcmeStrategy(AcmeProtocolStrategy):
             super().discover(grid)
         except NotAcmeClients as exc:
             logger.info("%s: running as hierarchical FedAvg", exc)
-            self._fall_back({pid: node for pid, node in enumerate(exc.nodes)})
+            self._run_as_fedavg(dict(enumerate(exc.nodes)))
             return
         if self.deployment is None:
             logger.info("ACME handlers found on %d of %d nodes but no deployment= (cloud packages) was given: "
                         "running as hierarchical FedAvg", len(self.node_of), self.probe.get("nodes", 0))
-            self._fall_back(dict(self.node_of))
+            self._run_as_fedavg(dict(self.node_of))
 
-    def _fall_back(self, node_of: dict[int, int]) -> None:
-        """Drop-in mode: the same FedAvg arguments, topology, ledger and record, run by HierarchicalFedAvg."""
-        fb = HierarchicalFedAvg(self.fraction_train, self.fraction_evaluate, self.min_train_nodes,
-                                self.min_evaluate_nodes, self.min_available_nodes, self.weighted_by_key,
-                                self.arrayrecord_key, self.configrecord_key, self._user_aggr["train"],
-                                self._user_aggr["evaluate"], topology=self.topology, recorder=self.recorder,
-                                record_name=self.record.name, seed=self.seed,
-                                discovery_timeout=self.discovery_timeout, accuracy_key=self.accuracy_key,
-                                checkpoint_dir=self.checkpoint_dir)
-        fb.min_evaluate_nodes, fb.min_train_nodes = self.min_evaluate_nodes, self.min_train_nodes
-        fb.ledger, fb.record, fb.last_round, fb.round_offset = self.ledger, self.record, self.last_round, \
-            self.round_offset
-        fb.max_reply_bytes = self.max_reply_bytes
-        self.node_of, self.pid_of, self.profiles = {}, {}, {}
+    def _run_as_fedavg(self, node_of: dict[int, int]) -> None:
+        """Drop-in mode: the FedAvg rounds policy over the nodes found, keyed by partition-id."""
+        self.devices.clear()
         for pid, node in sorted(node_of.items()):
-            fb._bind(pid, node, {"partition-id": pid})
-        fb.bind_topology()
-        fb._ready = True
-        self.fallback = fb
-        self.node_of, self.pid_of, self.profiles = fb.node_of, fb.pid_of, fb.profiles
-        self.topology = fb.topology
+            self.devices.bind(pid, node, {"partition-id": pid})
+        self.use_policy(FedAvgPolicy(self, label="drop-in (hierarchical FedAvg)"))
 
     def setup(self, grid: Grid) -> None:
-        if self.fallback is not None:
+        if self.drop_in:
             return
         super().setup(grid)
         if self.variant.name != "per":
@@ -132,40 +201,8 @@ class AcmeStrategy(AcmeProtocolStrategy):
         return self.package_of(pid).header.num_gates
 
     # ------------------------------------------------------------------------------------------------- rounds
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._ensure_ready(grid)
-        if self.fallback is not None:
-            self.fallback.last_round = self.last_round
-            return self.fallback.configure_train(server_round, arrays, config, grid)
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        if self.fallback is not None:
-            return self.fallback.aggregate_train(server_round, replies)
-        return super().aggregate_train(server_round, replies)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        if self.fallback is not None:
-            return self.fallback.configure_evaluate(server_round, arrays, config, grid)
-        return super().configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        if self.fallback is not None:
-            return self.fallback.aggregate_evaluate(server_round, replies)
-        return super().aggregate_evaluate(server_round, replies)
-
-    def finalize(self) -> dict[str, Any]:
-        if self.fallback is not None:
-            self.record.extra["mode"] = "drop-in (hierarchical FedAvg)"
-            return self.fallback.finalize()
-        self.record.extra["mode"] = f"acme ({self.variant_name}, {self.distance})"
-        return super().finalize()
-
     def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, send="importance" if self.variant.prunes else "none")
+        return self.content(server_round, config, send="importance" if self.variant.prunes else "none")
 
     def validate_train_reply(self, pid: int, content: RecordDict) -> None:
         super().validate_train_reply(pid, content)
@@ -191,14 +228,14 @@ class AcmeStrategy(AcmeProtocolStrategy):
             self.mixed.update(mixes)
             self.mixed_round.update(dict.fromkeys(mixes, server_round))
 
-    # No aggregate_cloud: in the personalization phase nothing the cloud would receive is used (spec §4: importance is
+    # No aggregate_cloud: in the personalization phase nothing the cloud would receive is used (ACME §4: importance is
     # exchanged between an edge and its devices only), so nothing is sent and nothing is counted.
 
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
                          config: ConfigRecord) -> RecordDict:
         if not (self.variant.prunes and self.mixed_round.get(pid) == server_round):
-            return self.content(server_round)  # not trained this round (not sampled, or failed): no stale re-prune
-        return self.content(server_round, {P.IMPORTANCE: P.vector_record(self.mixed[pid])},
+            return self.content(server_round, config)  # not trained this round (not sampled, failed): no stale re-prune
+        return self.content(server_round, config, {P.IMPORTANCE: P.vector_record(self.mixed[pid])},
                             **{"prune-per-iteration": self.prune_per_iteration,
                                "prune-max": max(1, int(self.prune_max_fraction * self.num_gates(pid))),
                                "prune-momentum": self.prune_momentum})

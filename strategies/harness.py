@@ -19,20 +19,51 @@ from flwr.serverapp import Grid
 
 from acme_flwr import protocol as P
 from acme_flwr.comm import message_bytes
+from acme_flwr.config import AcmeConfig, StrategySection
 from acme_flwr.device.headers import split_header_params
 from acme_flwr.logs import quiet_flower_errors
 from acme_flwr.packages import CloudPackages, Package
 from acme_flwr.results import RunRecorder
 from acme_flwr.runtime import fingerprint
+from acme_flwr.topology import Topology
 
-from .base import EdgeTierStrategy, short_reason
+from .admission import short_reason
+from .base import EdgeTierStrategy
 from .nas_search import federated_header_search
+from .rounds_policy import RoundsPolicy
 from .utils import check_same_layout
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TRAIN = {"lr": 1e-2, "momentum": 0.5, "weight-decay": 1e-4, "batch-size": 32, "local-epochs": 1,
-                 "accumulation": "mean"}
+
+
+def train_config_of(s: StrategySection) -> dict[str, Any]:
+    """What devices train with, from the config's ``strategy.*`` keys (the message's key names)."""
+    return {"lr": s.lr, "momentum": s.momentum, "weight-decay": s.weight_decay, "batch-size": s.batch_size,
+            "local-epochs": s.local_epochs, "accumulation": s.importance_accumulation}
+
+
+DEFAULT_TRAIN = train_config_of(StrategySection())  # the config schema's defaults: one set, they cannot drift
+
+
+def topology_of(cfg: AcmeConfig) -> Topology:
+    """The topology ``cfg.topology`` describes."""
+    t = cfg.topology
+    return Topology(t.num_devices, t.num_edges, t.assignment, t.edge_rounds_per_cloud)
+
+
+def config_kwargs(cfg: AcmeConfig, recorder: RunRecorder | None, name: str) -> dict[str, Any]:
+    """The harness settings every strategy of a run takes from ``cfg`` (name, seed, sampling, timeout, training,
+    reply cap; with a recorder, its checkpoint directory)."""
+    s = cfg.strategy
+    return {"recorder": recorder, "record_name": name, "seed": cfg.run.seed, "fraction_train": s.fraction_train,
+            "timeout": s.timeout, "checkpoint_dir": recorder.out_dir / "checkpoints" if recorder else None,
+            "train_config": train_config_of(s), "max_reply_bytes": s.max_reply_bytes}
+
+
+# set by the strategy on every message: a start(train_config=...) that names one of them is refused
+RESERVED_KEYS = ("tag", "seed", "send", "mode", "prune-per-iteration", "prune-max", "prune-momentum", "head-epochs",
+                 "body-epochs", "finetune-epochs", "ditto-lambda", "personal-epochs")
 
 
 NO_HANDLER = "registered with name"  # Flower's ClientApp: "No query function registered with name '...'"
@@ -58,22 +89,32 @@ def _is_probe_error(record: logging.LogRecord) -> bool:
     return P.PROFILE.split(".")[1] in text or text.startswith("An exception was raised when processing a message")
 
 
-class AcmeProtocolStrategy(EdgeTierStrategy):
-    """Discovery + one-time deployment + per-device messages in the ACME protocol."""
+class AcmeProtocolStrategy(EdgeTierStrategy, RoundsPolicy):
+    """Discovery + one-time deployment + per-device messages in the ACME protocol; each subclass is its own rounds
+    policy (it implements the :class:`RoundsPolicy` hooks).
+
+    What a device's train (evaluate) message carries is, key by key, the first of: what the strategy sets itself
+    (``tag``, ``seed``, ``server-round``, ``send``, ``mode`` and the method's own keys: naming one of these in
+    ``start``'s configs is an error), ``start(train_config=...)`` (``evaluate_config=`` for evaluate messages), the
+    constructor's ``train_config``, :data:`DEFAULT_TRAIN`.
+    """
 
     late_joiners = False  # a device needs its package (setup) before it can train
     train_type = P.TRAIN
     evaluate_type = P.EVALUATE
     feature_samples = 0  # > 0: collect [CLS] feature statistics during setup
+    policy_name = "acme-protocol"
 
     def __init__(self, *args: Any, deployment: CloudPackages | None = None,
                  train_config: dict[str, Any] | None = None, recorder: RunRecorder | None = None,
-                 record_name: str | None = None, timeout: float = 600.0, **kwargs: Any) -> None:
+                 record_name: str | None = None, timeout: float = StrategySection.timeout,
+                 max_reply_bytes: int = P.DEFAULT_MAX_REPLY_BYTES, **kwargs: Any) -> None:
         """FedAvg's arguments (positional or keyword), then keyword-only ``topology=``, ``deployment=`` (the
         cloud's packages: sub-backbones and headers per device class) and the harness settings."""
         kwargs.setdefault("reference_params", deployment.full_params if deployment else 0)
         super().__init__(*args, recorder=recorder, record_name=record_name, **kwargs)
         self.deployment = deployment
+        self.max_reply_bytes = max_reply_bytes
         self.train_config = {**DEFAULT_TRAIN, **(train_config or {})}
         self.timeout = timeout
         self.features: dict[int, Any] = {}
@@ -89,7 +130,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
         with quiet_flower_errors(_is_probe_error):  # a ClientApp without the ACME handlers: no traceback wall
             replies = list(grid.send_and_receive(msgs, timeout=self.timeout))
         query_bytes = message_bytes(query)
-        errors = []
+        errors: list[tuple[str, str]] = []  # (device, reason)
         no_handler = 0
         asked = set(nodes)
         for r in replies:
@@ -102,36 +143,49 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
                 if NO_HANDLER in r.error.reason:
                     no_handler += 1
                 else:
-                    errors.append(f"node {r.metadata.src_node_id}: {short_reason(r.error.reason)}")
+                    errors.append((self._who(r), f"client error: {short_reason(r.error.reason)}"))
                 continue
             try:
                 prof = self.check_profile(r.content)
             except Exception as exc:  # noqa: BLE001 - a hostile profile is a rejected device, never a crash
-                errors.append(f"node {r.metadata.src_node_id}: rejected profile: {short_reason(str(exc), 300)}")
+                errors.append((self._who(r), f"rejected profile: {short_reason(str(exc), 300)}"))
                 continue
             pid = int(prof["partition-id"])
             if pid in self.node_of:
                 self.record.add_failure(0, "discover", str(pid), "two nodes claim this partition-id")
                 continue
-            self._bind(pid, r.metadata.src_node_id, prof)
+            self.devices.bind(pid, r.metadata.src_node_id, prof)
             n = self.ledger.add_message(0, "edge-device", "up", r.content, pid)
             self.ledger.add(0, "cloud-edge", "up", n)  # the edge forwards the profile: the cloud picks the package
         self.probe = {"nodes": len(nodes), "acme": len(self.node_of), "no_handler": no_handler,
                       "errors": len(errors)}
         if not self.node_of:
             raise NotAcmeClients(f"ACME handlers not found on {no_handler + len(errors)} of {len(nodes)} nodes",
-                                 nodes=nodes, errors=errors)
+                                 nodes=nodes, errors=[f"{who}: {reason}" for who, reason in errors])
         self.bind_topology()
         for pid in self.node_of:  # the query each device received (the cloud sends it through the device's edge)
             self.ledger.add(0, "edge-device", "down", query_bytes, pid)
         for _ in range(len({self.topology.edge_of(pid) for pid in self.node_of})):
             self.ledger.add(0, "cloud-edge", "down", query_bytes)
-        for e in errors:
-            self.record.add_failure(0, "discover", e.split(":")[0], e)
+        for who, reason in errors:
+            self.record.add_failure(0, "discover", who, reason)
         if no_handler:
             logger.warning("%s: ACME handlers not found on %d of %d nodes; they take no part", self.record.name,
                            no_handler, len(nodes))
         logger.info("%s: discovered %d devices", self.record.name, len(self.node_of))
+
+    def _who(self, reply: Message) -> str:
+        """A device in a discovery failure: the partition-id its profile claims when that is a valid one, else
+        ``node <id>`` (an error reply, a malformed profile or an impossible partition-id names no device)."""
+        try:
+            pid = reply.content[P.PROFILE_REC].get("partition-id")
+            valid = isinstance(reply.content[P.PROFILE_REC], ConfigRecord)
+        except Exception:  # noqa: BLE001 - an error reply or a malformed profile has none
+            pid, valid = None, False
+        n = self.topology.num_devices
+        if valid and isinstance(pid, int) and not isinstance(pid, bool) and 0 <= pid and (n is None or pid < n):
+            return str(pid)
+        return f"node {reply.metadata.src_node_id}"
 
     def check_profile(self, content: RecordDict) -> dict[str, Any]:
         """A profile reply as a dict, or InvalidReply: one ConfigRecord, a partition-id in range, a known device
@@ -162,7 +216,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
             self.record.extra["feature_samples_short"] = {"requested": k, "devices": short}
             logger.warning("%s: %d devices have fewer than %d training samples for feature statistics: %s",
                            self.record.name, len(short), k, short)
-        msgs, shipped = [], set()
+        msgs, shipped = {}, set()
         for pid in sorted(self.node_of):
             pkg = self.deployment.for_class(str(self.profiles[pid]["device-class"]))
             content = self.setup_content(pkg, k)
@@ -171,18 +225,17 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
             if (edge, pkg.width, pkg.depth) not in shipped:  # the cloud sends each distinct package once per edge
                 shipped.add((edge, pkg.width, pkg.depth))
                 self.ledger.add(0, "cloud-edge", "down", n)
-            msgs.append(Message(content, dst_node_id=self.node_of[pid], message_type=P.SETUP))
-        self._sent[(0, "setup")] = set(self.node_of)
-        self._outbox[(0, "setup")] = {self.pid_of[m.metadata.dst_node_id]: m for m in msgs}
-        ok = self._accept(0, "setup", grid.send_and_receive(msgs, timeout=self.timeout), self._validate_setup)
+            msgs[pid] = Message(content, dst_node_id=self.node_of[pid], message_type=P.SETUP)
+        ok = self.exchange(grid, 0, "setup", msgs, self._validate_setup, self.timeout)
         for pid, content in ok.items():
             if P.FEATURES in content.array_records:
                 self.features[pid] = P.vector_from_record(content[P.FEATURES], "cls")
-        for pid in set(self.node_of) - set(ok):  # a device that failed setup cannot take part
-            node = self.node_of.pop(pid)
-            self.pid_of.pop(node, None)
+        for pid in sorted(set(self.node_of) - set(ok)):  # a device that failed setup cannot take part
+            self.devices.unbind(pid)
         if self.deployment.nas_federated is not None and self.node_of:  # nas.reward=federated: search with devices
+            self.ledger.phase = "nas"
             self.record.extra["nas"] = federated_header_search(self, grid)
+            self.ledger.phase = "setup"
         groups = self.mixing_groups()
         self.record.extra["mixing_groups"] = groups
         small = {f"edge {e}/{g}": pids for e, gs in groups.items() for g, pids in gs.items() if len(pids) < 3}
@@ -217,7 +270,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
     # ------------------------------------------------------------------------------------------------- replies
     def _asked_to_send(self, pid: int) -> str:
         """What this round's train message asked device ``pid`` to send back (importance, header, body, none)."""
-        sent = self.sent_message(self._validating[0], "train", pid)
+        sent = self.sent_message(self.admission.checking[0], "train", pid)
         return str(sent.content[P.CONFIG].get("send", "importance")) if sent is not None else "none"
 
     def validate_train_reply(self, pid: int, content: RecordDict) -> None:
@@ -283,12 +336,20 @@ class AcmeProtocolStrategy(EdgeTierStrategy):
                 for edge in range(self.topology.num_edges)}
 
     # ------------------------------------------------------------------------------------------------- messages
-    def round_config(self, server_round: int, **extra: Any) -> ConfigRecord:
-        return ConfigRecord({**self.train_config, "tag": self.tag, "seed": self.seed, "server-round": server_round,
-                             **extra})
+    def round_config(self, server_round: int, config: ConfigRecord | None = None, **extra: Any) -> ConfigRecord:
+        """A device's config: see the class docstring for the precedence."""
+        given = {k: v for k, v in dict(config or {}).items() if k != "server-round"}  # FedAvg injects server-round
+        clash = sorted(set(given) & (set(RESERVED_KEYS) | set(extra)))
+        if clash:
+            raise ValueError(f"{self.record.name}: start()'s config sets {clash}, which the strategy sets itself on "
+                             f"every message; remove them (settable: {sorted(DEFAULT_TRAIN)} and your own keys)")
+        return ConfigRecord({**self.train_config, **given, "tag": self.tag, "seed": self.seed,
+                             "server-round": server_round, **extra})
 
-    def content(self, server_round: int, arrays: dict[str, ArrayRecord] | None = None, **extra: Any) -> RecordDict:
-        rd = RecordDict({P.CONFIG: self.round_config(server_round, **extra)})
+    def content(self, server_round: int, config: ConfigRecord | None = None,
+                arrays: dict[str, ArrayRecord] | None = None, **extra: Any) -> RecordDict:
+        """A round's message: the config (:meth:`round_config`) and ``arrays`` under their record keys."""
+        rd = RecordDict({P.CONFIG: self.round_config(server_round, config, **extra)})
         for key, rec in (arrays or {}).items():
             rd[key] = rec
         return rd

@@ -20,7 +20,7 @@ from acme_flwr import protocol as P
 from acme_flwr.packages import CloudPackages
 from acme_flwr.topology import Topology
 
-from .base import ReplyRejected
+from .admission import ReplyRejected
 from .harness import AcmeProtocolStrategy
 from .utils import check_same_layout, from_numpy, to_numpy, weighted_average
 
@@ -28,7 +28,21 @@ SHARES = ("all", "body", "none")
 
 
 class HeaderFedAvg(AcmeProtocolStrategy):
-    """Weight-averaging baselines over the ACME device harness."""
+    """Weight-averaging baselines over the ACME device harness.
+
+    Parameters
+    ----------
+    topology : Topology, optional (keyword-only)
+        Devices, edges, assignment and ``edge_rounds_per_cloud``.
+    deployment : CloudPackages, optional (keyword-only)
+        The cloud's packages (sub-backbone and warm header per device class); needed to run.
+    share : str (default: "all")
+        What the edge averages: "all" (FedAvg of the header), "body" (FedPer) or "none" (local training only).
+    *args, **kwargs :
+        FedAvg's arguments (positional in FedAvg's order, or by name) and the harness's keyword-only settings
+        (``recorder``, ``record_name``, ``seed``, ``timeout``, ``train_config``, ``checkpoint_dir``, ...), as for
+        :class:`~.acme.AcmeStrategy`.
+    """
 
     name = "fedavg_header"
 
@@ -42,6 +56,9 @@ class HeaderFedAvg(AcmeProtocolStrategy):
         self.edge_examples: dict[tuple[int, str], float] = {}
         self.versions: dict[tuple[int, str], int] = {}  # bumped whenever an edge model changes
         self.delivered: dict[int, int] = {}  # partition-id -> version of its edge model it already holds
+
+    def settings(self) -> dict[str, Any]:
+        return {"Header averaging": f"share {self.share}", "Devices train with": self.train_config}
 
     def extra_state(self) -> dict[str, Any]:
         return {"edge_models": {e: to_numpy(m) for e, m in self.edge_models.items()},
@@ -69,16 +86,16 @@ class HeaderFedAvg(AcmeProtocolStrategy):
         return {P.HEADER: model}
 
     def train_content(self, server_round: int, pid: int, arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid), send=self._send())
+        return self.content(server_round, config, self._edge_arrays(pid), send=self._send())
 
     def evaluate_content(self, server_round: int, pid: int, arrays: ArrayRecord,
                          config: ConfigRecord) -> RecordDict:
-        return self.content(server_round, self._edge_arrays(pid))
+        return self.content(server_round, config, self._edge_arrays(pid))
 
-    def _accept(self, server_round: int, phase: str, replies: Any, validate: Any) -> dict[int, RecordDict]:
+    def accept_replies(self, server_round: int, phase: str, replies: Any, validate: Any) -> dict[int, RecordDict]:
         """A device whose reply is missing may not have received its model: send it again next time."""
-        ok = super()._accept(server_round, phase, replies, validate)
-        for pid in self._sent.get((server_round, phase), set()) - set(ok):
+        ok = super().accept_replies(server_round, phase, replies, validate)
+        for pid in self.admission.asked(server_round, phase) - set(ok):
             self.delivered.pop(pid, None)
         return ok
 

@@ -50,24 +50,22 @@ class SearchHost(Protocol):
     tag: str
     timeout: float | None
     topology: Topology
-    _sent: dict[tuple[int, str], set[int]]
 
-    def _accept(self, rnd: int, phase: str, replies: Any, validate: Callable[[int, RecordDict], None]
-                ) -> dict[int, RecordDict]: ...
+    def exchange(self, grid: Grid, server_round: int, phase: str, messages: dict[int, Message],
+                 validate: Callable[[int, RecordDict], None], timeout: float | None) -> dict[int, RecordDict]: ...
 
 
 def _send(strategy: SearchHost, grid: Grid, build: Any) -> dict[int, RecordDict]:
     """One message per device (``build(pid) -> RecordDict``); bytes counted per tier; validated replies by pid."""
-    msgs, per_edge_down = [], {}
+    msgs, per_edge_down = {}, {}
     for pid in sorted(strategy.node_of):
         content = build(pid)
         n = strategy.ledger.add_message(0, "edge-device", "down", content, pid)
         per_edge_down.setdefault(strategy.topology.edge_of(pid), n)  # the cloud sends each edge one copy
-        msgs.append(Message(content, dst_node_id=strategy.node_of[pid], message_type=NAS_MESSAGE))
+        msgs[pid] = Message(content, dst_node_id=strategy.node_of[pid], message_type=NAS_MESSAGE)
     for n in per_edge_down.values():
         strategy.ledger.add(0, "cloud-edge", "down", n)
-    strategy._sent[(0, PHASE)] = set(strategy.node_of)
-    return strategy._accept(0, PHASE, grid.send_and_receive(msgs, timeout=strategy.timeout), lambda pid, c: None)
+    return strategy.exchange(grid, 0, PHASE, msgs, lambda pid, c: None, strategy.timeout)
 
 
 def federated_header_search(strategy: SearchHost, grid: Grid) -> dict[str, Any]:

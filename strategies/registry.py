@@ -1,4 +1,8 @@
-"""Strategy factories by name: how a run's config becomes each strategy it compares (decorator registry)."""
+"""Strategy factories by name: how a run's config becomes each strategy it compares (decorator registry).
+
+A factory takes ``(cfg, topology, deployment, recorder)`` and returns the strategy; ``_common`` gives the settings
+every strategy of a run takes from the config. The ServerApp removes the shared feature directory itself at the end
+of the run (its strategies share it), so the strategies built here leave it in place."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .acme import AcmeStrategy
 from .ditto import Ditto
 from .fedbabu import FedBABU
 from .fedrep import FedRep
+from .harness import config_kwargs
 from .header_fedavg import HeaderFedAvg
 
 Factory = Callable[[AcmeConfig, Topology, CloudPackages, RunRecorder], Strategy]
@@ -24,22 +29,17 @@ STRATEGIES: Registry[Factory] = Registry("strategy")
 
 
 def _common(cfg: AcmeConfig, recorder: RunRecorder, name: str) -> dict[str, Any]:
-    s = cfg.strategy
-    return {"recorder": recorder, "record_name": name, "seed": cfg.run.seed, "fraction_train": s.fraction_train,
-            "timeout": s.timeout, "checkpoint_dir": recorder.out_dir / "checkpoints",
-            "train_config": {"lr": s.lr, "momentum": s.momentum, "weight-decay": s.weight_decay,
-                             "batch-size": s.batch_size, "local-epochs": s.local_epochs,
-                             "accumulation": s.importance_accumulation}}
+    return {**config_kwargs(cfg, recorder, name), "remove_run_files": False}
 
 
-def _acme_variant(name: str, variant: str | None = None, distance: str | None = None) -> Factory:
-    """ACME with ``variant``/``distance`` fixed (``None``: ``strategy.variant`` / ``strategy.distance``)."""
+def _acme_variant(name: str, variant: str | None = None, distance: str | None = None,
+                  temperature: float | None = None) -> Factory:
+    """ACME with ``variant``/``distance``/``temperature`` fixed (``None``: the ``strategy.*`` config value)."""
     def factory(cfg: AcmeConfig, topology: Topology, deployment: CloudPackages, recorder: RunRecorder) -> Strategy:
-        s = cfg.strategy
-        return AcmeStrategy(topology=topology, deployment=deployment, variant=variant or s.variant,
-                            distance=distance or s.distance, temperature=s.temperature,
-                            prune_per_iteration=s.prune_per_iteration, prune_max_fraction=s.prune_max_fraction,
-                            feature_samples=s.feature_samples, **_common(cfg, recorder, name))
+        fixed = {k: v for k, v in (("variant", variant), ("distance", distance), ("temperature", temperature))
+                 if v is not None}
+        return AcmeStrategy.from_config(cfg, topology=topology, deployment=deployment, recorder=recorder, name=name,
+                                        remove_run_files=False, **fixed)
 
     return factory
 
@@ -50,6 +50,11 @@ for _variant, _distance in (("wo_pruning", None), ("pruning_alone", None), ("pru
                             ("pruning_per", "emd"), ("pruning_per", "js")):
     _vname = f"acme_{_variant}" + (f"_{_distance}" if _distance else "")
     STRATEGIES.register(_vname)(_acme_variant(_vname, _variant, _distance))
+# similarity-weighted ACME at fixed softmax temperatures (T = 1 is the original's nearly uniform weights): the report
+# derives "acme_valT", the temperature with the best mean validation accuracy per job, from these runs
+for _temperature in ("1", "0.1", "0.01"):
+    STRATEGIES.register(f"acme_t{_temperature}")(
+        _acme_variant(f"acme_t{_temperature}", "pruning_per", None, float(_temperature)))
 
 
 def _header_baseline(name: str, share: str) -> Factory:

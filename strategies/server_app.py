@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -20,11 +19,11 @@ from acme_flwr.packages import build_packages
 from acme_flwr.partition import format_label_report
 from acme_flwr.plots import plot_run
 from acme_flwr.results import RunRecorder, format_table, lost_device_lines, resume_conflicts
-from acme_flwr.runtime import cache_dir, out_dir, shared_feature_dir
+from acme_flwr.runtime import cache_dir, out_dir, remove_run_dirs
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
-from .base import checkpoint_path
+from .checkpointer import checkpoint_path
 from .registry import STRATEGIES, build_strategy
 
 logger = logging.getLogger("acme_flwr")
@@ -34,11 +33,11 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Validate config → cloud stage (cached) → every strategy in ``strategy.names`` → results contract; then
-    remove the grids the simulation's workers shared on this machine (``shared_feature_dir``)."""
+    remove what the simulation's workers shared on this machine (``remove_run_dirs``: token grids, model store)."""
     try:
         _run(grid, context)
     finally:
-        shutil.rmtree(shared_feature_dir(context.run_id), ignore_errors=True)
+        remove_run_dirs(context.run_id)
 
 
 def _run(grid: Grid, context: Context) -> None:
@@ -78,10 +77,13 @@ def _run(grid: Grid, context: Context) -> None:
         elif not cfg.run.resume:
             for stale in checkpoint_files(checkpoint):
                 stale.unlink(missing_ok=True)
-        if done < cfg.strategy.rounds:
+        if done < cfg.strategy.rounds:  # start() logs the strategy's lost devices (DEGRADED) itself
             strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds - done,
                            timeout=cfg.strategy.timeout)
-        strategy.finalize()
+            strategy.finalize()
+        else:
+            strategy.finalize()
+            strategy.report_lost_devices()
         strategy.record.extra["wall_time_s"] = round(time.time() - strategy_started, 2)  # this run's part of it
         recorder.write_summary(primary=cfg.strategy_names[0])  # keep what is done even if a later strategy fails
     path = recorder.write_summary(primary=cfg.strategy_names[0])
@@ -92,9 +94,7 @@ def _run(grid: Grid, context: Context) -> None:
         logger.exception("plotting failed; summary.json is complete")
     logger.info("results:\n%s", format_table(json.loads(Path(path).read_text())))
     logger.info("summary written to %s", path)
-    lost = lost_device_lines(json.loads(Path(path).read_text()))
-    for line in lost:  # loud: a later strategy must never silently report on a subset of the devices
-        logger.warning("%s", line)
+    lost = lost_device_lines(json.loads(Path(path).read_text()))  # each strategy logged its own DEGRADED line
     if lost and cfg.run.on_lost_devices == "fail":
         raise RuntimeError(f"run.on_lost_devices=fail: {len(lost)} strategy(ies) lost devices (see lost_devices in "
                            f"{path})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
@@ -50,3 +52,16 @@ def check_same_layout(record: ArrayRecord, reference: ArrayRecord, what: str) ->
             raise ValueError(f"{what}: {k!r} has dtype {a.dtype}, expected {b.dtype}")
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise ValueError(f"{what}: {k!r} contains NaN or Inf")
+
+
+def sample_devices(pids: list[int], fraction: float, minimum: int, seed: int, server_round: int,
+                   phase: str) -> list[int]:
+    """The sorted partition-ids of a round, sampled as FedAvg does (``max(int(n·fraction), min_nodes)``, all if
+    fewer are connected, none for fraction 0), but seeded: same seed, round and phase → same devices."""
+    if fraction == 0.0 or not pids:
+        return []
+    k = min(len(pids), max(int(len(pids) * fraction), minimum, 1))
+    if k >= len(pids):
+        return list(pids)
+    salt = 0 if phase == "train" else 50_021
+    return sorted(random.Random(seed * 100_003 + server_round + salt).sample(pids, k))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
@@ -17,3 +19,12 @@ SMOKE: dict[str, object] = {
     "strategy.rounds": 2, "strategy.feature_samples": 20, "strategy.prune_per_iteration": 2,
     "partition.min_size": 20,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_the_in_process_runs_temp_dirs() -> Iterator[None]:
+    """The in-process grids' devices keep their packages in the run's model store (run id 1): removed at the end."""
+    yield
+    from acme_flwr.runtime import remove_run_dirs
+
+    remove_run_dirs(1)

@@ -82,3 +82,79 @@ def test_hydra_defaults_equal_schema_defaults() -> None:
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         assert AcmeConfig.from_dict(OmegaConf.to_container(compose("config"))) == AcmeConfig()
+
+
+def test_configuration_reference_equals_the_schema() -> None:
+    """docs/configuration.md is generated from the schema and the registries; a stale copy fails here."""
+    from acme_flwr.config import config_markdown
+
+    assert (REPO / "docs" / "configuration.md").read_text() == config_markdown(), (
+        "docs/configuration.md differs from the schema: run `python -m acme_flwr.config --write` and commit it")
+
+
+def test_every_key_is_documented_beside_its_field() -> None:
+    from dataclasses import fields
+
+    from acme_flwr.config import _SECTIONS, config_markdown
+
+    missing = [f"{s}.{f.name}" for s, cls in _SECTIONS.items() for f in fields(cls)
+               if len(str(f.metadata.get("doc", "")).split()) < 2]
+    assert missing == [], f"give these fields metadata['doc']: {missing}"
+    text = config_markdown()
+    assert all(f"`{key}`" in text for key in AcmeConfig().to_flat())
+
+
+def test_a_newly_registered_metric_is_a_valid_config_value() -> None:
+    """The config's allowed values are the registries' names: registering a metric makes it selectable at once."""
+    from acme_flwr.config import config_markdown
+    from acme_flwr.edge import similarity
+
+    with pytest.raises(ConfigError, match="strategy.distance='cosine_for_test' is not a registered similarity metric"):
+        AcmeConfig.from_flat({"strategy.distance": "cosine_for_test"})
+
+    @similarity.register_metric("cosine_for_test")
+    def _cosine(f_k, f_j) -> float:  # noqa: ANN001
+        return 1.0
+
+    try:
+        cfg = AcmeConfig.from_flat({"strategy.distance": "cosine_for_test"})
+        assert cfg.strategy.distance == "cosine_for_test"
+        assert similarity.similarity_matrix([[[1.0]], [[2.0]]], metric=cfg.strategy.distance).tolist() == [[1, 1],
+                                                                                                          [1, 1]]
+        assert "`cosine_for_test`" in config_markdown()
+    finally:
+        similarity.METRICS.unregister("cosine_for_test")
+    with pytest.raises(ConfigError, match="allowed values: \\['emd', 'js'\\]"):
+        AcmeConfig.from_flat({"strategy.distance": "cosine_for_test"})
+
+
+@pytest.mark.parametrize(("key", "value", "kind"), [
+    ("cloud.selection", "best", "selection method"),
+    ("cloud.cost_model", "flops", "cost model"),
+    ("strategy.variant", "pruning", "aggregation variant"),
+    ("strategy.importance_accumulation", "sum", "importance accumulation"),
+])
+def test_registry_backed_keys_list_the_registered_names(key: str, value: str, kind: str) -> None:
+    from acme_flwr.registry import registered_names
+
+    with pytest.raises(ConfigError) as err:
+        AcmeConfig.from_flat({key: value})
+    assert str(err.value) == f"{key}={value!r} is not a registered {kind}; allowed values: {registered_names(kind)}"
+
+
+def test_no_literal_copy_of_a_registry_in_the_schema() -> None:
+    """A field whose choices equal a registry's names must read them from the registry (metadata "registry")."""
+    from dataclasses import fields
+
+    from acme_flwr.config import _SECTIONS
+    from acme_flwr.registry import registered_names, registry_kinds
+
+    registries = {kind: set(registered_names(kind)) for kind in registry_kinds()}
+    copies = [(f"{s}.{f.name}", kind) for s, cls in _SECTIONS.items() for f in fields(cls) if "choices" in f.metadata
+              for kind, names in registries.items() if set(f.metadata["choices"]) <= names]
+    assert copies == []
+
+
+def test_measured_cost_model_keeps_its_argument() -> None:
+    assert AcmeConfig.from_flat({"cloud.cost_model": "measured:/some/lat.json"}).cloud.cost_model == (
+        "measured:/some/lat.json")

@@ -80,7 +80,7 @@ def test_forward_width_depth_kwargs_do_not_touch_the_switch() -> None:
 
 def test_vit_b16_param_formula_matches_spec() -> None:
     cfg = ElasticViTConfig.uniform(12, 12, 3072, 768, num_labels=0)
-    # spec §2.2: backbone (no classifier) full = 85.80 M, (d=0.25, w=0.25) = 6.07 M, one layer 7.088 M
+    # ACME §2.2: backbone (no classifier) full = 85.80 M, (d=0.25, w=0.25) = 6.07 M, one layer 7.088 M
     assert abs(count_params_formula(cfg) / 1e6 - 85.80) < 0.01
     assert abs(count_params_formula(cfg, 0.25, 0.25) / 1e6 - 6.07) < 0.01
     assert abs(count_params_formula(cfg, 1.0, 0.5) / 1e6 - 43.27) < 0.01

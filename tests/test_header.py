@@ -1,4 +1,4 @@
-"""Headers on the patch-token grid: GatedTempCNN (spec §3.8), LinearHead, registry, FedPer split."""
+"""Headers on the patch-token grid: GatedTempCNN (ACME §3.8), LinearHead, registry, FedPer split."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_gated_temp_cnn_forward_backward_shapes() -> None:
 
 
 def test_gated_temp_cnn_matches_original_layout() -> None:
-    # original: 256 channels, 1 024 gates, ≈ 0.369 M params incl. gates (spec §3.8), batch-statistics BNs in `five`
+    # original: 256 channels, 1 024 gates, ≈ 0.369 M params incl. gates (ACME §3.8), batch-statistics BNs in `five`
     h = GatedTempCNN(768, 100, bn_running_stats=False)
     assert h.num_gates == 1024
     assert sum(p.numel() for p in h.parameters()) == 368_740

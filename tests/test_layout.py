@@ -1,4 +1,4 @@
-"""The layout's import rules (DESIGN §3), read from the source: tiers in folders, no import circles anywhere.
+"""The layout's import rules (docs/layout.md), read from the source: tiers in folders, no import circles anywhere.
 
 Every ``import``/``from ... import`` statement counts, including ones inside functions and ``TYPE_CHECKING`` blocks:
 a late import hides a dependency from the reader, it does not remove it.
@@ -7,6 +7,7 @@ a late import hides a dependency from the reader, it does not remove it.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,96 @@ def test_the_apps_import_neither_transformers_nor_scipy_stats() -> None:
                            "from acme_flwr.strategies import AcmeStrategy, build_strategy")
     assert {"torch", "strategies.server_app", "clients.client_app", "acme_flwr.strategies.acme"} <= found
     assert not {"transformers", "scipy.stats"} & found
+
+
+# ------------------------------------------------------------------------------------------------ section references
+DOCS = ROOT / "docs"
+SHORT_DOC = {"ACME": "docs/algorithm.md"}  # "ACME §4.5" is docs/algorithm.md §4.5
+_SECTION_ID = r"\d+(?:\.\d+)*"
+_SECTION_REF = re.compile(rf"(?:(?P<doc>docs/[\w-]+\.md|ACME) )?§(?P<id>{_SECTION_ID})"
+                          rf"(?:\s*[-–]\s*§?(?P<end>\d+\.\d+(?:\.\d+)*))?")
+_HEADING = re.compile(rf"^#+\s+(?P<id>{_SECTION_ID})\.?\s", re.M)
+# the one file whose job is to mention the old references (it rewrites them); this file names them to forbid them
+_REF_EXEMPT = {ROOT / "experiments" / "rewrite_doc_refs.py", Path(__file__).resolve()}
+_OUTSIDE = re.compile(r"acme-spec|pfl-baselines|flower-notes|original-README|anchors\.md|DESIGN(?:\.md| §)|"
+                      r"reference/[\w-]+\.md|\bspec §|\bthe spec\b|anchors §")
+
+
+def _python_sources() -> list[Path]:
+    return [p for folder in ("acme_flwr", "strategies", "clients", "experiments", "tests")
+            for p in sorted((ROOT / folder).rglob("*.py")) if p.resolve() not in _REF_EXEMPT]
+
+
+def _headings(doc: str) -> set[str]:
+    path = ROOT / doc
+    return set(_HEADING.findall(path.read_text())) if path.is_file() else set()
+
+
+def unresolved_section_references(paths: list[Path]) -> list[str]:
+    """``file:line: reference (why)`` for every "§" that does not name a heading of a document in docs/.
+
+    A reference names its document (``docs/<name>.md §N`` or ``ACME §N``); a bare ``§N`` continues the document named
+    before it on the same line; ``§A–B`` needs both ends.
+    """
+    headings: dict[str, set[str]] = {}
+    bad = []
+    for path in paths:
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if "§" not in line:
+                continue
+            where = f"{path.relative_to(ROOT)}:{lineno}"
+            doc = None
+            found = list(_SECTION_REF.finditer(line))
+            if line.count("§") != sum(1 + (m.group(0).count("§") - 1) for m in found):
+                bad.append(f"{where}: {line.strip()!r} (a '§' not followed by a section number)")
+            for m in found:
+                doc = SHORT_DOC.get(m.group("doc"), m.group("doc")) if m.group("doc") else doc
+                if doc is None:
+                    bad.append(f"{where}: {m.group(0)!r} names no document (write 'ACME §N' or 'docs/<name>.md §N')")
+                    continue
+                known = headings.setdefault(doc, _headings(doc))
+                for sid in filter(None, (m.group("id"), m.group("end"))):
+                    if sid not in known:
+                        bad.append(f"{where}: {m.group(0)!r} -> {doc} has no heading '{sid}' "
+                                   f"(run `python -m experiments.rewrite_doc_refs {path.relative_to(ROOT)}`)")
+    return bad
+
+
+def test_every_section_reference_in_the_code_names_a_heading_in_docs() -> None:
+    """Every "§" in the code resolves to a numbered heading of a document in docs/ (``ACME §N``: docs/algorithm.md).
+
+    Until the lead runs ``python -m experiments.rewrite_doc_refs strategies clients acme_flwr/device`` after the
+    merge, the old ``spec §`` references in those three folders are reported here, each with its file and line.
+    """
+    bad = unresolved_section_references(_python_sources())
+    assert bad == [], ("unresolved section references (old 'spec §' ones: `python -m experiments.rewrite_doc_refs "
+                       "<file or folder>` rewrites them):\n" + "\n".join(bad))
+
+
+def test_the_reference_check_can_fail(tmp_path: Path) -> None:
+    """A stale reference, a missing heading and a reference without a document are each reported with file and line."""
+    probe = ROOT / "tests" / f"_probe_{tmp_path.name}.py"
+    probe.write_text('"""x (spec §4.5), y (ACME §4.5, §99.1), z (docs/algorithm.md §2.8–2.9)."""\n# §3.6 rule\n')
+    try:
+        bad = unresolved_section_references([probe])
+    finally:
+        probe.unlink()
+    name = probe.relative_to(ROOT)
+    assert any(f"{name}:1: 'spec §4.5'" in b or f"{name}:1: '§4.5'" in b for b in bad), bad
+    assert any(f"{name}:1: '§99.1'" in b and "no heading '99.1'" in b for b in bad), bad
+    assert any("no heading '2.9'" in b for b in bad), bad
+    assert any(f"{name}:2: '§3.6' names no document" in b for b in bad), bad
+    assert not any("'ACME §4.5'" in b for b in bad), bad
+
+
+def test_no_code_mentions_a_document_outside_the_repo() -> None:
+    """The code cites only documents in this repository (the background it was written from is not shipped)."""
+    bad = []
+    for path in _python_sources():
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            for m in _OUTSIDE.finditer(line):
+                bad.append(f"{path.relative_to(ROOT)}:{lineno}: {m.group(0)!r}")
+            for m in re.finditer(r"docs/[\w-]+\.md", line):
+                if not (ROOT / m.group(0)).is_file():
+                    bad.append(f"{path.relative_to(ROOT)}:{lineno}: {m.group(0)} does not exist")
+    assert bad == [], "documents outside the repo:\n" + "\n".join(bad)

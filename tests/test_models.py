@@ -48,7 +48,7 @@ def test_register_model_decorator() -> None:
         assert "_test_only_model" in list_models()
         assert isinstance(create_model("_test_only_model", num_labels=2), ElasticViT)
     finally:
-        models._REGISTRY.pop("_test_only_model")
+        models.MODELS.unregister("_test_only_model")
 
 
 def test_vit_b16_pretrained_path_uses_from_pretrained(tmp_path) -> None:

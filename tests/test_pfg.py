@@ -1,4 +1,4 @@
-"""PFG backbone selection: exact reproduction of the published numbers (spec §2.8, §6.8) and cost models."""
+"""PFG backbone selection: exact reproduction of the published numbers (ACME §2.8, §6.2) and cost models."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from acme_flwr.cloud.pfg import (
     snap_to_grid,
 )
 
-# The 16-point "Linear" table of spec §6.1 == eval_PFG.py:existing_data, rows (depth, width, accuracy).
+# The 16-point "Linear" table of ACME §6.1 == eval_PFG.py:existing_data, rows (depth, width, accuracy).
 LINEAR = [
     (1.0, 1.0, 0.9207),
     (1.0, 0.75, 0.906),
@@ -66,7 +66,7 @@ def test_pfg_reproduces_published_optimum() -> None:
     assert r["size"] == pytest.approx(0.666729, abs=1e-6)
     assert r["energy"] == pytest.approx(0.568546, abs=1e-6)
     assert r["latency"] == pytest.approx(0.6111, abs=1e-4)
-    assert len(grid_front(build_candidates(LINEAR))) == 45  # spec §2.8: 45 front points
+    assert len(grid_front(build_candidates(LINEAR))) == 45  # ACME §2.8: 45 front points
 
 
 def test_baselines_reproduce_published_numbers() -> None:
@@ -77,7 +77,7 @@ def test_baselines_reproduce_published_numbers() -> None:
     big = select_backbone(LINEAR, 0.8, method="largest_size")
     assert big["accuracy"] == pytest.approx(0.913366, abs=1e-6)
     assert big["size"] == pytest.approx(0.750063, abs=1e-6) and big["energy"] == pytest.approx(0.716418, abs=1e-6)
-    # trade-off acc − ½(size + energy): PFG beats both baselines (+28.9 % vs highest accuracy, spec §6.8)
+    # trade-off acc − ½(size + energy): PFG beats both baselines (+28.9 % vs highest accuracy, ACME §6.2)
     pfg = select_backbone(LINEAR, 0.8)
     trade = {k: v["accuracy"] - 0.5 * (v["size"] + v["energy"]) for k, v in (("pfg", pfg), ("hi", hi), ("big", big))}
     assert trade["pfg"] / trade["hi"] - 1 == pytest.approx(0.289, abs=2e-3)
@@ -85,11 +85,11 @@ def test_baselines_reproduce_published_numbers() -> None:
 
 CONSTRAINTS = [0.3, 0.5, 0.6, 0.8, 0.9]
 METHODS = ["pfg", "highest_accuracy", "largest_size", "random", "traverse", "worst"]
-BETA = [-0.46675, 1.92620, 1.05886, -0.98480, -0.055776, -0.54160]  # spec §2.8
+BETA = [-0.46675, 1.92620, 1.05886, -0.98480, -0.055776, -0.54160]  # ACME §2.8
 
 
 def beta_surface(d: float, w: float) -> float:
-    """Â(d, w) from the spec's rounded coefficients."""
+    """Â(d, w) from the original's rounded coefficients."""
     return float(np.dot(BETA, [1, d, w, d * d, d * w, w * w]))
 
 
@@ -146,7 +146,7 @@ def test_largest_size_breaks_ties_toward_higher_accuracy(constraint: float) -> N
     grid = build_candidates(LINEAR)
     same = np.flatnonzero(grid.size == r["size"])
     assert sorted((round(grid.width[i] * 19), round(grid.depth[i] * 19)) for i in same) == tied
-    if constraint == 0.8:  # the spec's published pick (no tie there)
+    if constraint == 0.8:  # the original's published pick (no tie there)
         assert r["accuracy"] == pytest.approx(0.913366, abs=1e-6) and r["size"] == pytest.approx(0.750063, abs=1e-6)
 
 
@@ -231,7 +231,7 @@ def test_analytic_vit_counts_match_anchors() -> None:
     params = vit_param_count(arch, np.array([12, 3, 6]), np.array([12, 3, 12]))
     np.testing.assert_allclose(params, [85.80e6, 6.07e6, 43.30e6], rtol=1e-3)
     macs = vit_macs(arch, np.array([12, 3]), np.array([12, 3]))
-    np.testing.assert_allclose(macs, [17.56e9, 1.21e9], atol=0.005e9)  # anchors round to 0.01 GMAC
+    np.testing.assert_allclose(macs, [17.56e9, 1.21e9], atol=0.005e9)  # published figures round to 0.01 GMAC
 
 
 def test_alternative_cost_models() -> None:

@@ -1,4 +1,4 @@
-"""Part III: Taylor gate importance, local training, mixing variants, GatePruner (spec §4.4–4.6)."""
+"""Part III: Taylor gate importance, local training, mixing variants, GatePruner (ACME §4.4–4.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The README's results tables are exactly what ``experiments.report`` makes of the committed result files."""
+"""The published results tables (docs/results.md, and the few the README shows) are exactly what ``experiments.report``
+makes of the committed result files."""
 
 from __future__ import annotations
 
@@ -6,23 +7,43 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from experiments import report
 
 
-def test_readme_tables_equal_the_report() -> None:
-    text = report.README.read_text()
-    assert report.update_readme(text, report.render()) == text, (
-        "README.md's generated tables are stale: run `python -m experiments.report` and commit the result")
+@pytest.mark.parametrize("doc", report.DOCUMENTS, ids=lambda p: p.name)
+def test_document_tables_equal_the_report(doc: Path) -> None:
+    text = doc.read_text()
+    assert report.update_document(text, report.render()) == text, (
+        f"{doc.name}'s generated tables are stale: run `python -m experiments.report` and commit the result")
 
 
-def test_every_table_has_a_readme_marker() -> None:
-    text = report.README.read_text()
+def test_every_table_has_a_marker_in_the_results_document() -> None:
+    text = report.RESULTS_DOC.read_text()
     for name in report.TABLES:
         assert f"<!-- report:{name} -->" in text and f"<!-- /report:{name} -->" in text
 
 
-def test_a_changed_result_file_changes_the_readme(tmp_path: Path) -> None:
-    """The check above can fail: editing one number in a result file makes the README stale."""
+def test_the_readme_shows_the_message_sizes_of_one_round_from_the_report() -> None:
+    """The front door's message sizes are a generated table, not typed numbers."""
+    text = report.README.read_text()
+    assert "<!-- report:vitb16_bytes -->" in text and "<!-- /report:vitb16_bytes -->" in text
+
+
+def test_check_mode_fails_on_a_stale_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--check`` exits 1 when a document's table differs from the report, and writes nothing."""
+    doc = tmp_path / "results.md"
+    end = "<!-- /report:default -->"
+    doc.write_text(report.RESULTS_DOC.read_text().replace(end, f"stale\n{end}"))
+    monkeypatch.setattr(report, "REPO", tmp_path)
+    monkeypatch.setattr(report, "DOCUMENTS", (doc,))
+    before = doc.read_text()
+    assert report.main(["--check"]) == 1 and doc.read_text() == before
+
+
+def test_a_changed_result_file_changes_the_results_document(tmp_path: Path) -> None:
+    """The check above can fail: editing one number in a result file makes the document stale."""
     src = report.RESULTS / "default"
     if not (src / "summary.json").exists():
         return
@@ -32,8 +53,8 @@ def test_a_changed_result_file_changes_the_readme(tmp_path: Path) -> None:
     block = summary["strategies"][summary["strategy"]]
     block["accuracy"]["personalized"]["mean"] = 0.123456
     (root / "default" / "summary.json").write_text(json.dumps(summary))
-    text = report.README.read_text()
-    assert report.update_readme(text, report.render(root)) != text
+    text = report.RESULTS_DOC.read_text()
+    assert report.update_document(text, report.render(root)) != text
     assert "12.3 ±" in report.render(root)["default"]
 
 
@@ -91,3 +112,93 @@ def test_the_grid_costs_note_totals_each_jobs_whole_flwr_run(tmp_path: Path) -> 
             json.dumps({"launcher_wall_s": wall}))
     note = report.render(root)["fmnist_grid_costs"]
     assert "whole `flwr run` per job, start-up included: 4 min over 2 jobs (90–150 s)" in note
+
+
+def _block(test: list[float], val: float = 0.5) -> dict:
+    """A strategy block with per-device test accuracy and one evaluated round whose mean val-acc is ``val``."""
+    per_device = {str(i): a for i, a in enumerate(test)}
+    return {"accuracy": {"chosen_round": 1, "personalized": {"mean": sum(test) / len(test), "per_device": per_device}},
+            "rounds": [{"round": 1, "evaluate": {"device": {str(i): {"val-acc": val, "test-acc": a}
+                                                            for i, a in enumerate(test)}}}]}
+
+
+def _paired_root(tmp_path: Path, jobs: dict[tuple[str, int], dict[str, dict]], temperature: float = 1.0) -> Path:
+    """A results root whose ``grid`` directory holds one summary per (setting, seed) with the given blocks."""
+    path = tmp_path / "grid"
+    for (setting, seed), blocks in jobs.items():
+        job = path / setting / f"seed{seed}"
+        job.mkdir(parents=True)
+        n = len(next(iter(blocks.values()))["accuracy"]["personalized"]["per_device"])
+        summary = {"seed": seed, "config": {"strategy": {"variant": "pruning_per", "temperature": temperature}},
+                   "data": {"device_splits": [{"train": 80, "val": 20, "test": 50}] * n}, "strategies": blocks}
+        (job / "summary.json").write_text(json.dumps(summary))
+    (path / "provenance.json").write_text(json.dumps(
+        {"command": "test", "date": "today", "commit": "x", "machine": "m", "versions": {}, "jobs": len(jobs)}))
+    return path
+
+
+def test_the_paired_reading_says_who_helps_who_hurts_and_where_the_data_cannot_tell(tmp_path: Path) -> None:
+    base = [0.50, 0.60, 0.70, 0.80]
+    jobs = {}
+    for seed in (0, 1):
+        jobs[("few", seed)] = {"acme": _block(base), "fedrep": _block([a + 0.1 for a in base]),
+                               "fedavg_header": _block([a - 0.2 + 0.01 * i for i, a in enumerate(base)]),
+                               "local": _block(base)}
+    grid = report.paired_grid(_paired_root(tmp_path, jobs))
+    assert grid is not None and grid.settings == ["few"] and len(grid.acc["few"]["local"]) == 8
+    p = report.compare(grid, "few", "fedrep", "local")
+    assert p is not None and p.n == 8 and abs(p.mean - 10.0) < 1e-9 and p.verdict == "better"
+    reading = report.paired_reading(grid, "missing")
+    assert "helps: fedrep +10.00 [+10.00, +10.00]" in reading
+    assert "hurts: fedavg_header" in reading and "the data cannot tell: acme 0.00 [0.00, 0.00]" in reading
+    assert "one test image moves a device's accuracy by 2.0 points" in reading
+    assert "ACME − the best baseline (fedrep): −10.00" in reading
+    assert "ACME helps nowhere in this grid" in reading
+    assert report.best_baseline(grid, "few", "fedrep") == "local"  # never itself, never an ACME variant
+    table_ = report.markdown(report.paired_vs_local(grid, "missing"))
+    assert "| fedrep | **+10.00 [+10.00, +10.00]** |" in table_ and "few (8 pairs)" in table_
+    # a better ACME flips the sentence
+    for seed in (0, 1):
+        jobs[("few", seed)]["acme"] = _block([a + 0.2 for a in base])
+    better = report.paired_reading(report.paired_grid(_paired_root(tmp_path / "b", jobs)), "missing")
+    assert "it beats local in 1 of 1 settings (few)" in better and "helps nowhere" not in better
+
+
+def test_acme_valT_picks_the_temperature_by_validation_never_test(tmp_path: Path) -> None:
+    """acme (T = 1 in the config), acme_t0.1 and acme_t0.01: acme_t0.1 has the best validation accuracy but the worst
+    test accuracy; acme_valT must report acme_t0.1's test accuracy."""
+    blocks = {"acme": _block([0.9, 0.9], val=0.70), "acme_t0.1": _block([0.6, 0.6], val=0.80),
+              "acme_t0.01": _block([0.95, 0.95], val=0.75), "local": _block([0.8, 0.8])}
+    summary = {"config": {"strategy": {"variant": "pruning_per", "temperature": 1.0}}, "strategies": blocks}
+    chosen = report.select_temperature(summary)
+    assert chosen is not None and chosen["selected"]["from"] == "acme_t0.1" and chosen["selected"]["temperature"] == 0.1
+    assert chosen["accuracy"]["personalized"]["per_device"] == {"0": 0.6, "1": 0.6}
+    assert list(chosen["selected"]["val"]) == ["acme", "acme_t0.1", "acme_t0.01"]
+    # ties go to the higher temperature (the original's); an explicit acme_t1 replaces acme as the T = 1 run
+    tie = {**blocks, "acme_t0.1": _block([0.6, 0.6], val=0.70), "acme_t0.01": _block([0.6, 0.6], val=0.70)}
+    assert report.select_temperature({**summary, "strategies": tie})["selected"]["from"] == "acme"
+    with_t1 = {**blocks, "acme_t1": _block([0.1, 0.1], val=0.99)}
+    assert report.temperature_candidates({**summary, "strategies": with_t1}) == {
+        "acme_t1": 1.0, "acme_t0.1": 0.1, "acme_t0.01": 0.01}
+    assert report.select_temperature({**summary, "strategies": with_t1})["selected"]["from"] == "acme_t1"
+    # ACME at another variant is no temperature run; one temperature alone selects nothing
+    other = {"config": {"strategy": {"variant": "pruning_avg", "temperature": 1.0}},
+             "strategies": {"acme": blocks["acme"], "acme_t0.1": blocks["acme_t0.1"]}}
+    assert report.select_temperature(other) is None
+    # in a grid, acme_valT is a method of its own, paired like any other
+    grid = report.paired_grid(_paired_root(tmp_path, {("s", 0): blocks}))
+    assert grid is not None and report.VAL_T in grid.names and grid.selected == {"s": [0.1]}
+    assert "acme_valT chose the temperature 0.1" in report.paired_reading(grid, "missing")
+
+
+def test_the_reading_checks_the_ablation_order_step_by_step_with_intervals(tmp_path: Path) -> None:
+    base = [0.5, 0.6, 0.7]
+    blocks = {"acme": _block([a + 0.1 for a in base]), "acme_pruning_per_js": _block(base),
+              "acme_pruning_avg": _block([a + 0.05 for a in base]), "acme_pruning_alone": _block(base),
+              "acme_wo_pruning": _block(base), "local": _block(base)}
+    grid = report.paired_grid(_paired_root(tmp_path, {("C2", 0): blocks}))
+    reading = report.paired_reading(grid, "missing")
+    assert "EMD ≥ JS: +10.00 [+10.00, +10.00], holds" in reading
+    assert "JS ≥ Avg: −5.00 [−5.00, −5.00], contradicted" in reading
+    assert "Avg ≈ Alone: +5.00 [+5.00, +5.00], contradicted" in reading
+    assert "Alone > wo_pruning: 0.00 [0.00, 0.00], not shown (the interval contains 0)" in reading

@@ -1,4 +1,4 @@
-"""Device similarity (EMD / JS) and softmax aggregation weights against hand-computed values (spec §4.3)."""
+"""Device similarity (EMD / JS) and softmax aggregation weights against hand-computed values (ACME §4.3)."""
 
 from __future__ import annotations
 

@@ -162,7 +162,7 @@ def test_drop_in_acme_strategy_runs_hierarchical_fedavg_on_a_plain_flower_app(tm
     grid = InProcessGrid(_quickstart_app(), 4)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord({"w": torch.zeros(3)}), num_rounds=2)
     block = strategy.finalize()
-    assert strategy.fallback is not None and block["mode"].startswith("drop-in")
+    assert strategy.drop_in and block["mode"].startswith("drop-in")
     assert block["failures"]["count"] == 0
     # device p adds p+1 and reports 10(p+1) examples. Round 1: edge 0 = devices {0,2} -> (10*1 + 30*3)/40 = 2.5;
     # edge 1 = {1,3} -> (20*2 + 40*4)/60 = 10/3. Round 2 adds the same again (5 and 20/3), then the cloud round
@@ -387,3 +387,110 @@ def test_acme_ablation_names_fix_their_variant(name: str, variant: str, distance
     assert (strategy.variant_name, strategy.distance, strategy.tag) == (variant, distance, name)
     plain = build_strategy("acme", cfg, topology, deployment, recorder)
     assert (plain.variant_name, plain.distance) == (cfg.strategy.variant, cfg.strategy.distance)
+
+
+# ---------------------------------------------------------------------------------------------- rounds.jsonl per phase
+def _row_sums(rows: list[dict], name: str) -> tuple[dict, dict]:
+    """Per tier and direction: the sum of the cloud rows' bytes, and of the device rows' edge-device bytes."""
+    cloud = {t: {d: sum(r.get(f"bytes_{t}_{d}", 0) for r in rows if r["strategy"] == name and r["tier"] == "cloud")
+                 for d in ("up", "down")} for t in ("cloud-edge", "edge-device")}
+    device = {d: sum(r[f"bytes_{d}"] for r in rows if r["strategy"] == name and r["tier"] == "device")
+              for d in ("up", "down")}
+    return cloud, device
+
+
+@pytest.mark.parametrize("name", ["acme", "fedavg_header"])
+def test_rounds_jsonl_rows_are_per_phase_and_sum_to_the_summary_totals(name: str, setup, tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    strategy, block, _ = _run(name, setup, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    cloud, device = _row_sums(rows, name)
+    assert cloud == {t: block["bytes"][t] for t in ("cloud-edge", "edge-device")}
+    assert device == block["bytes"]["edge-device"]
+    # round 0 holds discovery and setup (most of the downlink); an evaluate row holds only the evaluate phase's bytes
+    setup_rows = [r for r in rows if r["tier"] == "cloud" and r["round"] == 0]
+    assert {r["phase"] for r in setup_rows} >= {"discover", "setup"}
+    assert sum(r["bytes_edge-device_down"] for r in setup_rows) > block["bytes"]["edge-device"]["down"] / 2
+    for rnd in (1, 2):
+        train = next(r for r in rows if r["tier"] == "cloud" and r["round"] == rnd and r["phase"] == "train")
+        evaluate = next(r for r in rows if r["tier"] == "cloud" and r["round"] == rnd and r["phase"] == "evaluate")
+        total = strategy.ledger.round_totals(rnd)
+        for t in ("cloud-edge", "edge-device"):
+            for d in ("up", "down"):
+                assert train[f"bytes_{t}_{d}"] + evaluate[f"bytes_{t}_{d}"] == total[t][d]
+        ups = [r["bytes_up"] for r in rows if r["tier"] == "device" and r["round"] == rnd and r["phase"] == "evaluate"]
+        assert ups and max(ups) < 2000  # an evaluate reply is metrics only, not the round's running total
+
+
+# ------------------------------------------------------------------------------------------ full ACME in a user's app
+def _capture() -> tuple[list[str], object]:
+    import logging
+
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("flwr").addHandler(handler)
+    return lines, handler
+
+
+def test_start_train_config_reaches_the_devices_and_result_holds_fedavgs_metrics(setup, tmp_path) -> None:  # noqa: ANN001
+    import logging
+
+    from flwr.app import ConfigRecord
+
+    flat, cfg, deployment, topo = setup
+    strategy = AcmeStrategy.from_config(cfg, topology=topo, deployment=deployment)
+    grid = InProcessGrid(acme_client_app, 4, flat)
+    lines, handler = _capture()
+    try:  # no initial_arrays: personalization has no global model
+        result = strategy.start(grid=grid, num_rounds=2, train_config=ConfigRecord({"lr": 0.05, "my-key": 3}))
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    train = [dict(m.content[P.CONFIG]) for m in grid.sent if m.metadata.message_type == P.TRAIN]
+    evaluate = [dict(m.content[P.CONFIG]) for m in grid.sent if m.metadata.message_type == P.EVALUATE]
+    assert len(train) == 8 and all(c["lr"] == 0.05 and c["my-key"] == 3 for c in train)
+    assert all(c["lr"] == cfg.strategy.lr and "my-key" not in c for c in evaluate)  # evaluate_config was not given
+    assert sorted(result.train_metrics_clientapp) == sorted(result.evaluate_metrics_clientapp) == [1, 2]
+    assert "train-loss" in result.train_metrics_clientapp[2] and "test-acc" in result.evaluate_metrics_clientapp[2]
+    assert len(result.arrays) == 0 and any("personalization has no global model" in line for line in lines)
+    assert sum(line.startswith("\t└──> Aggregated MetricRecord") for line in lines) == 4
+    with pytest.raises(ValueError, match=r"sets \['tag'\], which the strategy sets itself"):
+        AcmeStrategy.from_config(cfg, topology=topo, deployment=deployment).start(
+            grid=InProcessGrid(acme_client_app, 4, flat), num_rounds=1, train_config=ConfigRecord({"tag": "x"}))
+
+
+def test_a_device_rejected_at_discovery_is_expected_named_by_partition_id_and_reported_by_the_strategy(
+        setup, tmp_path) -> None:  # noqa: ANN001
+    import logging
+
+    from flwr.app import ConfigRecord
+
+    flat, cfg, deployment, _ = setup
+
+    def bad_class(msg: Message, node: int):  # noqa: ANN202 - partition 3 claims a device class the cloud never built
+        if msg.metadata.message_type != P.PROFILE or node != 1000 + 7 * 3:
+            return None
+        reply = acme_client_app(msg, grid.contexts[node])
+        prof = dict(reply.content[P.PROFILE_REC])
+        return Message(RecordDict({P.PROFILE_REC: ConfigRecord({**prof, "device-class": "huge"})}), reply_to=msg)
+
+    grid = InProcessGrid(acme_client_app, 4, flat, bad_class)
+    strategy = AcmeStrategy.from_config(cfg, topology=Topology(None, 2), deployment=deployment)
+    lines, handler = _capture()
+    try:
+        strategy.start(grid=grid, num_rounds=1)
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)
+    block = strategy.finalize()
+    assert block["devices"] == {"expected": 4, "reported": 3} and block["degraded"] is True
+    assert [(f["node"], f["phase"]) for f in block["failures"]["reasons"]] == [("3", "discover")]
+    assert "rejected profile: device-class 'huge'" in block["lost_devices"][0]["reason"]
+    assert any(line.startswith("configure_train: Sampled 3 nodes (out of 3) | 4 expected, 1 lost before this round")
+               for line in lines)
+    degraded = [line for line in lines if line.startswith("DEGRADED: acme reports on 3/4 devices; lost 3 (round 0")]
+    assert len(degraded) == 1

@@ -1,4 +1,4 @@
-"""Cost models PFG trades accuracy against: size, latency and energy of sub-networks ``(w, d)`` (spec §2.8).
+"""Cost models PFG trades accuracy against: size, latency and energy of sub-networks ``(w, d)`` (ACME §2.8).
 
 :class:`OriginalCostModel` is the original's constants (it reproduces the published PFG numbers);
 :class:`ParamCountCostModel` and :class:`MacsCostModel` are this backbone's analytic parameter count and MACs;
@@ -135,7 +135,7 @@ def vit_param_count(arch: ViTArch, heads: np.ndarray, layers: np.ndarray) -> np.
     """Backbone parameters (embeddings + kept layers + final LN, no classifier) of a sub-ViT.
 
     Per layer ``3(h·a + a) + (a·h + h) + (h·f + f + f·h + h) + 4h`` (QKV, out-proj, FFN, two LayerNorms); embeddings
-    ``h·c·p² + h`` (patch conv) ``+ h`` (CLS) ``+ N·h`` (positions); final LN ``2h`` (anchors §5.6; 85.80 M for B/16).
+    ``h·c·p² + h`` (patch conv) ``+ h`` (CLS) ``+ N·h`` (positions); final LN ``2h`` (ACME §2.2; 85.80 M for B/16).
     """
     h = arch.hidden
     a, f = _sub_dims(arch, heads)

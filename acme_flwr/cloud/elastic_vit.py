@@ -1,4 +1,4 @@
-"""Elastic ViT: one weight set, width x depth sub-networks (ACME Part I, spec §2.2, §2.3, §2.7).
+"""Elastic ViT: one weight set, width x depth sub-networks (ACME Part I, ACME §2.2, §2.3, §2.7).
 
 The model is ViT-B/16-shaped (pre-LN blocks, [CLS] classifier after the final LayerNorm, HF weight names), so a
 transformers ``ViTForImageClassification`` checkpoint loads 1:1 (tests check the outputs match). The attention and FFN

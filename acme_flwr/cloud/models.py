@@ -14,36 +14,34 @@ from pathlib import Path
 from typing import Any
 
 from acme_flwr.config import AcmeConfig
+from acme_flwr.registry import Registry
 
 from .elastic_vit import ElasticViT, ElasticViTConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_model", "input_shape", "list_models", "register_model"]
+__all__ = ["MODELS", "create_model", "input_shape", "list_models", "register_model"]
 
 ModelFn = Callable[..., ElasticViT]
-_REGISTRY: dict[str, ModelFn] = {}
+MODELS: Registry[ModelFn] = Registry("model")
 
 
 def register_model(fn: ModelFn) -> ModelFn:
-    """Register ``fn`` under its ``__name__``; a second registration of the same name is an error."""
-    name = fn.__name__
-    if name in _REGISTRY and _REGISTRY[name] is not fn:
-        raise ValueError(f"model {name!r} is already registered")
-    _REGISTRY[name] = fn
-    return fn
+    """Register ``fn`` under its ``__name__`` (timm's ``@register_model``); a taken name is an error."""
+    return MODELS(fn)
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def create_model(name: str, **overrides: Any) -> ElasticViT:
-    """Build registered model ``name``; ``overrides`` replace config fields (e.g. ``num_labels=100``)."""
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; registered models: {list_models()}")
-    return _REGISTRY[name](**overrides)
+    """Build registered model ``name``; ``overrides`` replace config fields (e.g. ``num_labels=100``).
+
+    An unknown name raises :class:`~acme_flwr.registry.RegistryError` (a ``KeyError``) listing the registered ones.
+    """
+    return MODELS.get(name)(**overrides)
 
 
 def _uniform(

@@ -1,4 +1,4 @@
-"""PFG: pick a sub-backbone (width, depth) per device class on an accuracy/latency/energy grid front (spec §2.8).
+"""PFG: pick a sub-backbone (width, depth) per device class on an accuracy/latency/energy grid front (ACME §2.8).
 
 The cloud holds a measured accuracy table of the trained (depth, width) sub-networks. PFG
 
@@ -7,13 +7,13 @@ The cloud holds a measured accuracy table of the trained (depth, width) sub-netw
 3. min-max normalises size, latency and energy over the candidates (accuracy is *not* normalised, as in the original);
 4. splits the (Â, T̃, Ẽ) cube into K³ cells between the ideal point (1, 0, 0) and the nadir (0, 1, 1) and keeps, per
    occupied cell, the candidate nearest to the ideal point (the "front"; cells with index outside 1..K are dropped,
-   which silently removes the empty and the full model — a documented quirk of the original, spec §7 item 34);
+   which silently removes the empty and the full model — a documented quirk of the original, ACME §7.16);
 5. returns the front candidate with the highest Â among those with normalised size S̃ ≤ ``size_constraint``.
 
 The original baselines (highest accuracy, largest size, random, traverse, worst) are selectors in the same registry.
 Where several candidates tie on the quantity a selector optimises (``largest_size``: the unit counts are integers, so
 several (w, d) share one size), the tie goes to the higher Â, then to the first candidate in grid order. With
-:class:`OriginalCostModel` (the default) the published numbers of spec §2.8 / §6.8 are reproduced exactly. The pick
+:class:`OriginalCostModel` (the default) the published numbers of ACME §2.8 / §6.2 are reproduced exactly. The pick
 is a point of the continuous candidate grid; :func:`snap_to_grid` maps it to a trained grid point.
 """
 

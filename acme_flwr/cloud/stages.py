@@ -1,15 +1,15 @@
-"""Cloud tier, Part I of ACME: turn a ViT into an elastic backbone (spec §2.1, §2.3-§2.6, §7 items 7-10).
+"""Cloud tier, Part I of ACME: turn a ViT into an elastic backbone (ACME §2.1, §2.3–2.6, §7.2–7.3).
 
 Stages, in order, each optional:
 
-1. ``teacher`` - task fine-tuning at full size (plain CE, AdamW, constant LR; spec §2.1).
+1. ``teacher`` - task fine-tuning at full size (plain CE, AdamW, constant LR; ACME §2.1).
 2. ``width``   - DynaViTw: head/neuron importance on held-out data (per-batch zeroed gradients), function-preserving
    re-ordering, then every width trained per batch with gradients accumulated over widths, loss
    ``λ1·soft-CE(logits, teacher) + λ2·Σ_l MSE(hidden_l, teacher_l)`` against the un-reordered fine-tuned model.
 3. ``depth``   - DynaViT: all width x depth sub-nets per batch, DynaBERT stage-2 distillation from the width-elastic
    model at full size, hidden states paired through ``κ = kept ++ [L]``.
 
-``faithful=True`` reproduces what the shipped code ran instead (spec §7 items 7-8): no re-ordering, no teacher, plain CE
+``faithful=True`` reproduces what the shipped code ran instead (ACME §7.2): no re-ordering, no teacher, plain CE
 summed over the sub-nets in both elastic stages. ``distill=False`` keeps re-ordering but drops the teacher (the "no
 teacher" arm of the distillation comparison).
 
@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from acme_flwr import accel
+from acme_flwr.logs import Progress
 from acme_flwr.runtime import fingerprint
 
 from .elastic_vit import ElasticViT, kept_layers
@@ -62,7 +63,7 @@ AccuracyTable = list[tuple[float, float, float]]
 
 @dataclass
 class CloudStageConfig:
-    """Everything that determines the elastic backbone besides the model and the data (spec §2.4 defaults)."""
+    """Everything that determines the elastic backbone besides the model and the data (ACME §2.4 defaults)."""
 
     stages: list[str] = field(default_factory=lambda: list(STAGE_ORDER))
     widths: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25])
@@ -126,7 +127,7 @@ class CloudStageConfig:
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """``-mean_batch Σ_c softmax(teacher)_c · log_softmax(student)_c`` (temperature 1, spec §2.4)."""
+    """``-mean_batch Σ_c softmax(teacher)_c · log_softmax(student)_c`` (temperature 1, ACME §2.4)."""
     return -(F.softmax(teacher_logits, dim=-1) * F.log_softmax(student_logits, dim=-1)).sum(-1).mean()
 
 
@@ -164,11 +165,12 @@ def _train_loop(
     x, y = data
     total = _steps(len(y), cfg.batch_size, epochs, cfg.max_steps)
     opt = _optimizer(model, lr, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total) if linear_decay else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / max(total, 1)) if linear_decay else 1.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
+    report = Progress(f"cloud stage {name}", total, per_epoch=math.ceil(len(y) / cfg.batch_size), log=logger)
     with tqdm(total=total, desc=f"cloud:{name}", disable=not progress, leave=False) as bar:
         while len(losses) < total:
             for idx in _batches(len(y), cfg.batch_size, gen):
@@ -183,6 +185,7 @@ def _train_loop(
                 sched.step()
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
+                report.step(loss=losses[-1])
     model.eval()
     seconds = time.perf_counter() - start
     logger.info("cloud stage %s: %d steps, loss %.4f -> %.4f, %.1f s", name, total,
@@ -196,7 +199,7 @@ def _train_loop(
 
 
 def finetune_teacher(model: ElasticViT, train: Data, cfg: CloudStageConfig, progress: bool = True) -> dict[str, Any]:
-    """Stage I-a: full-size task fine-tuning with cross-entropy (spec §2.1: AdamW, constant LR)."""
+    """Stage I-a: full-size task fine-tuning with cross-entropy (ACME §2.1: AdamW, constant LR)."""
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> float:
         loss = F.cross_entropy(model(xb, width=1.0, depth=1.0), yb)
@@ -209,7 +212,7 @@ def finetune_teacher(model: ElasticViT, train: Data, cfg: CloudStageConfig, prog
 def head_neuron_importance(
     model: ElasticViT, x: torch.Tensor, y: torch.Tensor, batch_size: int = 8
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Head and FFN-neuron importance of the full model (spec §2.3, Michel et al. / DynaBERT).
+    """Head and FFN-neuron importance of the full model (ACME §2.3, Michel et al. / DynaBERT).
 
     Head ``(l, h)``: Σ_batches |∂L/∂m_{l,h}| for a head mask m of ones. Neuron ``(l, j)``:
     Σ_batches |Σ_i W1[j,i]·g + b1[j]·g| + |Σ_k W2[k,j]·g|. Unlike the original, gradients are fresh per batch
@@ -274,7 +277,7 @@ def train_width_depth_stage(
 ) -> dict[str, Any]:
     """Stage I-c (DynaViT): every (depth, width) sub-net per batch, DynaBERT stage-2 distillation.
 
-    The student's j-th hidden state is matched with the teacher's at ``κ(j)``, ``κ = kept ++ [L]`` (spec §2.5).
+    The student's j-th hidden state is matched with the teacher's at ``κ(j)``, ``κ = kept ++ [L]`` (ACME §2.5).
     Without a teacher: plain CE per sub-net (what the shipped code ran).
     """
     num_layers = model.config.num_layers
@@ -318,7 +321,7 @@ def subnet_accuracy_table(
     batch_size: int = 256,
 ) -> AccuracyTable:
     """Top-1 accuracy of every sub-net as ``(depth, width, acc)`` rows, depth then width descending (the original's
-    order, the input of PFG). Evaluate on validation data; model selection on test data is a defect (spec §7.10)."""
+    order, the input of PFG). Evaluate on validation data; model selection on test data is a defect (ACME §7.3)."""
     was_training = model.training
     model.eval()
     table = []
@@ -381,9 +384,11 @@ _STAGES: dict[str, Callable[[_Run], dict[str, Any]]] = {
 
 
 def cache_meta(model: ElasticViT, train: Data, val: Data, cfg: CloudStageConfig) -> dict[str, Any]:
-    """Everything that determines the result: arch, initial weights, data, config (and the cache format)."""
+    """Everything that determines the result: arch, initial weights, data, config, the intra-op thread count the
+    stages run with (float sums are split by it) and the cache format."""
     return {
         "format": CACHE_FORMAT,
+        "threads": torch.get_num_threads(),
         "arch": model.arch(),
         "init_weights": fingerprint(*model.state_dict().values()),
         "train": fingerprint(*train),

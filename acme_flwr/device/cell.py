@@ -1,4 +1,4 @@
-"""The ENAS cell vocabulary a searched header is built from: ops, arcs, the cell forward pass (spec §3.2).
+"""The ENAS cell vocabulary a searched header is built from: ops, arcs, the cell forward pass (ACME §3.2).
 
 An *arc* is one normal cell with ``B`` nodes, written as a flat list of ``4B`` ints ``[x_id, x_op, y_id, y_op]`` per
 node. Node ``i`` reads two states with ids ``< i + 2`` (ids 0 and 1 are the two layer inputs, ``k >= 2`` is node
@@ -6,7 +6,7 @@ node. Node ``i`` reads two states with ids ``< i + 2`` (ids 0 and 1 are the two 
 concatenated, passed through ReLU, a 1×1 conv, and BN. Both the edge's weight-shared child
 (:mod:`acme_flwr.edge.nas.child`) and the device's :class:`~acme_flwr.device.searched_header.SearchedHeader` run
 cells through these pieces, so a header found at the edge computes on the device exactly what the child computed.
-Differences from the original, on purpose: dropout only in training (spec §7.16); average pooling excludes padding
+Differences from the original, on purpose: dropout only in training (ACME §7.6); average pooling excludes padding
 (as TF ENAS "SAME" pooling).
 """
 
@@ -177,7 +177,7 @@ def tokens_to_grid(tokens: torch.Tensor, grid_size: tuple[int, int] | None = Non
     """ViT tokens ``(B, [1 +] N, D)`` → channels-first grid ``(B, D, gh, gw)`` (row-major patches, correct permute).
 
     ``grid_size`` defaults to a square grid. The original's baselines used ``.view(B, D, gh, gw)`` without the permute,
-    which scrambles channels and positions (spec §7.22).
+    which scrambles channels and positions (ACME §7.10).
     """
     patches = tokens[:, 1:] if has_cls else tokens
     n = patches.shape[1]
@@ -217,7 +217,7 @@ def classify(x: torch.Tensor, dropout: nn.Module, classifier: nn.Linear) -> torc
 
 
 def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal for Conv2d/Linear weights, zero Linear bias (spec §3.2)."""
+    """Kaiming-normal for Conv2d/Linear weights, zero Linear bias (ACME §3.2)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(m.weight)

@@ -1,4 +1,4 @@
-"""Channel gates: the prunable units of a header (ACME Part III, spec §4.1).
+"""Channel gates: the prunable units of a header (ACME Part III, ACME §4.1).
 
 A gate is a per-channel scalar multiplier initialised to 1. Pruning a channel sets its gate to 0 and keeps it there
 through a persistent mask, so later optimizer steps cannot revive it. Gates are *not* trained by the optimizer; only

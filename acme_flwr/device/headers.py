@@ -1,4 +1,4 @@
-"""Headers that sit on a sub-backbone's patch-token grid ``(B, hidden, gh, gw)`` (spec §3.8, §3.9).
+"""Headers that sit on a sub-backbone's patch-token grid ``(B, hidden, gh, gw)`` (ACME §3.8, §3.9).
 
 * :class:`GatedTempCNN` — the header the original's Part III personalises (``TempCNN`` in
   ``third_part/models/vit.py``): a 1×1 stem conv + BN, then two nodes ``n1 = maxpool(x) + five(x)`` and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,7 @@ __all__ = [
     "GatedTempCNN",
     "Header",
     "LinearHead",
+    "build_header",
     "create_header",
     "list_headers",
     "register_header",
@@ -50,6 +52,13 @@ def create_header(name: str, in_channels: int, num_classes: int, **kw: object) -
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{arg} must be a positive int; got {v!r}")
     return factory(in_channels, num_classes, **kw)
+
+
+def build_header(spec: dict[str, Any]) -> Header:
+    """Rebuild a header from its JSON-able spec (``{"name", "in_channels", "num_classes", **kwargs}``): how a device
+    builds the header it was shipped, and how the cloud builds the one it ships (``acme_flwr.packages.header_spec``)."""
+    spec = dict(spec)
+    return create_header(spec.pop("name"), spec.pop("in_channels"), spec.pop("num_classes"), **spec)
 
 
 class Header(nn.Module):

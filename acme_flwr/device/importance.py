@@ -1,4 +1,4 @@
-"""Taylor importance of a header's channel gates on a device (spec §4.4): per-batch ``(g · ∂L/∂g)²`` accumulated.
+"""Taylor importance of a header's channel gates on a device (ACME §4.4): per-batch ``(g · ∂L/∂g)²`` accumulated.
 
 The device trains its header while :class:`TaylorImportance` reads the gates' gradients; its importance vector (one
 float per gate) is the only thing the device sends its edge in ACME's personalization loop. How a round's per-batch
@@ -84,7 +84,7 @@ class _MeanAccumulator(_Accumulator):
 @_register_accumulator("faithful")
 class _FaithfulAccumulator(_Accumulator):
     """The original's double counting: per epoch ``(1/B) Σ_b A_b`` with ``A_b`` a running sum of ``c`` that is not
-    reset between local epochs (only by :meth:`reset`, i.e. after a prune); per-epoch results averaged (spec §7.24)."""
+    reset between local epochs (only by :meth:`reset`, i.e. after a prune); per-epoch results averaged (ACME §7.11)."""
 
     def reset(self) -> None:
         self._running = np.zeros(self.n, dtype=np.float64)

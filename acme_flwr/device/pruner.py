@@ -1,4 +1,4 @@
-"""The device's gate pruner (spec §4.6): criteria momentum over the mixed importance, then global-rank pruning.
+"""The device's gate pruner (ACME §4.6): criteria momentum over the mixed importance, then global-rank pruning.
 
 A device feeds the personalised importance its edge returns to :class:`GatePruner`, whose plain-numpy state lives in
 the device's context state, and applies the new keep-mask to its header's gates.

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainHParams:
-    """Local training hyper-parameters (spec §4.7 defaults: SGD, momentum 0.5, wd 1e-4, 1 local epoch)."""
+    """Local training hyper-parameters (ACME §4.7 defaults: SGD, momentum 0.5, wd 1e-4, 1 local epoch)."""
 
     lr: float = 1e-2
     momentum: float = 0.5
@@ -155,7 +155,7 @@ def evaluate_header(backbone: ElasticViT | None, header: Header, data: TensorSpl
 @torch.no_grad()
 def cls_feature_matrix(backbone: ElasticViT, data: TensorSplit, k: int, seed: int) -> np.ndarray:
     """The [CLS] features (pre-final-LN) of ``k`` random training samples, rows grouped by label ascending
-    (spec §4.3); fewer rows if the device has fewer than ``k`` samples."""
+    (ACME §4.3); fewer rows if the device has fewer than ``k`` samples."""
     backbone.eval()
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data), generator=gen)[: min(k, len(data))]

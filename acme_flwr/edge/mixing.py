@@ -1,4 +1,4 @@
-"""Edge-side importance mixing (spec §4.5): per device ``Ĩ_k = Σ_j W_kj Î_j`` with W from an aggregation variant.
+"""Edge-side importance mixing (ACME §4.5): per device ``Ĩ_k = Σ_j W_kj Î_j`` with W from an aggregation variant.
 
 Variants are registered by name (``wo_pruning``, ``pruning_alone``, ``pruning_avg``, ``pruning_per``); each builds the
 mixing rows of one group of devices. Received importance vectors are validated here before they touch edge state.
@@ -13,10 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from acme_flwr.device.importance import validate_importance
+from acme_flwr.registry import Registry
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "VARIANTS",
     "VariantSpec",
     "build_mixing_weights",
     "get_variant",
@@ -81,7 +83,7 @@ _MISSING_POLICIES: dict[str, Callable[[int, dict[int, float], Mapping[int, np.nd
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Aggregation variants (spec §4.5)
+# Aggregation variants (ACME §4.5)
 # --------------------------------------------------------------------------------------------------------------------
 
 WeightBuilder = Callable[..., dict[int, dict[int, float]] | None]
@@ -96,32 +98,29 @@ class VariantSpec:
     build: WeightBuilder
 
 
-_VARIANTS: dict[str, VariantSpec] = {}
+# the ladder of the paper's ablation, in registration order: no pruning, alone, data-size average, personalised
+VARIANTS: Registry[VariantSpec] = Registry("aggregation variant", ordered=True)
 
 
 def register_variant(*names: str, prunes: bool = True) -> Callable[[WeightBuilder], WeightBuilder]:
-    """Register ``build(device_ids, *, num_examples=None, similarity=None) -> weights`` under one or more names."""
+    """Register ``build(device_ids, *, num_examples=None, similarity=None) -> weights`` under one or more names (the
+    first is the variant's name, the others aliases such as the original's ``pruning_*``)."""
 
     def deco(fn: WeightBuilder) -> WeightBuilder:
-        for name in names:
-            if name in _VARIANTS:
-                raise ValueError(f"variant {name!r} is already registered")
-            _VARIANTS[name] = VariantSpec(names[0], prunes, fn)
+        VARIANTS.register(*names)(VariantSpec(names[0], prunes, fn))
         return fn
 
     return deco
 
 
 def list_variants() -> list[str]:
-    """Variant names (including the original's ``pruning_*`` aliases)."""
-    return sorted(_VARIANTS)
+    """Variant names (including the original's ``pruning_*`` aliases), in the ablation's order."""
+    return VARIANTS.names()
 
 
 def get_variant(name: str) -> VariantSpec:
     """The :class:`VariantSpec` registered as ``name``."""
-    if name not in _VARIANTS:
-        raise ValueError(f"unknown aggregation variant {name!r}; allowed: {list_variants()}")
-    return _VARIANTS[name]
+    return VARIANTS.get(name)
 
 
 def build_mixing_weights(

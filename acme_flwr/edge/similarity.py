@@ -1,11 +1,11 @@
-"""Device similarity from feature matrices and the edge's aggregation weights (spec §4.3).
+"""Device similarity from feature matrices and the edge's aggregation weights (ACME §4.3).
 
 Each device k contributes a feature matrix ``F_k`` (rows = samples, e.g. 200 CLS vectors grouped by label). The edge
 computes pairwise similarities ``s_kj = 1 / (1 + dist(F_k, F_j))`` with one of the registered metrics, symmetrises
 ``S_sym = sqrt(S ⊙ Sᵀ)`` and turns each row into weights by a softmax. With ``temperature = 1`` the weights are the
-original's (nearly uniform, spec §6.10); lower temperatures sharpen them towards the device itself.
+original's (nearly uniform, ACME §6.4); lower temperatures sharpen them towards the device itself.
 
-Metrics (as in the original, defects kept on purpose and documented — spec §7 item 25):
+Metrics (as in the original, defects kept on purpose and documented — ACME §7.12):
 
 * ``emd``: 1-D Wasserstein-1 distance between the two *pooled* sets of scalar feature values (ignores which feature
   dimension or sample a value belongs to), computed by ``scipy.stats.wasserstein_distance``.

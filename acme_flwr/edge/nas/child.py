@@ -1,4 +1,4 @@
-"""The edge's weight-shared ENAS child on a patch-token grid (ACME Part II, spec §3.2); cells: ``device.cell``.
+"""The edge's weight-shared ENAS child on a patch-token grid (ACME Part II, ACME §3.2); cells: ``device.cell``.
 
 An *arc* is one normal cell with ``B`` nodes, written as a flat list of ``4B`` ints ``[x_id, x_op, y_id, y_op]`` per
 node. Node ``i`` reads two states with ids ``< i + 2`` (ids 0 and 1 are the two layer inputs, ``k >= 2`` is node
@@ -7,7 +7,7 @@ concatenated, passed through ReLU, a 1×1 conv built from per-layer ``final_conv
 
 The child stacks ``L + 2`` such layers after a 1×1 stem; every layer runs the same arc. Conv ops own weights per
 (layer, node, branch, input index, op), the standard ENAS weight sharing: every arc is a sub-graph of one super-net.
-Differences from the original, on purpose: dropout only in training (spec §7.16); average pooling excludes padding
+Differences from the original, on purpose: dropout only in training (ACME §7.6); average pooling excludes padding
 (as TF ENAS "SAME" pooling).
 """
 

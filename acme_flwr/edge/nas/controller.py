@@ -1,4 +1,4 @@
-"""ENAS micro controller for one normal cell (ACME spec §3.3).
+"""ENAS micro controller for one normal cell (ACME §3.3).
 
 An LSTM emits, per node, two input ids (attention over "anchors": the two layer inputs and earlier nodes) and two ops.
 Sampling draws from an explicit ``torch.Generator`` so a seed fixes the arc sequence. Passing ``arc=`` scores a given

@@ -1,4 +1,4 @@
-"""Export a searched arc from the edge's shared child as a device header (fixes spec §7.21: the original never did).
+"""Export a searched arc from the edge's shared child as a device header (fixes ACME §7.9: the original never did).
 
 :func:`export_header` copies the child's weights for one arc into a
 :class:`~acme_flwr.device.searched_header.SearchedHeader`; with gates at 1 it computes the same function as the

@@ -1,10 +1,10 @@
-"""The edge tier's header search for one sub-backbone, edge-proxy mode (ACME Part II, spec §3), cached on disk.
+"""The edge tier's header search for one sub-backbone, edge-proxy mode (ACME Part II, ACME §3), cached on disk.
 
 :func:`search_header` turns a frozen sub-backbone and the cloud's proxy data into the header its devices use:
 patch-token grids of the train split train the shared ENAS child, the val split gives the controller's rewards and
 picks the best arc (never any device's test data), the best arc (required to have gates) is exported as a gated
 :class:`~acme_flwr.edge.nas.export.SearchedHeader` and fine-tuned on the train split keeping the best val epoch.
-The header size follows :func:`~acme_flwr.edge.nas.search.header_size_for` (spec §3.6). The result is stored under
+The header size follows :func:`~acme_flwr.edge.nas.search.header_size_for` (ACME §3.6). The result is stored under
 ``sha256(backbone arch + weights, data, search config, gate placement)``; an identical call loads it.
 """
 
@@ -30,6 +30,7 @@ from acme_flwr.device.training import backbone_grids, train_header_epoch, traina
 from acme_flwr.edge.nas.child import ENASChild
 from acme_flwr.edge.nas.export import export_header
 from acme_flwr.edge.nas.search import ProxyReward, SearchConfig, header_size_for, search, sgdr_lr
+from acme_flwr.logs import Progress
 from acme_flwr.runtime import fingerprint
 from acme_flwr.task import TensorSplit
 
@@ -50,14 +51,14 @@ class EdgeSearch:
 
     @property
     def spec(self) -> dict[str, Any]:
-        """The JSON header spec a device rebuilds it from (``deployment.build_header``)."""
+        """The JSON header spec a device rebuilds it from (:func:`acme_flwr.device.headers.build_header`)."""
         return {"name": "searched", **self.header.arch()}
 
 
 def edge_search_config(width: float, depth: float, *, epochs: int, controller_steps: int, channels: int,
                        batch_size: int, lr: float, finetune_epochs: int, threshold: float, seed: int,
                        **overrides: Any) -> SearchConfig:
-    """The :class:`SearchConfig` for a (width, depth) sub-backbone: header size from the §3.6 rule, gates required."""
+    """The :class:`SearchConfig` for a (width, depth) sub-backbone: header size by ACME §3.6, gates required."""
     cells, layers = header_size_for(width, depth, threshold)
     values: dict[str, Any] = {"epochs": epochs, "controller_steps": controller_steps, "batch_size": batch_size,
                               "num_cells": cells, "num_layers": layers, "out_filters": channels, "child_lr_max": lr,
@@ -97,6 +98,7 @@ def _finetune(header: SearchedHeader, train: tuple[torch.Tensor, torch.Tensor], 
     gen = torch.Generator().manual_seed(cfg.seed)
     accs = [grid_accuracy(header, *val)]
     best = (accs[0], copy.deepcopy(header.state_dict()))
+    report = Progress("header fine-tune", cfg.finetune_epochs, unit="epoch", log=log)
     for epoch in tqdm(range(cfg.finetune_epochs), desc="NAS fine-tune", unit="epoch", disable=not progress):
         for group in opt.param_groups:
             group["lr"] = sgdr_lr(epoch, cfg.child_lr_max, cfg.child_lr_min, cfg.child_lr_t0, cfg.child_lr_t_mul)
@@ -107,6 +109,7 @@ def _finetune(header: SearchedHeader, train: tuple[torch.Tensor, torch.Tensor], 
         accs.append(grid_accuracy(header, *val))
         if accs[-1] > best[0]:
             best = (accs[-1], copy.deepcopy(header.state_dict()))
+        report.step(val_acc=accs[-1])
     header.load_state_dict(best[1])
     return accs
 

@@ -1,14 +1,14 @@
-"""ENAS search loop (ACME spec §3.4–3.6) with a pluggable reward source.
+"""ENAS search loop (ACME §3.4–3.6) with a pluggable reward source.
 
 Per epoch: the child is trained with one freshly sampled arc per batch at the SGDR learning rate
 (``RewardSource.train_child``), then the controller takes ``controller_steps`` REINFORCE steps on rewards from
 ``RewardSource.reward(arc)`` (accuracy in [0, 1]), then a few candidate arcs (the greedy one plus samples) are scored on
 a *validation* split (``RewardSource.validate``) and the best arc over the whole search is kept — never the test split
-(spec §7.18). :class:`ProxyReward` is the original edge-proxy-data mode; the federated mode is another
+(ACME §7.8). :class:`ProxyReward` is the original edge-proxy-data mode; the federated mode is another
 :class:`RewardSource` supplied by the Flower strategy.
 
-Fixes relative to the original: SGDR restarts at exactly ``lr_max`` (spec §7.17); reward/selection run the child in
-eval mode, where dropout is off (§7.16); the best arc is chosen on validation (§7.18).
+Fixes relative to the original: SGDR restarts at exactly ``lr_max`` (ACME §7.7); reward/selection run the child in
+eval mode, where dropout is off (ACME §7.6); the best arc is chosen on validation (§7.8).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from acme_flwr.device.cell import arc_to_str, has_separable_op, seeded, validate_arc
 from acme_flwr.edge.nas.child import ENASChild
 from acme_flwr.edge.nas.controller import Controller
+from acme_flwr.logs import Progress
 
 __all__ = [
     "ProxyReward",
@@ -50,7 +51,7 @@ ArcSampler = Callable[[], list[int]]
 
 @dataclass
 class SearchConfig:
-    """Every hyper-parameter of the search (spec §3.5 defaults)."""
+    """Every hyper-parameter of the search (ACME §3.5 defaults)."""
 
     epochs: int = 130
     controller_steps: int = 300
@@ -125,7 +126,7 @@ class SearchConfig:
 
 def sgdr_lr(epoch: int, lr_max: float, lr_min: float, t0: int, t_mul: int) -> float:
     """SGDR (cosine with warm restarts) learning rate for a 0-based epoch; restarts (epochs 0, t0, t0+t0·t_mul, …)
-    are at exactly ``lr_max`` (the original used the old T_cur with the new period there, spec §7.17)."""
+    are at exactly ``lr_max`` (the original used the old T_cur with the new period there, ACME §7.7)."""
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
     start, period = 0, t0
@@ -136,7 +137,7 @@ def sgdr_lr(epoch: int, lr_max: float, lr_min: float, t0: int, t_mul: int) -> fl
 
 def header_size_for(width: float, depth: float, threshold: float = 0.25, small: tuple[int, int] = (1, 1),
                     large: tuple[int, int] = (1, 3)) -> tuple[int, int]:
-    """Header size (cells B, layers L) for a sub-backbone (spec §3.6): ``small`` if ``width·depth > threshold``
+    """Header size (cells B, layers L) for a sub-backbone (ACME §3.6): ``small`` if ``width·depth > threshold``
     (big backbones need little header), else ``large``."""
     if not (0 < width <= 1 and 0 < depth <= 1):
         raise ValueError(f"width and depth must be in (0, 1], got width={width}, depth={depth}")
@@ -271,7 +272,7 @@ class ProxyReward:
 
 
 class Reinforce:
-    """REINFORCE for the controller (spec §3.4): ``R = reward_scale·acc + entropy_weight·entropy``, moving baseline
+    """REINFORCE for the controller (ACME §3.4): ``R = reward_scale·acc + entropy_weight·entropy``, moving baseline
     ``b ← b − (1−decay)(b − R)`` (initialised to the first R, updated before use, as ENAS), loss ``−log p·(R − b)``.
 
     ``update(arc, accuracy)`` re-scores ``arc`` under the current controller (teacher forcing), so rewards may come from
@@ -397,6 +398,7 @@ def search(reward_source: RewardSource, config: SearchConfig, controller: Contro
     history: list[dict[str, Any]] = []
     with seeded(config.seed):
         bar = tqdm(range(config.epochs), desc="NAS search", unit="epoch", disable=not progress)
+        report = Progress("header search", config.epochs, unit="epoch", log=log)
         for epoch in bar:
             t_start = time.perf_counter()
             lr = sgdr_lr(epoch, config.child_lr_max, config.child_lr_min, config.child_lr_t0, config.child_lr_t_mul)
@@ -437,6 +439,7 @@ def search(reward_source: RewardSource, config: SearchConfig, controller: Contro
             log.info("NAS epoch %d lr=%.4g child=%s controller_acc=%.4f val=%s best=%.4f", epoch, lr,
                      {k: round(v, 4) for k, v in child_stats.items()}, record.get("controller_acc", float("nan")),
                      record.get("val_acc"), best_score)
+            report.step(best_val=best_score if best_score > -math.inf else float("nan"))
             if on_epoch is not None:
                 on_epoch(record)
     if best_arc is None:

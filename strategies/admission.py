@@ -1,0 +1,127 @@
+"""Reply admission: which replies a strategy lets through to its edges, and why the others were refused.
+
+:class:`ReplyAdmission` remembers every message the strategy sent, per (round, phase) and partition-id, and admits a
+reply only when it answers one of them: from a discovered node that was asked in this round and phase, answering the
+very message it was sent (where the grid assigns message ids, as Flower's do), once, within ``max_reply_bytes``, with
+finite metrics and a payload the phase's validator accepts. Anything else (an error reply, a stale or misaddressed
+reply, a malformed payload, a missing reply) is recorded as a failure of that device and never reaches edge state.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+
+from flwr.app import Message, RecordDict
+
+from acme_flwr import protocol as P
+from acme_flwr.comm import CommLedger
+from acme_flwr.results import StrategyRecord
+
+logger = logging.getLogger(__name__)
+
+Validator = Callable[[int, RecordDict], None]
+
+
+class ReplyRejected(ValueError):
+    """A device's reply is malformed (missing keys, wrong shape, NaN/Inf); it is recorded and ignored."""
+
+
+_EXCEPTION_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Interrupt|Warning|Died\w*))\b:?\s*(.*)$")
+
+
+def short_reason(reason: str, limit: int = 400) -> str:
+    """A client error as one readable line: the last ``SomeError: message`` line of the (Ray-wrapped) traceback,
+    without its module path; else the text with its whitespace collapsed; at most ``limit`` characters."""
+    text = reason.rsplit("Message:", 1)[-1] if "Message:" in reason else reason
+    lines = [ln.strip().strip("'<>\"").strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith(("Traceback (", 'File "', "^", "~"))]
+    found = [m for m in map(_EXCEPTION_LINE.match, lines) if m]
+    if found:
+        name, message = found[-1].groups()
+        line = f"{name}: {message}" if message else name
+    else:
+        line = " ".join(lines) if lines else reason
+    line = " ".join(line.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class ReplyAdmission:
+    """The messages sent per (round, phase) and the admission of their replies."""
+
+    def __init__(self, max_reply_bytes: int = P.DEFAULT_MAX_REPLY_BYTES) -> None:
+        self.max_reply_bytes = max_reply_bytes  # a larger reply is rejected (0: no cap)
+        self._outbox: dict[tuple[int, str], dict[int, Message]] = {}  # (round, phase) -> pid -> message sent
+        self.checking: tuple[int, str] = (0, "")  # (round, phase) of the replies being checked now
+
+    def sent(self, server_round: int, phase: str, messages: dict[int, Message]) -> None:
+        """Remember what each device was sent in this round and phase (replaces an earlier call's)."""
+        self._outbox[(server_round, phase)] = dict(messages)
+
+    def asked(self, server_round: int, phase: str) -> set[int]:
+        """Partition-ids that were sent a message in this round and phase."""
+        return set(self._outbox.get((server_round, phase), {}))
+
+    def anything_sent(self, server_round: int) -> bool:
+        return any(rnd == server_round and msgs for (rnd, _), msgs in self._outbox.items())
+
+    def message(self, server_round: int, phase: str, pid: int) -> Message | None:
+        """The message device ``pid`` was sent in this round and phase (what its reply must answer)."""
+        return self._outbox.get((server_round, phase), {}).get(pid)
+
+    def admit(self, server_round: int, phase: str, replies: Iterable[Message], validate: Validator,
+              pid_of: dict[int, int], ledger: CommLedger, record: StrategyRecord) -> dict[int, RecordDict]:
+        """Validated replies keyed by partition-id (sorted); errors, rejects and missing replies become failures of
+        ``record``; the admitted (and the rejected but well-addressed) replies' bytes go to ``ledger``."""
+        ok: dict[int, RecordDict] = {}
+        asked = self.asked(server_round, phase)
+        self.checking = (server_round, phase)
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            pid = pid_of.get(node)
+            if pid is None:
+                record.add_failure(server_round, phase, str(node), "reply from a node that was never discovered")
+                continue
+            problem = self.misaddressed(msg, pid, asked, self.message(server_round, phase, pid), ok)
+            if problem:
+                record.add_failure(server_round, phase, str(pid), f"rejected: {problem}")
+                continue
+            if msg.has_error():
+                record.add_failure(server_round, phase, str(pid), f"client error: {short_reason(msg.error.reason)}")
+                continue
+            size = ledger.add_message(server_round, "edge-device", "up", msg.content, pid)
+            try:
+                P.check_size(size, self.max_reply_bytes)
+                if phase in ("train", "evaluate") and msg.content.config_records:
+                    raise P.InvalidReply(f"unexpected ConfigRecord(s) {sorted(msg.content.config_records)} in a "
+                                         f"{phase} reply")
+                for rec in msg.content.metric_records.values():
+                    P.check_metrics(rec, required=())
+                validate(pid, msg.content)
+            except Exception as exc:  # noqa: BLE001 - whatever a hostile reply makes a check raise is a rejection
+                record.add_failure(server_round, phase, str(pid), f"rejected: {short_reason(str(exc), 300)}")
+                continue
+            ok[pid] = msg.content
+        for pid in sorted(asked - set(ok)):
+            if not any(f["round"] == server_round and f["phase"] == phase and f["node"] == str(pid)
+                       for f in record.failures):
+                record.add_failure(server_round, phase, str(pid), "no reply (timeout or lost)")
+        return dict(sorted(ok.items()))
+
+    @staticmethod
+    def misaddressed(msg: Message, pid: int, asked: set[int], sent: Message | None,
+                     ok: dict[int, RecordDict]) -> str | None:
+        """Why a reply from device ``pid`` does not answer this round's message to it (None: it does)."""
+        if pid not in asked:
+            return "device was not asked in this round and phase (a stale reply, or one for another strategy)"
+        if pid in ok:
+            return "second reply in the same round and phase"
+        if sent is not None and sent.metadata.message_id:  # Flower's grids assign ids; a bare test grid may not
+            answered = msg.metadata.reply_to_message_id
+            if answered != sent.metadata.message_id:
+                return (f"reply to message {answered[:12] or '(none)'!r}, not to this round's message to the device "
+                        "(another round or strategy)")
+        if sent is not None and msg.metadata.message_type != sent.metadata.message_type:
+            return f"reply of type {msg.metadata.message_type!r} to a {sent.metadata.message_type!r} message"
+        return None
