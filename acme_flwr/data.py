@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from acme_flwr.errors import ConfigError
 from acme_flwr.registry import Registry
 
 if TYPE_CHECKING:
@@ -39,9 +40,9 @@ class DataNotFoundError(FileNotFoundError):
     """A local data set is missing; the message names the expected layout."""
 
 
-class DataFileError(ValueError):
+class DataFileError(ConfigError):
     """A local data, image or weights file is corrupt or truncated; the message (one line) names the file and what
-    to do about it."""
+    to do about it. A ConfigError (bad input the run's config points at), so the launcher shows it as one line."""
 
 
 @dataclass(frozen=True)

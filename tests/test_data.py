@@ -251,3 +251,17 @@ def test_a_corrupt_weights_file_is_named(tmp_path: Path, name: str, damage: obje
     with pytest.raises(DataFileError) as err:
         check_data_files(cfg)
     _one_line(err, str(folder / name), needle, "save_pretrained")
+
+
+def test_the_launchers_preflight_stops_on_a_truncated_file_with_one_line(tmp_path: Path) -> None:
+    """The issue's case end to end: a truncated train-images-idx3-ubyte.gz under data.root stops the launcher's
+    preflight (before any process starts) with one ConfigError line naming the file, not a gzip traceback."""
+    from acme_flwr.errors import ConfigError
+    from experiments.launch import preflight
+
+    write_fashion_mnist(tmp_path, n_train=40, n_test=20)
+    target = tmp_path / "train-images-idx3-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-30])
+    with pytest.raises(ConfigError) as err:
+        preflight(_cfg(**{"data.name": "fashion_mnist", "data.root": str(tmp_path)}))
+    _one_line(err, str(target), "truncated or corrupt gzip file", "intact copy")
