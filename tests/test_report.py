@@ -58,6 +58,19 @@ def test_a_changed_result_file_changes_the_results_document(tmp_path: Path) -> N
     assert "12.3 ±" in report.render(root)["default"]
 
 
+def test_a_result_superseded_by_later_code_says_so_under_its_table(tmp_path: Path) -> None:
+    """A ``superseded`` note in provenance.json (code changed since the results) is printed with the provenance."""
+    root = tmp_path / "results"
+    shutil.copytree(report.RESULTS, root)
+    prov = json.loads((root / "fmnist_grid" / "provenance.json").read_text())
+    prov["superseded"] = ["the partitioner changed at commit abc1234."]
+    (root / "fmnist_grid" / "provenance.json").write_text(json.dumps(prov))
+    assert "**Since then:** the partitioner changed at commit abc1234." in report.render(root)["fmnist_grid"]
+    prov.pop("superseded")
+    (root / "fmnist_grid" / "provenance.json").write_text(json.dumps(prov))
+    assert "Since then" not in report.render(root)["fmnist_grid"]
+
+
 def test_missing_inputs_render_as_a_note_not_numbers(tmp_path: Path) -> None:
     out = report.render(tmp_path)
     assert all(v.startswith("_No results yet") for v in out.values())
