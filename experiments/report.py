@@ -167,15 +167,15 @@ def _personalized(block: dict[str, Any]) -> float | None:
 
 def prediction_interval(values: list[float], level: float = stats.LEVEL) -> tuple[float, float] | None:
     """Where one more draw falls with probability ``level`` if the draws are normal: mean ± t·s·√(1 + 1/n) (Student
-    t, n − 1 degrees of freedom). With 3 seeds the min–max range holds a new draw only half the time; this holds it
-    95 % of the time. None below 2 values."""
+    t, n − 1 degrees of freedom), clipped to [0, 1] (accuracies). With 3 seeds the min–max range holds a new draw
+    only half the time; this holds it 95 % of the time. None below 2 values."""
     if len(values) < 2:
         return None
     from scipy.stats import t  # lazily: report-time only
 
     arr = np.asarray(values, dtype=float)
     half = float(t.ppf(0.5 + level / 2, len(arr) - 1)) * float(arr.std(ddof=1)) * float(np.sqrt(1 + 1 / len(arr)))
-    return float(arr.mean()) - half, float(arr.mean()) + half
+    return max(0.0, float(arr.mean()) - half), min(1.0, float(arr.mean()) + half)
 
 
 @dataclass(frozen=True)
@@ -313,7 +313,8 @@ def default_table(root: Path) -> Table | str:
             f"devices; mean ± std is over the runs. The seed-{ref_seed} column is what `make run` gives exactly on "
             f"that CPU instruction set and thread count; on another CPU the floats differ from the cloud stage's "
             f"first steps on, so a run is one more draw and should fall in the 95 % range (mean ± t·s·√(1 + 1/n), "
-            f"Student t over the seeds). Check yours: `python -m experiments.report --check-run outputs/default`."
+            f"Student t over the seeds, clipped to 0–100). Check yours: "
+            f"`python -m experiments.report --check-run outputs/default`."
             + default_reading(jobs))
     return header, rows, note
 

@@ -253,6 +253,8 @@ def test_the_default_table_publishes_the_spread_over_seeds_and_the_paired_readin
     assert acme["min–max over seeds"] == "80.0–85.0" and acme["seed 0 (exact)"] == "80.0"
     lo, hi = report.prediction_interval([0.8, 0.85, 0.25 / 3 * 10])
     assert lo < 0.8 and hi > 0.85 and acme["95 % range for one more run"] == f"{100 * lo:.1f}–{100 * hi:.1f}"
+    assert report.prediction_interval([0.1, 0.9]) == (0.0, 1.0)  # an accuracy's range stays within 0–100 %
+    assert report.prediction_interval([0.5]) is None
     assert "3 runs of `make run`'s config (seeds 0, 1, 2" in note and "Test CPU (AVX2), 2 cloud-stage threads" in note
     assert "Paired over the 9 (seed, device) pairs" in note
     assert "The data resolve acme beats local, acme beats fedavg_header" in note
