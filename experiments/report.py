@@ -277,7 +277,7 @@ def consistent_across_seeds(jobs: list[dict[str, Any]], a: str, b: str, verdict:
 
 
 # ------------------------------------------------------------------------------------------------------ tables
-DEFAULT_COMMAND = "python -m experiments.sweep -m run.seed=0,1,2 cloud.cache_dir=<an empty dir>"
+DEFAULT_COMMAND = "python -m experiments.sweep -m run.seed=0,1,2,3,4 cloud.cache_dir=<an empty dir>"
 
 
 @table("default")
