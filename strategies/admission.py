@@ -52,11 +52,16 @@ class ReplyAdmission:
 
     def __init__(self, max_reply_bytes: int = P.DEFAULT_MAX_REPLY_BYTES) -> None:
         self.max_reply_bytes = max_reply_bytes  # a larger reply is rejected (0: no cap)
-        self._outbox: dict[tuple[int, str], dict[int, Message]] = {}  # (round, phase) -> pid -> message sent
+        self._outbox: dict[tuple[int, str], dict[int, Message | None]] = {}  # (round, phase) -> pid -> message
         self.checking: tuple[int, str] = (0, "")  # (round, phase) of the replies being checked now
 
     def sent(self, server_round: int, phase: str, messages: dict[int, Message]) -> None:
-        """Remember what each device was sent in this round and phase (replaces an earlier call's)."""
+        """Remember what each device was sent in this round and phase (replaces an earlier call's). Earlier rounds
+        keep only who was asked: a reply to them is stale anyway, so the messages (and their payloads) are dropped,
+        and what the strategy holds stays proportional to the devices of one round, not to every round's."""
+        for key, msgs in self._outbox.items():
+            if key[0] < server_round and any(m is not None for m in msgs.values()):
+                self._outbox[key] = dict.fromkeys(msgs)
         self._outbox[(server_round, phase)] = dict(messages)
 
     def asked(self, server_round: int, phase: str) -> set[int]:
