@@ -114,8 +114,13 @@ class PartitionSection:
 
     kind: str = field(default="dirichlet", metadata={
         **_registry("partitioner"),
-        "doc": "Registered partitioner: `iid`, `dirichlet` (label skew by `partition.alpha`), `pathological` "
-               "(`partition.classes_per_client` classes each), `acme` (ACME's IID/C2/C3/C4 class lists)."})
+        "doc": "Registered partitioner (flwr-datasets' partitioners behind the names wherever one exists). Label "
+               "skew: `iid`, `dirichlet` (by `partition.alpha`), `pathological` (#C=k: "
+               "`partition.classes_per_client` classes each), `shard` (`partition.shards_per_client` label-sorted "
+               "shards each), `acme` (ACME's IID/C2/C3/C4 class lists, own code). Quantity skew, labels IID: "
+               "`linear` / `square` / `exponential` (device i of 1..N gets a share proportional to i, i^2, e^i), "
+               "`quantity_dirichlet` (sizes ~ Dir(`partition.beta`)). Feature skew is `partition.feature`, over "
+               "any kind."})
     alpha: float = field(default=0.5, metadata={**_range(0.0, None, low_open=True),
                                                 "doc": "Dirichlet concentration (smaller: more skewed)."})
     classes_per_client: int = field(default=2, metadata={**_range(1, None),
@@ -125,8 +130,8 @@ class PartitionSection:
     per_class_fraction: float = field(default=0.1, metadata={
         **_range(0.0, 1.0, low_open=True),
         "doc": "Share of each owned class a device draws for `acme` (the original's 0.1)."})
-    min_size: int = field(default=10, metadata={**_range(1, None),
-                                                "doc": "Minimum samples per device for `dirichlet`."})
+    min_size: int = field(default=10, metadata={
+        **_range(1, None), "doc": "Minimum samples per device for `dirichlet` and `quantity_dirichlet`."})
     val_fraction: float = field(default=0.15, metadata={**_range(0.0, 0.5, low_open=True),
                                                         "doc": "Each device's validation share of its partition."})
     test_fraction: float = field(default=0.2, metadata={
@@ -141,13 +146,52 @@ class PartitionSection:
     max_samples: int = field(default=0, metadata={
         **_range(0, None),
         "doc": "At most this many images per device (its train + val pool, drawn uniformly from its partition; the "
-               "test set follows the result): devices with a few hundred images, as in cross-device FL. 0: the whole "
-               "partition."})
+               "test set follows the result unless `partition.test_samples` is set): devices with a few hundred "
+               "images, as in cross-device FL. For the quantity-skew kinds the pool shrinks to this many per device "
+               "on average instead, so the size law still holds. 0: the whole partition."})
+    shards_per_client: int = field(default=2, metadata={**_range(1, None), "doc": (
+        "kind=shard: label-sorted shards per device (flwr-datasets' ShardPartitioner, McMahan et al.).")})
+    class_assignment: str = field(default="first-deterministic", metadata={
+        **_choices("first-deterministic", "random", "deterministic"), "doc": (
+            "kind=pathological: how flwr-datasets' PathologicalPartitioner assigns the classes_per_client classes "
+            "to devices; first-deterministic (device p's first class is p mod #classes, the rest random) is "
+            "NIID-Bench's.")})
+    beta: float = field(default=0.5, metadata={**_range(0.0, None, low_open=True), "doc": (
+        "kind=quantity_dirichlet: device sizes ~ Dir(beta) (NIID-Bench's quantity skew; smaller is more "
+        "skewed), each at least min_size, labels IID.")})
+    feature: str = field(default="none", metadata={**_registry("feature_shift"), "doc": (
+        "Feature skew applied per device, alike to its train, val and test images and never to the cloud's: "
+        "none; noise (device i of N adds Gaussian noise of std noise_sigma*i/N to its normalised images, "
+        "NIID-Bench); rotation (IFCA-style domain shift: devices in rotation_groups domains, domain g rotated by "
+        "g*360/rotation_groups degrees). Combine with any kind, e.g. kind=dirichlet feature=rotation (mixed).")})
+    noise_sigma: float = field(default=0.1, metadata={**_range(0.0, None), "doc": (
+        "feature=noise: the noise level sigma (on the model's normalised input scale).")})
+    rotation_groups: int = field(default=4, metadata={**_range(1, None), "doc": (
+        "feature=rotation: number of domains R; domain g sees its images rotated by g*360/R degrees.")})
+    domain_assignment: str = field(default="paired", metadata={**_registry("domain_assignment"), "doc": (
+        "feature=rotation: which domain each device gets. paired (default): inside every mixing group (the "
+        "devices of one edge with the same device class, i.e. the same package) devices take domains two by "
+        "two, the group's starting domain shifted per group, so every group of >= 4 devices has at least two "
+        "devices of each of at least two domains; round_robin: domain = partition-id mod R; by_edge: domain = "
+        "edge mod R (domain-pure edges); by_class: domain = device class index mod R (domain-pure packages).")})
+    test_samples: int = field(default=0, metadata={**_range(0, None), "doc": (
+        "Test images per device, sized independently of its training data (100: one image moves a device's "
+        "accuracy by 1 point): drawn from the official test split following the device's train label "
+        "distribution, or, without one, held out from the device's own partition before max_samples applies "
+        "(at most half of it). A device that gets fewer is named in a warning. 0: test_fraction of the "
+        "device's data, as before.")})
 
     def partitioner_params(self) -> dict[str, Any]:
         """The keyword arguments every registered partitioner accepts (each uses the ones it needs)."""
         return {"alpha": self.alpha, "min_size": self.min_size, "classes_per_client": self.classes_per_client,
-                "category": self.category, "per_class_fraction": self.per_class_fraction}
+                "category": self.category, "per_class_fraction": self.per_class_fraction,
+                "shards_per_client": self.shards_per_client, "class_assignment": self.class_assignment,
+                "beta": self.beta}
+
+    def shift_params(self) -> dict[str, Any]:
+        """The keyword arguments every registered feature shift accepts (each uses the ones it needs)."""
+        return {"noise_sigma": self.noise_sigma, "rotation_groups": self.rotation_groups,
+                "domain_assignment": self.domain_assignment}
 
 
 @dataclass

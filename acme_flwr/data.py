@@ -10,16 +10,26 @@ Nothing is ever downloaded: a missing local data set raises :class:`DataNotFound
 from __future__ import annotations
 
 import gzip
+import json
 import logging
+import pickle
+import struct
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from acme_flwr.errors import ConfigError
 from acme_flwr.registry import Registry
+
+if TYPE_CHECKING:
+    from acme_flwr.config import AcmeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +38,11 @@ DATASETS: Registry[Callable[..., ImageData]] = Registry("dataset")
 
 class DataNotFoundError(FileNotFoundError):
     """A local data set is missing; the message names the expected layout."""
+
+
+class DataFileError(ConfigError):
+    """A local data, image or weights file is corrupt or truncated; the message (one line) names the file and what
+    to do about it. A ConfigError (bad input the run's config points at), so the launcher shows it as one line."""
 
 
 @dataclass(frozen=True)
@@ -147,14 +162,17 @@ FASHION_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t1
 _IDX_UBYTE = 0x08
 
 
-class IdxFormatError(ValueError):
+class IdxFormatError(DataFileError):
     """A file is not a valid uint8 IDX file (wrong magic, dimensions or size)."""
 
 
 def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
     """Read a uint8 IDX file (``*.gz`` or plain) into an array shaped by its header; check magic, rank and size."""
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupt gzip stream
+        raise IdxFormatError(f"{path}: truncated or corrupt gzip file ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] < 1:
         raise IdxFormatError(f"{path}: not a uint8 IDX file (magic {raw[:4].hex() or 'missing'}, expected "
                              f"0000080N with N >= 1 dimensions)")
@@ -193,7 +211,11 @@ def load_fashion_mnist(root: str = "", seed: int = 0, **_: int) -> ImageData:
             f"{', '.join(f + '.gz' for f in FASHION_MNIST_FILES)} (gzipped or not, or torchvision's FashionMNIST/raw/ "
             "folder) in a directory and set data.root to it."
         )
-    arrays = {name: read_idx(path, ndim=3 if "images" in name else 1) for name, path in found.items() if path}
+    try:
+        arrays = {name: read_idx(path, ndim=3 if "images" in name else 1) for name, path in found.items() if path}
+    except IdxFormatError as exc:
+        raise IdxFormatError(f"{exc}; replace it with an intact copy (apt-get install --reinstall "
+                             "dataset-fashion-mnist, or the file from the Fashion-MNIST release)") from None
     for split in ("train", "t10k"):
         n_img, n_lab = len(arrays[f"{split}-images-idx3-ubyte"]), len(arrays[f"{split}-labels-idx1-ubyte"])
         if n_img != n_lab:
@@ -227,3 +249,109 @@ def load_imagefolder(root: str = "", seed: int = 0, image_size: int = 224, **_: 
     labels = np.asarray([t for _, t in ds.samples], dtype=np.int64)
     logger.info("loaded %d images of %d classes from %s", len(labels), len(ds.classes), root)
     return ImageData("imagefolder", images, labels, len(ds.classes))
+
+
+# ------------------------------------------------------------------------------------------------- file checks
+_FIX = "replace it with an intact copy"
+
+
+def check_data_files(cfg: AcmeConfig) -> None:
+    """Read every local data, image and weights file the run of ``cfg`` will read, before anything starts.
+
+    Raises :class:`DataNotFoundError` (a data set is missing) or :class:`DataFileError` (a file is corrupt or
+    truncated) whose message is one line naming the file and what to do; the launcher's preflight shows it."""
+    checks: dict[str, Callable[[Path], None]] = {"fashion_mnist": lambda root: _check_loader(load_fashion_mnist, root),
+                                                 "cifar100": _check_cifar100, "imagefolder": _check_image_files}
+    if cfg.data.name in checks:
+        checks[cfg.data.name](Path(cfg.data.root).expanduser() if cfg.data.root else Path(""))
+    if cfg.model.pretrained_path:
+        check_weight_files(Path(cfg.model.pretrained_path).expanduser())
+
+
+def _check_loader(loader: Callable[..., ImageData], root: Path) -> None:
+    try:
+        loader(str(root) if str(root) not in ("", ".") else "")
+    except DataNotFoundError as exc:
+        raise DataNotFoundError(str(exc).splitlines()[0]) from None
+
+
+def _check_cifar100(root: Path) -> None:
+    folder = root / "cifar-100-python"
+    if not folder.is_dir():
+        _check_loader(load_cifar100, root)  # raises the layout message
+    for name in ("train", "test", "meta"):
+        path = folder / name
+        if not path.is_file():
+            raise DataNotFoundError(f"CIFAR-100 file {path} is missing; put the extracted cifar-100-python/ folder "
+                                    "(train, test, meta) under data.root")
+        try:
+            with path.open("rb") as fh:
+                pickle.load(fh, encoding="latin1")
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is damaged
+            raise DataFileError(f"{path}: corrupt or truncated CIFAR-100 file ({type(exc).__name__}: {exc}); {_FIX} "
+                                "(re-extract cifar-100-python.tar.gz)") from None
+
+
+def _check_image_files(root: Path) -> None:
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    if not root.is_dir():
+        _check_loader(load_imagefolder, root)
+    for path in sorted(p for p in root.glob("*/*") if p.suffix.lower() in IMG_EXTENSIONS):
+        try:
+            with Image.open(path) as img:
+                img.load()  # decodes the pixels: a truncated file fails here (verify() only reads the header)
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            raise DataFileError(f"{path}: corrupt or truncated image ({exc}); {_FIX} or remove it") from None
+
+
+def check_weight_files(folder: Path) -> None:
+    """The weight files of a ``save_pretrained`` directory are whole: config.json parses, a safetensors file is as
+    long as its header says, a ``pytorch_model.bin`` zip passes its CRC check. Missing files are the launcher's
+    business (it names the expected layout); this raises :class:`DataFileError` for a damaged one."""
+    hint = "re-save the checkpoint with save_pretrained or copy it again"
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataFileError(f"{config}: not valid JSON ({exc}); {hint}") from None
+    shards = sorted(folder.glob("*.safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise DataFileError(f"{index}: not a safetensors index ({exc}); {hint}") from None
+        for name in sorted(names):
+            if not (folder / name).is_file():
+                raise DataFileError(f"{index} names {name}, which is missing from {folder}; {hint}")
+    for path in shards:
+        _check_safetensors(path, hint)
+    binary = folder / "pytorch_model.bin"
+    if binary.is_file() and zipfile.is_zipfile(binary):
+        try:
+            with zipfile.ZipFile(binary) as zf:
+                bad = zf.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            raise DataFileError(f"{binary}: corrupt or truncated ({exc}); {hint}") from None
+        if bad is not None:
+            raise DataFileError(f"{binary}: member {bad} fails its CRC check (corrupt); {hint}")
+    elif binary.is_file() and binary.stat().st_size < 1024:
+        raise DataFileError(f"{binary}: {binary.stat().st_size} bytes is no weights file (truncated?); {hint}")
+
+
+def _check_safetensors(path: Path, hint: str) -> None:
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a {size}-byte file")
+            header = json.loads(fh.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"{path}: not a valid safetensors file ({exc}); {hint}") from None
+    if 8 + n + end != size:
+        raise DataFileError(f"{path}: truncated or padded ({size} bytes, its header says {8 + n + end}); {hint}")

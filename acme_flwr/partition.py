@@ -1,25 +1,47 @@
 """Partitioners: how a labelled pool is split across devices, plus each device's train/val/test split.
 
 A partitioner maps ``(labels, num_partitions, rng, **params)`` to one index array per device. All are deterministic
-under the generator they get and registered by decorator (``PARTITIONERS``).
+under the seed they get and registered by decorator (``PARTITIONERS``). Wherever flwr-datasets has the partitioner,
+it does the work (what Flower users and Flower's baselines use, so a partition can be reproduced outside this
+project): the labels become an in-memory ``datasets.Dataset`` (no network) and its partitioner's index lists come
+back. flwr-datasets is imported only when such a partition is built.
 
-- ``iid``: a uniform random split.
-- ``dirichlet``: per class, proportions ~ Dir(α); re-drawn until every device has ``min_size`` samples, and after a
-  bounded number of draws the deficit is moved from the largest devices, so it always terminates.
-- ``pathological``: each device holds ``classes_per_client`` classes.
+Label skew (NIID-Bench):
+- ``iid``: ``IidPartitioner`` on the pool shuffled with the seed (equal sizes).
+- ``dirichlet``: ``DirichletPartitioner`` (per class, proportions ~ Dir(α); re-drawn until every device has
+  ``min_size``). Where its 10 draws cannot reach ``min_size`` (tiny α, many devices) the last draw is repaired by
+  moving samples from the largest devices (logged), so it always terminates.
+- ``pathological``: ``PathologicalPartitioner`` (#C = k: ``classes_per_client`` classes per device, assigned as
+  ``class_assignment`` says; ``first-deterministic`` is NIID-Bench's).
+- ``shard``: ``ShardPartitioner`` (McMahan et al.: the pool sorted by label, cut into equal shards,
+  ``shards_per_client`` shards per device).
 - ``acme``: ACME's IID/C2/C3/C4 class lists (ACME §4.2) verbatim for 100 classes, per-client independent draws of
-  ``per_class_fraction`` of each owned class (overlap across devices is possible, as in the original).
+  ``per_class_fraction`` of each owned class (overlap across devices is possible, as in the original). Own code.
+
+Quantity skew (labels IID, sizes skewed; marked ``quantity_skew`` so ``partition.max_samples`` sets the mean size):
+- ``linear`` / ``square`` / ``exponential``: flwr-datasets' size-law partitioners (device i of N gets a share
+  proportional to i, i² or e^i) on the shuffled pool.
+- ``quantity_dirichlet``: sizes ~ Dir_N(β) (NIID-Bench), at least ``min_size`` each, cut by ``SizePartitioner`` from
+  the shuffled pool.
+
+Feature skew (noise, rotation) is not a partition: it is a per-device transform (``acme_flwr.shift``) over any of
+these, so "mixed" is e.g. ``kind=dirichlet`` with ``feature=rotation``.
 
 Held-out data never leaks into training: :func:`split_clients` cuts each device's val/test from its own partition
-so that no held-out sample is in any device's training data (partitions may overlap), and :func:`draw_following`
-draws a device's test set from an official test split following the device's label distribution.
+so that no held-out sample is in any device's training data (partitions may overlap), :func:`hold_out` sets aside
+fixed-size test sets the same way, and :func:`draw_following` draws a device's test set from an official test split
+following the device's label distribution.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,24 +78,77 @@ def list_partitioners() -> list[str]:
     return PARTITIONERS.names()
 
 
-def partition(kind: str, labels: np.ndarray, num_partitions: int, seed: int, **params: float) -> list[np.ndarray]:
+def source_digest() -> str:
+    """SHA-256 of this module's source: part of a stored partition's key, so editing a partitioner invalidates it."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def is_quantity_skew(kind: str) -> bool:
+    """Whether ``kind`` skews sizes by a law over the whole pool (``partition.max_samples`` then sets the mean size
+    by shrinking the pool, instead of capping each device)."""
+    return bool(getattr(PARTITIONERS.get(kind), "quantity_skew", False))
+
+
+def _quantity_skew(fn: Partitioner) -> Partitioner:
+    fn.quantity_skew = True  # type: ignore[attr-defined]
+    return fn
+
+
+def partition(kind: str, labels: np.ndarray, num_partitions: int, seed: int, **params: Any) -> list[np.ndarray]:
     """Split ``labels``' indices into ``num_partitions`` index arrays with the registered partitioner ``kind``."""
     if num_partitions < 1:
         raise ValueError(f"num_partitions={num_partitions} must be >= 1")
+    if num_partitions > len(labels):
+        raise ValueError(f"{num_partitions} devices but only {len(labels)} samples to share; lower "
+                         "topology.num_devices")
     rng = np.random.default_rng(seed)
-    parts = PARTITIONERS.get(kind)(np.asarray(labels), num_partitions, rng, **params)
-    return [np.sort(p.astype(np.int64)) for p in parts]
+    parts = PARTITIONERS.get(kind)(np.asarray(labels), num_partitions, rng, seed=seed, **params)
+    return [np.sort(np.asarray(p).astype(np.int64)) for p in parts]
+
+
+# ------------------------------------------------------------------------------------------- flwr-datasets path
+def label_dataset(labels: np.ndarray) -> Any:
+    """The in-memory ``datasets.Dataset`` flwr-datasets' partitioners see: a ``label`` column and the pool position
+    in ``index`` (partitioners that sort or shuffle the rows still give back pool positions)."""
+    from datasets import Dataset
+
+    labels = np.asarray(labels, dtype=np.int64)
+    return Dataset.from_dict({"label": labels, "index": np.arange(len(labels), dtype=np.int64)})
+
+
+def run_flwr_partitioner(partitioner: Any, dataset: Any) -> list[np.ndarray]:
+    """Every partition of ``partitioner`` over ``dataset`` as arrays of ``index`` values (pool positions); the
+    library's warnings go to the log (the first one, and how many more)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        partitioner.dataset = dataset
+        parts = [np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)
+                 for i in range(partitioner.num_partitions)]
+    caught = [w for w in caught if issubclass(w.category, UserWarning) and "flwr_datasets" in w.filename]
+    if caught:
+        more = f" (and {len(caught) - 1} more)" if len(caught) > 1 else ""
+        logger.warning("flwr-datasets %s: %s%s", type(partitioner).__name__, caught[0].message, more)
+    return parts
+
+
+def _flwr(name: str) -> Any:
+    import flwr_datasets.partitioner as fp  # lazy: only a run that builds such a partition pays for the import
+
+    return getattr(fp, name)
 
 
 @PARTITIONERS.register("iid")
-def iid(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, **_: float) -> list[np.ndarray]:
-    return list(np.array_split(rng.permutation(len(labels)), num_partitions))
+def iid(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, seed: int = 0,
+        **_: Any) -> list[np.ndarray]:
+    """flwr-datasets' ``IidPartitioner`` on the pool shuffled with ``seed``."""
+    return run_flwr_partitioner(_flwr("IidPartitioner")(num_partitions), label_dataset(labels).shuffle(seed=seed))
 
 
 @PARTITIONERS.register("dirichlet")
-def dirichlet(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, alpha: float = 0.5,
-              min_size: int = 10, max_draws: int = 100, **_: float) -> list[np.ndarray]:
-    """Dirichlet(α) label skew with a guaranteed minimum partition size."""
+def dirichlet(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, seed: int = 0, alpha: float = 0.5,
+              min_size: int = 10, **_: Any) -> list[np.ndarray]:
+    """flwr-datasets' ``DirichletPartitioner`` (no self-balancing, as NIID-Bench), with a bounded repair when its
+    re-draws cannot reach ``min_size``."""
     if alpha <= 0:
         raise ValueError(f"partition.alpha={alpha} must be > 0")
     if min_size * num_partitions > len(labels):
@@ -81,46 +156,107 @@ def dirichlet(labels: np.ndarray, num_partitions: int, rng: np.random.Generator,
             f"partition.min_size={min_size} × {num_partitions} devices exceeds the {len(labels)} samples available; "
             "lower partition.min_size or topology.num_devices"
         )
-    classes = np.unique(labels)
-    parts: list[list[int]] = []
-    for _draw in range(max_draws):
-        parts = [[] for _ in range(num_partitions)]
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            props = rng.dirichlet(np.full(num_partitions, alpha))
-            cuts = (np.cumsum(props)[:-1] * len(idx)).astype(int)
-            for k, chunk in enumerate(np.split(idx, cuts)):
-                parts[k].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_size:
-            break
-    else:  # bounded: move samples from the largest partitions to the deficient ones
-        for k in range(num_partitions):
-            while len(parts[k]) < min_size:
-                donor = max(range(num_partitions), key=lambda j: len(parts[j]))
-                parts[k].append(parts[donor].pop(int(rng.integers(len(parts[donor])))))
+    cls = _flwr("DirichletPartitioner")
+    ds = label_dataset(labels)
+    try:
+        return run_flwr_partitioner(cls(num_partitions, "label", alpha, min_partition_size=min_size,
+                                        self_balancing=False, seed=seed), ds)
+    except ValueError as exc:
+        if "max number of attempts" not in str(exc):
+            raise
+    logger.warning("Dirichlet(alpha=%g): 10 draws left a device under partition.min_size=%d; moving samples from "
+                   "the largest devices to the smallest", alpha, min_size)
+    parts = [p.tolist() for p in run_flwr_partitioner(cls(num_partitions, "label", alpha, min_partition_size=0,
+                                                          self_balancing=False, seed=seed), ds)]
+    for k in range(num_partitions):
+        while len(parts[k]) < min_size:
+            donor = max(range(num_partitions), key=lambda j: len(parts[j]))
+            parts[k].append(parts[donor].pop(int(rng.integers(len(parts[donor])))))
     return [np.asarray(p) for p in parts]
 
 
 @PARTITIONERS.register("pathological")
-def pathological(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, classes_per_client: int = 2,
-                 **_: float) -> list[np.ndarray]:
-    """Each device owns ``classes_per_client`` classes; a class's samples are split evenly among its owners."""
-    classes = np.unique(labels)
-    k = int(classes_per_client)
-    if k > len(classes):
-        raise ValueError(f"partition.classes_per_client={k} exceeds the {len(classes)} classes of the data set")
-    order = rng.permutation(classes)
-    owned = [[order[(p * k + j) % len(order)] for j in range(k)] for p in range(num_partitions)]
-    owners: dict[int, list[int]] = {}
-    for p, cls in enumerate(owned):
-        for c in cls:
-            owners.setdefault(int(c), []).append(p)
-    parts: list[list[int]] = [[] for _ in range(num_partitions)]
-    for c, holders in owners.items():
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        for p, chunk in zip(holders, np.array_split(idx, len(holders)), strict=True):
-            parts[p].extend(chunk.tolist())
-    return [np.asarray(p) for p in parts]
+def pathological(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, seed: int = 0,
+                 classes_per_client: int = 2, class_assignment: str = "first-deterministic",
+                 **_: Any) -> list[np.ndarray]:
+    """flwr-datasets' ``PathologicalPartitioner``: each device holds exactly ``classes_per_client`` classes."""
+    k, num_classes = int(classes_per_client), len(np.unique(labels))
+    if k > num_classes:
+        raise ValueError(f"partition.classes_per_client={k} exceeds the {num_classes} classes of the data set")
+    return run_flwr_partitioner(_flwr("PathologicalPartitioner")(
+        num_partitions, "label", k, class_assignment_mode=class_assignment, seed=seed), label_dataset(labels))
+
+
+@PARTITIONERS.register("shard")
+def shard(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, seed: int = 0,
+          shards_per_client: int = 2, **_: Any) -> list[np.ndarray]:
+    """flwr-datasets' ``ShardPartitioner``: label-sorted shards, ``shards_per_client`` per device."""
+    if num_partitions * shards_per_client > len(labels):
+        raise ValueError(f"partition.shards_per_client={shards_per_client} × {num_partitions} devices exceeds the "
+                         f"{len(labels)} samples; lower one of them")
+    return run_flwr_partitioner(_flwr("ShardPartitioner")(
+        num_partitions, "label", num_shards_per_partition=int(shards_per_client), seed=seed), label_dataset(labels))
+
+
+def _size_law(name: str, labels: np.ndarray, num_partitions: int, seed: int) -> list[np.ndarray]:
+    try:
+        return run_flwr_partitioner(_flwr(name)(num_partitions), label_dataset(labels).shuffle(seed=seed))
+    except ValueError as exc:  # a law that leaves the first device empty
+        raise ValueError(f"partition.kind={name.removesuffix('Partitioner').lower()!r} over {num_partitions} devices "
+                         f"and {len(labels)} samples leaves a device without data ({exc}); lower "
+                         "topology.num_devices or raise partition.max_samples") from None
+
+
+@PARTITIONERS.register("linear")
+@_quantity_skew
+def linear(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, seed: int = 0,
+           **_: Any) -> list[np.ndarray]:
+    """flwr-datasets' ``LinearPartitioner``: device i (of 1..N) gets a share proportional to i."""
+    return _size_law("LinearPartitioner", labels, num_partitions, seed)
+
+
+@PARTITIONERS.register("square")
+@_quantity_skew
+def square(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, seed: int = 0,
+           **_: Any) -> list[np.ndarray]:
+    """flwr-datasets' ``SquarePartitioner``: device i (of 1..N) gets a share proportional to i²."""
+    return _size_law("SquarePartitioner", labels, num_partitions, seed)
+
+
+@PARTITIONERS.register("exponential")
+@_quantity_skew
+def exponential(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, seed: int = 0,
+                **_: Any) -> list[np.ndarray]:
+    """flwr-datasets' ``ExponentialPartitioner``: device i (of 1..N) gets a share proportional to e^i."""
+    return _size_law("ExponentialPartitioner", labels, num_partitions, seed)
+
+
+def dirichlet_sizes(total: int, num_partitions: int, beta: float, min_size: int,
+                    rng: np.random.Generator) -> list[int]:
+    """Sizes q ~ Dir_N(β)·total (floored, the remainder to the largest), each raised to ``min_size`` by taking from
+    the largest; they sum to ``total``."""
+    if min_size * num_partitions > total:
+        raise ValueError(f"partition.min_size={min_size} × {num_partitions} devices exceeds the {total} samples "
+                         "available; lower partition.min_size or topology.num_devices")
+    sizes = np.floor(rng.dirichlet(np.full(num_partitions, beta)) * total).astype(np.int64)
+    sizes[int(np.argmax(sizes))] += total - int(sizes.sum())
+    for k in np.flatnonzero(sizes < min_size):
+        while sizes[k] < min_size:
+            donor = int(np.argmax(sizes))
+            take = min(min_size - int(sizes[k]), int(sizes[donor]) - min_size)
+            sizes[donor] -= take
+            sizes[k] += take
+    return [int(s) for s in sizes]
+
+
+@PARTITIONERS.register("quantity_dirichlet")
+@_quantity_skew
+def quantity_dirichlet(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, seed: int = 0,
+                       beta: float = 0.5, min_size: int = 10, **_: Any) -> list[np.ndarray]:
+    """NIID-Bench's quantity skew: sizes ~ Dir_N(β) (:func:`dirichlet_sizes`), cut from the shuffled pool by
+    flwr-datasets' ``SizePartitioner`` (labels IID)."""
+    sizes = dirichlet_sizes(len(labels), num_partitions, beta, min_size, rng)
+    return run_flwr_partitioner(_flwr("SizePartitioner")(sizes), label_dataset(labels).shuffle(seed=seed))
 
 
 def acme_class_lists(num_classes: int, rng: np.random.Generator) -> dict[str, tuple[int, ...]]:
@@ -142,7 +278,7 @@ def acme_class_lists(num_classes: int, rng: np.random.Generator) -> dict[str, tu
 
 @PARTITIONERS.register("acme")
 def acme(labels: np.ndarray, num_partitions: int, rng: np.random.Generator, category: str = "C2",
-         per_class_fraction: float = 0.1, **_: float) -> list[np.ndarray]:
+         per_class_fraction: float = 0.1, **_: Any) -> list[np.ndarray]:
     """ACME's IID/C2/C3/C4 splits: client k owns list ``ACME_CATEGORIES[category][k % 5]`` and draws, independently
     of the others, ``per_class_fraction`` of each owned class's samples."""
     if category not in ACME_CATEGORIES:
@@ -215,6 +351,26 @@ def split_clients(parts: list[np.ndarray], val_fraction: float, test_fraction: f
     return splits
 
 
+def hold_out(parts: list[np.ndarray], n: int, seed: int, max_share: float = 0.5) -> list[np.ndarray]:
+    """Per device, up to ``n`` samples of its own partition (never more than ``max_share`` of it) set aside as its
+    test set, leak-free as in :func:`split_clients`: a device takes samples only it holds first, never one another
+    device set aside. Remove the result from every partition before training on any of them."""
+    if not parts:
+        return []
+    size = max((int(p.max()) + 1 for p in parts if len(p)), default=0)
+    owners = np.bincount(np.concatenate(parts).astype(np.int64), minlength=size)
+    held = np.zeros(size, dtype=bool)
+    tests = []
+    for pid, part in enumerate(parts):
+        idx = np.random.default_rng([seed, 41, pid]).permutation(part)
+        free = idx[~held[idx]]
+        free = free[np.argsort(owners[free] > 1, kind="stable")]
+        take = free[: max(0, min(int(n), int(max_share * len(part))))]
+        held[take] = True
+        tests.append(np.sort(take))
+    return tests
+
+
 def draw_following(hist: np.ndarray, pool: np.ndarray, pool_labels: np.ndarray, n: int,
                    rng: np.random.Generator) -> np.ndarray:
     """Draw ``n`` distinct indices from ``pool`` (labels ``pool_labels``) with class counts proportional to ``hist``
@@ -262,7 +418,12 @@ def label_report(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) 
 
 
 def format_label_report(rows: list[dict[str, object]]) -> str:
-    """A plain-text table of :func:`label_report` rows."""
-    lines = [f"{'device':>6} {'samples':>8} {'classes':>7}  histogram"]
-    lines += [f"{r['partition_id']:>6} {r['num_samples']:>8} {r['num_classes']:>7}  {r['label_hist']}" for r in rows]
+    """A plain-text table of :func:`label_report` rows (plus ``num_test`` and ``shift`` columns when the rows have
+    them, as ``FederatedData.report`` adds)."""
+    extra = [k for k in ("num_test", "shift") if rows and k in rows[0]]
+    head = {"num_test": f"{'test':>5}", "shift": f"{'shift':>12}"}
+    lines = [f"{'device':>6} {'samples':>8} {'classes':>7}" + "".join(f" {head[k]}" for k in extra) + "  histogram"]
+    lines += [f"{r['partition_id']:>6} {r['num_samples']:>8} {r['num_classes']:>7}"
+              + "".join(f" {r[k]:>5}" if k == "num_test" else f" {r[k]:>12}" for k in extra)
+              + f"  {r['label_hist']}" for r in rows]
     return "\n".join(lines)

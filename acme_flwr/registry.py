@@ -88,6 +88,8 @@ class Registry(Generic[T]):
 _PROVIDERS: dict[str, tuple[str, str]] = {
     "dataset": ("acme_flwr.data", "list_datasets"),
     "partitioner": ("acme_flwr.partition", "list_partitioners"),
+    "feature_shift": ("acme_flwr.shift", "list_feature_shifts"),
+    "domain_assignment": ("acme_flwr.shift", "list_domain_assignments"),
     "model": ("acme_flwr.cloud.models", "list_models"),
     "header": ("acme_flwr.device.headers", "list_headers"),
     "selection method": ("acme_flwr.cloud.pfg", "list_selectors"),

@@ -7,15 +7,23 @@ pool for backbone training (split into train/val); devices partition the rest.
 No held-out sample is ever trained on. Device test sets come from the data set's official test split, following
 each device's train label distribution, or (``partition.test_source=partition``, the default where a data set has no
 test split) are cut from the device's partition disjoint from every device's training data; device validation is
-always cut that way. ``generic_test`` is a class-balanced set disjoint from the cloud's and every device's data that
-no choice (importance, PFG table, NAS, pruning) uses: the "generic" accuracy is measured on it.
+always cut that way. ``partition.test_samples`` sizes them independently of the training data (a warning names the
+devices that got fewer). ``generic_test`` is a class-balanced set disjoint from the cloud's and every device's data
+that no choice (importance, PFG table, NAS, pruning) uses: the "generic" accuracy is measured on it.
+
+Feature skew (``partition.feature``: noise, rotated domains) is a per-device :class:`~acme_flwr.shift.DeviceShift`
+applied alike to the device's train, val and test tensors; the cloud's data and the generic test set stay as they
+are. ``partition.max_samples`` caps each device (label-skew kinds) or, for quantity-skew kinds, shrinks the pool to
+``max_samples`` per device on average so the size law still holds.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -24,7 +32,20 @@ import torch
 
 from acme_flwr.config import AcmeConfig
 from acme_flwr.data import ImageData, load_dataset, to_tensor
-from acme_flwr.partition import ClientSplit, balanced_cut, draw_following, label_report, partition, split_clients
+from acme_flwr.partition import (
+    ClientSplit,
+    balanced_cut,
+    draw_following,
+    hold_out,
+    is_quantity_skew,
+    label_report,
+    partition,
+    source_digest,
+    split_clients,
+)
+from acme_flwr.runtime import cache_dir
+from acme_flwr.shift import DeviceShift, MixingGroup, plan_shifts
+from acme_flwr.topology import Topology
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +195,9 @@ def check_profile(profile: object, partition_id: int, device_classes: list[str] 
 class FederatedData:
     """The pool split into the cloud's share, per-device partitions and the held-out generic test set."""
 
+    #: test images per device below which one image moves a device's accuracy by more than 1 point
+    TEST_TARGET = 100
+
     def __init__(self, cfg: AcmeConfig, image_size: int, num_channels: int) -> None:
         self.cfg = cfg
         self.image_size = image_size
@@ -193,24 +217,55 @@ class FederatedData:
             test_pool = np.empty(0, dtype=np.int64)
         cloud_idx, device_pool = _stratified_cut(labels, pool, d.cloud_fraction, rng)
         self.cloud_indices = cloud_idx
-        parts = partition(p.kind, labels[device_pool], cfg.topology.num_devices, cfg.run.seed + 1,
-                          **p.partitioner_params())
-        if p.max_samples:
+        num_devices = cfg.topology.num_devices
+        if p.max_samples and is_quantity_skew(p.kind):  # a size law over a pool of max_samples per device on average
+            keep = min(len(device_pool), p.max_samples * num_devices)
+            device_pool = np.sort(np.random.default_rng([cfg.run.seed, 23]).choice(device_pool, keep, replace=False))
+        parts = [device_pool[part] for part in stored_partition(cfg, labels[device_pool])]
+        official_tests = self.test_source == "official"
+        held: list[np.ndarray] | None = None
+        if p.test_samples and not official_tests:  # fixed-size tests from each partition, before the cap
+            held = hold_out(parts, p.test_samples, cfg.run.seed)
+            out = np.concatenate(held)
+            parts = [part[~np.isin(part, out)] for part in parts]
+        if p.max_samples and not is_quantity_skew(p.kind):
             cap = np.random.default_rng([cfg.run.seed, 23])
             parts = [part if len(part) <= p.max_samples else np.sort(cap.choice(part, p.max_samples, replace=False))
                      for part in parts]
-        self.partitions = [device_pool[part] for part in parts]
-        official_tests = self.test_source == "official"
+        self.partitions = parts
+        cut_tests = not official_tests and held is None
         self.splits: list[ClientSplit] = split_clients(self.partitions, p.val_fraction,
-                                                       0.0 if official_tests else p.test_fraction, cfg.run.seed)
+                                                       p.test_fraction if cut_tests else 0.0, cfg.run.seed)
+        if held is not None:
+            self.splits = [ClientSplit(s.train, s.val, t) for s, t in zip(self.splits, held, strict=True)]
         if official_tests:  # the original's way (ACME §4.2): per device, test images of its classes
             self.splits = [
                 ClientSplit(s.train, s.val, draw_following(
                     np.bincount(labels[s.train], minlength=self.num_classes), test_pool, labels[test_pool],
-                    max(1, int(round(p.test_fraction * len(part)))), np.random.default_rng([cfg.run.seed, 17, pid])))
+                    p.test_samples or max(1, int(round(p.test_fraction * len(part)))),
+                    np.random.default_rng([cfg.run.seed, 17, pid])))
                 for pid, (s, part) in enumerate(zip(self.splits, self.partitions, strict=True))
             ]
         self._check_no_leak()
+        self._check_test_sizes()
+        self.shifts: list[DeviceShift] = plan_shifts(p.feature, mixing_groups(cfg), cfg.run.seed,
+                                                     **p.shift_params())
+
+    def _check_test_sizes(self) -> None:
+        """Warn (once) when ``partition.test_samples`` asked for more test images than some devices got."""
+        want = self.cfg.partition.test_samples
+        sizes = [len(s.test) for s in self.splits]
+        short = [pid for pid, n in enumerate(sizes) if n < want]
+        if want and short:
+            why = ("the official test split lacks images of their classes" if self.test_source == "official" else
+                   f"data.name={self.data.name!r} has no official test split, so tests come out of each device's "
+                   "partition (at most half of it)")
+            logger.warning("partition.test_samples=%d: devices %s got fewer test images (smallest %d): %s; one image "
+                           "moves their accuracy by %.1f points", want, short, min(sizes), why, 100 / min(sizes))
+        elif not want and min(sizes) < self.TEST_TARGET:
+            logger.info("device test sets hold %d-%d images (one image = %.1f accuracy points on the smallest); "
+                        "set partition.test_samples=%d for sets sized independently of the training data",
+                        min(sizes), max(sizes), 100 / min(sizes), self.TEST_TARGET)
 
     def _check_no_leak(self) -> None:
         """Raise if a held-out sample (device val/test, generic test) is in the cloud's or any device's train."""
@@ -230,8 +285,13 @@ class FederatedData:
     def num_classes(self) -> int:
         return self.data.num_classes
 
-    def tensors(self, indices: np.ndarray) -> TensorSplit:
+    def tensors(self, indices: np.ndarray, shift: DeviceShift | None = None, split: str = "train") -> TensorSplit:
+        """Normalised tensors of ``indices``; a device's ``shift`` (feature skew) applied when given."""
         x = to_tensor(self.data.images[indices], self.image_size, self.num_channels, self.data.mean, self.data.std)
+        if shift is not None and not shift.is_identity:
+            black = to_tensor(np.zeros((1, 1, 1, self.data.images.shape[-1]), np.uint8), 1, self.num_channels,
+                              self.data.mean, self.data.std).flatten()
+            x = shift.apply(x, black, split)
         return TensorSplit(x, torch.from_numpy(self.data.labels[indices]).long())
 
     #: devices whose tensors a worker keeps built (normalised, resized once: e.g. 224x224 for ViT-B/16), read-only
@@ -248,8 +308,9 @@ class FederatedData:
             return cache[partition_id]
         s = self.splits[partition_id]
         hist = np.bincount(self.data.labels[s.train], minlength=self.num_classes).tolist()
-        built = DeviceData(partition_id, self.tensors(s.train), self.tensors(s.val), self.tensors(s.test),
-                           len(s.train) * self.data.sample_bytes, hist)
+        shift = self.shifts[partition_id]  # feature skew: alike in the three splits, never on the cloud's data
+        built = DeviceData(partition_id, self.tensors(s.train, shift, "train"), self.tensors(s.val, shift, "val"),
+                           self.tensors(s.test, shift, "test"), len(s.train) * self.data.sample_bytes, hist)
         cache[partition_id] = built
         while len(cache) > self.DEVICE_CACHE:
             cache.popitem(last=False)
@@ -270,7 +331,59 @@ class FederatedData:
         return self.tensors(self.generic_indices)
 
     def report(self) -> list[dict[str, object]]:
-        return label_report([s.train for s in self.splits], self.data.labels, self.num_classes)
+        """Per device: the training split's label report, its test set size and its feature shift."""
+        rows = label_report([s.train for s in self.splits], self.data.labels, self.num_classes)
+        for row, s, shift in zip(rows, self.splits, self.shifts, strict=True):
+            row["num_test"] = int(len(s.test))
+            row["shift"] = shift.describe()
+        return rows
+
+
+def stored_partition(cfg: AcmeConfig, labels: np.ndarray) -> list[np.ndarray]:
+    """``partition`` of ``labels`` as ``cfg.partition`` says, kept under ``<cache dir>/partitions/``: the ServerApp
+    builds it first, and the Ray workers read it instead of each importing flwr-datasets (datasets, pandas, seaborn,
+    scipy.stats: seconds per process). The key holds everything the result depends on: the labels, the settings,
+    the library versions and the partitioners' source."""
+    from importlib import metadata
+
+    p = cfg.partition
+    params = p.partitioner_params()
+    versions = {name: _version(metadata, name) for name in ("flwr-datasets", "datasets", "numpy")}
+    versions["code"] = source_digest()  # the partitioners' own code
+    key = hashlib.sha256(json.dumps({"kind": p.kind, "params": params, "n": cfg.topology.num_devices,
+                                     "seed": cfg.run.seed + 1, "versions": versions}, sort_keys=True).encode()
+                         + np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()[:32]
+    try:
+        path = cache_dir(cfg) / "partitions" / f"{key}.npz"
+        with np.load(path) as stored:
+            return [stored[f"p{i}"] for i in range(cfg.topology.num_devices)]
+    except (OSError, KeyError, ValueError):  # absent (or unreadable): build it
+        pass
+    parts = partition(p.kind, labels, cfg.topology.num_devices, cfg.run.seed + 1, **params)
+    try:
+        path = cache_dir(cfg) / "partitions" / f"{key}.npz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **{f"p{i}": part for i, part in enumerate(parts)})
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs the other processes the rebuild
+        logger.debug("partition not stored in %s: %s", path.parent, exc)
+    return parts
+
+
+def _version(metadata: object, name: str) -> str:
+    try:
+        return metadata.version(name)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - PackageNotFoundError: not installed, part of the key as such
+        return "none"
+
+
+def mixing_groups(cfg: AcmeConfig) -> list[MixingGroup]:
+    """Per device: its mixing group (edge, device class index), the devices that share a package and mix their
+    importance (topology's edge assignment, device class ``classes[pid % n]``)."""
+    topo = Topology(cfg.topology.num_devices, cfg.topology.num_edges, cfg.topology.assignment)
+    n = len(cfg.device_classes)
+    return [(topo.edge_of(pid), pid % n) for pid in range(cfg.topology.num_devices)]
 
 
 def resolve_test_source(requested: str, data: ImageData) -> str:
@@ -305,5 +418,7 @@ def federated_data(cfg: AcmeConfig, image_size: int, num_channels: int) -> Feder
     """Build (or reuse, read-only, within one worker process) the federated data of ``cfg``."""
     # "cloud" too: cloud.seed picks the cloud's share and the generic test set; without it the rebuilt config had
     # cloud.seed=-1, so every run.seed of a sweep got its own cloud data and cloud stage
-    relevant = {k: v for k, v in cfg.to_dict().items() if k in {"run", "data", "partition", "topology", "cloud"}}
+    # "profile" too: the device classes set the mixing groups that feature=rotation assigns domains by
+    relevant = {k: v for k, v in cfg.to_dict().items()
+                if k in {"run", "data", "partition", "topology", "cloud", "profile"}}
     return _cached(json.dumps(relevant, sort_keys=True), image_size, num_channels)

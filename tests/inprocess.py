@@ -6,8 +6,10 @@ Ray-backed `flwr run` path is covered by the end-to-end test.
 
 from __future__ import annotations
 
+import logging
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -96,3 +98,20 @@ class RecordingGrid(InProcessGrid):
         replies = list(super().send_and_receive(messages, timeout=timeout))
         self.replies += [(by_id.get(r.metadata.reply_to_message_id), r) for r in replies]
         return replies
+
+
+@contextmanager
+def flower_log_lines() -> Iterator[list[str]]:
+    """Every line Flower's logger prints while the block runs (our lines reach it through ``use_flower_logging``)."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Keep()
+    logging.getLogger("flwr").addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logging.getLogger("flwr").removeHandler(handler)

@@ -31,7 +31,8 @@ def test_flat_round_trip_and_coercion() -> None:
     ({"nosuch.key": 1}, "unknown config section 'nosuch'"),
     ({"alpha": 1}, "must look like 'section.key'"),
     ({"partition.alpha": -1.0}, "partition.alpha=-1.0 is out of range"),
-    ({"partition.kind": "zipf"}, "allowed values: ['acme', 'dirichlet', 'iid', 'pathological']"),
+    ({"partition.kind": "zipf"}, "allowed values: ['acme', 'dirichlet', 'exponential', 'iid', 'linear', "
+                                  "'pathological', 'quantity_dirichlet', 'shard', 'square']"),
     ({"strategy.variant": "pruning"}, "allowed values: ['wo_pruning'"),
     ({"model.name": "resnet"}, "model.name='resnet' is not a registered model"),
     ({"cloud.widths": "0.5,1.5"}, "cloud.widths='0.5,1.5': every value must be in (0, 1]"),

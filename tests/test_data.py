@@ -13,8 +13,10 @@ from acme_flwr.config import AcmeConfig
 from acme_flwr.data import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_FILES,
+    DataFileError,
     DataNotFoundError,
     IdxFormatError,
+    check_data_files,
     list_datasets,
     load_dataset,
     read_idx,
@@ -156,3 +158,110 @@ def test_real_fashion_mnist_when_installed() -> None:
     assert d.images.shape == (70000, 28, 28, 1) and int(d.official_test.sum()) == 10000
     assert np.bincount(d.labels[~d.official_test]).tolist() == [6000] * 10
     assert np.bincount(d.labels[d.official_test]).tolist() == [1000] * 10
+
+
+# ------------------------------------------------------------------------- corrupt files: one line before any run
+def _cfg(**flat: object) -> AcmeConfig:
+    return AcmeConfig.from_flat(flat)
+
+
+def _one_line(err: pytest.ExceptionInfo[BaseException], *needles: str) -> str:
+    message = str(err.value)
+    assert "\n" not in message and all(n in message for n in needles), message
+    return message
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble", "short_idx"])
+def test_a_corrupt_fashion_mnist_file_is_one_line_naming_it_and_the_fix(tmp_path: Path, damage: str) -> None:
+    write_fashion_mnist(tmp_path, n_train=40, n_test=20)
+    target = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = target.read_bytes()
+    if damage == "truncate":  # the issue's case: a 40-line EOFError traceback before
+        target.write_bytes(raw[: len(raw) // 2])
+    elif damage == "garble":
+        target.write_bytes(raw[:10] + bytes(b ^ 0xFF for b in raw[10:40]) + raw[40:])
+    else:  # a whole gzip stream of a cut IDX file
+        target.write_bytes(gzip.compress(gzip.decompress(raw)[:-100]))
+    cfg = _cfg(**{"data.name": "fashion_mnist", "data.root": str(tmp_path)})
+    with pytest.raises(DataFileError) as err:
+        check_data_files(cfg)
+    _one_line(err, str(target), "replace it with an intact copy", "dataset-fashion-mnist")
+    with pytest.raises(DataFileError):  # the run's own load says the same, not a traceback of gzip internals
+        load_dataset("fashion_mnist", root=str(tmp_path))
+
+
+def test_check_data_files_passes_intact_files_and_reports_missing_ones_in_one_line(tmp_path: Path) -> None:
+    write_fashion_mnist(tmp_path / "ok", n_train=40, n_test=20)
+    check_data_files(_cfg(**{"data.name": "fashion_mnist", "data.root": str(tmp_path / "ok")}))
+    check_data_files(_cfg(**{"data.name": "digits"}))  # shipped with a package: nothing to read
+    with pytest.raises(DataNotFoundError) as err:
+        check_data_files(_cfg(**{"data.name": "fashion_mnist", "data.root": str(tmp_path / "none")}))
+    _one_line(err, "apt-get install dataset-fashion-mnist")
+
+
+def test_a_truncated_image_of_an_image_folder_is_named(tmp_path: Path) -> None:
+    for c in ("cat", "dog"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(tmp_path / c / f"{i}.png")
+    check_data_files(_cfg(**{"data.name": "imagefolder", "data.root": str(tmp_path)}))
+    bad = tmp_path / "dog" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    with pytest.raises(DataFileError) as err:
+        check_data_files(_cfg(**{"data.name": "imagefolder", "data.root": str(tmp_path)}))
+    _one_line(err, str(bad), "corrupt or truncated image")
+
+
+def test_a_corrupt_cifar100_file_is_named(tmp_path: Path) -> None:
+    import pickle
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test", "meta"):
+        (folder / name).write_bytes(pickle.dumps({"data": list(range(100))}))
+    check_data_files(_cfg(**{"data.name": "cifar100", "data.root": str(tmp_path)}))
+    (folder / "test").write_bytes((folder / "test").read_bytes()[:20])
+    with pytest.raises(DataFileError) as err:
+        check_data_files(_cfg(**{"data.name": "cifar100", "data.root": str(tmp_path)}))
+    _one_line(err, str(folder / "test"), "re-extract")
+
+
+def _save_weights(folder: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    (folder / "config.json").write_text('{"hidden_size": 4}')
+    save_file({"w": torch.zeros(8, 8), "b": torch.ones(8)}, str(folder / "model.safetensors"))
+    torch.save({"w": torch.zeros(64, 64)}, folder / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize(("name", "damage", "needle"), [
+    ("model.safetensors", lambda raw: raw[:-10], "truncated or padded"),
+    ("model.safetensors", lambda raw: b"\xff" * 8 + raw[8:], "not a valid safetensors file"),
+    ("pytorch_model.bin", lambda raw: raw[:200] + bytes(b ^ 0x55 for b in raw[200:-200]) + raw[-200:], "pytorch_model"),
+    ("config.json", lambda raw: raw[:5], "not valid JSON"),
+])
+def test_a_corrupt_weights_file_is_named(tmp_path: Path, name: str, damage: object, needle: str) -> None:
+    folder = tmp_path / "vit"
+    _save_weights(folder)
+    cfg = _cfg(**{"model.pretrained_path": str(folder)})
+    check_data_files(cfg)
+    (folder / name).write_bytes(damage((folder / name).read_bytes()))  # type: ignore[operator]
+    with pytest.raises(DataFileError) as err:
+        check_data_files(cfg)
+    _one_line(err, str(folder / name), needle, "save_pretrained")
+
+
+def test_the_launchers_preflight_stops_on_a_truncated_file_with_one_line(tmp_path: Path) -> None:
+    """The issue's case end to end: a truncated train-images-idx3-ubyte.gz under data.root stops the launcher's
+    preflight (before any process starts) with one ConfigError line naming the file, not a gzip traceback."""
+    from acme_flwr.errors import ConfigError
+    from experiments.launch import preflight
+
+    write_fashion_mnist(tmp_path, n_train=40, n_test=20)
+    target = tmp_path / "train-images-idx3-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-30])
+    with pytest.raises(ConfigError) as err:
+        preflight(_cfg(**{"data.name": "fashion_mnist", "data.root": str(tmp_path)}))
+    _one_line(err, str(target), "truncated or corrupt gzip file", "intact copy")

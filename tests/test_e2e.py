@@ -19,7 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.e2e
 def test_flwr_run_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    overrides = [f"{k}={v}" for k, v in SMOKE.items()] + [f"cloud.cache_dir={tmp_path / 'cache'}"]
+    # SMOKE's 2 rounds at lr 0.01 are a few SGD steps per device: its headers still predict one class (personalized
+    # accuracy at chance, the same for every method). Enough local training to show that the devices learn:
+    overrides = [f"{k}={v}" for k, v in SMOKE.items()] + [f"cloud.cache_dir={tmp_path / 'cache'}", "strategy.lr=0.05",
+                                                          "strategy.local_epochs=3"]
     home = tmp_path / "flwr-home"  # this test's own FLWR_HOME: it names the SuperLink this test started
     summary_path = launch(out, 4, overrides, stream_to=subprocess.DEVNULL, flwr_home=home)
     summary = json.loads(summary_path.read_text())
@@ -28,7 +31,8 @@ def test_flwr_run_end_to_end(tmp_path: Path) -> None:
         assert block["failures"]["count"] == 0, (name, block["failures"])
         assert len(block["accuracy"]["personalized"]["per_device"]) == 4
     chance = 1 / 10
-    assert summary["accuracy"]["personalized"]["mean"] > chance
+    for name, block in summary["strategies"].items():  # every method learns beyond a constant prediction
+        assert block["accuracy"]["personalized"]["mean"] > 2 * chance, (name, block["accuracy"]["personalized"])
     assert summary["bytes"]["edge-device"]["up"] > 0 and summary["bytes"]["references"]["centralized"]["bytes"] > 0
     assert summary["versions"]["flwr"].startswith("1.4") and summary["config"]["run"]["seed"] == 0
     assert [r["partition_id"] for r in summary["data"]["label_report"]] == [0, 1, 2, 3]

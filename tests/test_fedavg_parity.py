@@ -8,10 +8,8 @@ Each case below fails when one metric behaviour of FedAvg is not reproduced (iss
 from __future__ import annotations
 
 import inspect
-import logging
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -22,7 +20,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from acme_flwr.strategies import AcmeStrategy, HeaderFedAvg, HierarchicalFedAvg
 
-from .inprocess import InProcessGrid
+from .inprocess import InProcessGrid, flower_log_lines
 
 Metrics = Callable[[int, str], dict]  # (partition-id, "train"|"evaluate") -> the reply's metrics
 STRATEGIES = [AcmeStrategy, HierarchicalFedAvg]
@@ -47,30 +45,13 @@ def _app(metrics: Metrics) -> ClientApp:
     return app
 
 
-@contextmanager
-def _log_lines() -> Iterator[list[str]]:
-    """Every line Flower's logger prints (our lines reach it through ``use_flower_logging``)."""
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    handler = Keep()
-    logging.getLogger("flwr").addHandler(handler)
-    try:
-        yield lines
-    finally:
-        logging.getLogger("flwr").removeHandler(handler)
-
-
 def _global_sum(server_round: int, arrays: ArrayRecord) -> MetricRecord:
     """A centralized evaluation: what ``evaluate_fn`` sees of the global model."""
     return MetricRecord({"sum": float(sum(a.numpy().sum() for a in arrays.values()))})
 
 
 def _run(strategy: FedAvg, metrics: Metrics, rounds: int = 2) -> tuple[Result, list[str]]:
-    with _log_lines() as lines:
+    with flower_log_lines() as lines:
         result = strategy.start(grid=InProcessGrid(_app(metrics), 3), initial_arrays=ArrayRecord(
             {"w": torch.zeros(3), "b": torch.ones(2)}), num_rounds=rounds, evaluate_fn=_global_sum)
     return result, lines

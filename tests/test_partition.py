@@ -10,8 +10,11 @@ from acme_flwr.partition import (
     ACME_LISTS,
     acme_class_lists,
     balanced_cut,
+    dirichlet_sizes,
     draw_following,
     format_label_report,
+    hold_out,
+    is_quantity_skew,
     label_report,
     list_partitioners,
     partition,
@@ -23,7 +26,8 @@ LABELS = np.repeat(np.arange(10), 60)  # 600 samples, 10 classes
 
 
 def test_registry_lists_all_kinds() -> None:
-    assert list_partitioners() == ["acme", "dirichlet", "iid", "pathological"]
+    assert list_partitioners() == ["acme", "dirichlet", "exponential", "iid", "linear", "pathological",
+                                   "quantity_dirichlet", "shard", "square"]
 
 
 def test_iid_covers_everything_once_with_equal_sizes() -> None:
@@ -152,3 +156,134 @@ def test_label_report_counts() -> None:
     assert [r["num_classes"] for r in rows] == [2] * 5
     assert sum(sum(r["label_hist"]) for r in rows) == sum(map(len, parts))
     assert "histogram" in format_label_report(rows)
+
+
+# ------------------------------------------------------------------------------ flwr-datasets behind the names
+def _direct(kind: str, labels: np.ndarray, n: int, seed: int, **params: object) -> list[list[int]]:
+    """The partition calling flwr-datasets directly gives, as a Flower user would write it (pool positions in an
+    ``idx`` column, size laws and IID on the pool shuffled with the seed)."""
+    from datasets import Dataset
+    from flwr_datasets import partitioner as fp
+
+    ds = Dataset.from_dict({"label": labels.tolist(), "idx": list(range(len(labels)))})
+    shuffled = ds.shuffle(seed=seed)
+    made = {
+        "iid": lambda: (fp.IidPartitioner(n), shuffled),
+        "dirichlet": lambda: (fp.DirichletPartitioner(n, "label", params["alpha"],
+                                                      min_partition_size=params["min_size"], self_balancing=False,
+                                                      seed=seed), ds),
+        "pathological": lambda: (fp.PathologicalPartitioner(n, "label", params["classes_per_client"],
+                                                            class_assignment_mode="first-deterministic",
+                                                            seed=seed), ds),
+        "shard": lambda: (fp.ShardPartitioner(n, "label", num_shards_per_partition=params["shards_per_client"],
+                                              seed=seed), ds),
+        "linear": lambda: (fp.LinearPartitioner(n), shuffled),
+        "square": lambda: (fp.SquarePartitioner(n), shuffled),
+        "exponential": lambda: (fp.ExponentialPartitioner(n), shuffled),
+        "quantity_dirichlet": lambda: (fp.SizePartitioner(dirichlet_sizes(len(labels), n, params["beta"],
+                                                                          params["min_size"],
+                                                                          np.random.default_rng(seed))), shuffled),
+    }
+    part, data = made[kind]()
+    part.dataset = data
+    return [sorted(part.load_partition(i)["idx"]) for i in range(n)]
+
+
+FLWR_KINDS = {
+    "iid": {}, "dirichlet": {"alpha": 0.3, "min_size": 10}, "pathological": {"classes_per_client": 3},
+    "shard": {"shards_per_client": 2}, "linear": {}, "square": {}, "exponential": {},
+    "quantity_dirichlet": {"beta": 0.5, "min_size": 10},
+}
+SKEWED = np.concatenate([np.repeat(np.arange(10), 60), np.repeat([3, 7], 100)])  # 800 samples, uneven classes
+np.random.default_rng(5).shuffle(SKEWED)
+
+
+@pytest.mark.parametrize("kind", sorted(FLWR_KINDS))
+def test_the_flwr_datasets_path_equals_calling_flwr_datasets_directly(kind: str) -> None:
+    params = FLWR_KINDS[kind]
+    ours = partition(kind, SKEWED, 6, seed=11, **params)
+    assert [p.tolist() for p in ours] == _direct(kind, SKEWED, 6, 11, **params)
+
+
+@pytest.mark.parametrize("kind", sorted(FLWR_KINDS))
+def test_every_flwr_kind_is_disjoint_complete_and_seeded(kind: str) -> None:
+    params = FLWR_KINDS[kind]
+    parts = partition(kind, SKEWED, 6, seed=2, **params)
+    flat = np.concatenate(parts)
+    assert len(flat) == len(set(flat.tolist()))  # disjoint
+    if kind not in ("shard", "pathological"):  # shards drop the last incomplete one; #C=k may leave classes out
+        assert sorted(flat.tolist()) == list(range(len(SKEWED)))
+    again = partition(kind, SKEWED, 6, seed=2, **params)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+    other = partition(kind, SKEWED, 6, seed=3, **params)
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, other, strict=True))
+
+
+@pytest.mark.parametrize(("kind", "law"), [("linear", lambda i: i), ("square", lambda i: i * i),
+                                           ("exponential", np.exp)])
+def test_size_laws_give_the_sizes_the_law_says(kind: str, law: object) -> None:
+    n, total = 5, len(SKEWED)
+    units = np.array([law(i) for i in range(1, n + 1)], dtype=float)  # type: ignore[operator]
+    expected = (units / units.sum() * total).astype(np.int64)
+    expected[-1] += total - expected.sum()  # the remainder goes to the largest, as flwr-datasets does
+    parts = partition(kind, SKEWED, n, seed=0)
+    assert [len(p) for p in parts] == expected.tolist()
+    assert is_quantity_skew(kind) and not is_quantity_skew("dirichlet")
+    big = parts[-1]  # labels stay IID: the largest device holds every class in about the pool's proportions
+    share = np.bincount(SKEWED[big], minlength=10) / len(big)
+    assert np.abs(share - np.bincount(SKEWED, minlength=10) / total).max() < 0.05
+
+
+def test_a_size_law_that_leaves_a_device_empty_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="leaves a device without data.*topology.num_devices"):
+        partition("exponential", SKEWED[:100], 12, seed=0)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 5.0])
+def test_quantity_dirichlet_sizes_sum_up_respect_min_size_and_skew_with_beta(beta: float) -> None:
+    sizes = dirichlet_sizes(800, 10, beta, 15, np.random.default_rng(0))
+    assert sum(sizes) == 800 and min(sizes) >= 15
+    parts = partition("quantity_dirichlet", SKEWED, 10, seed=0, beta=beta, min_size=15)
+    assert [len(p) for p in parts] == sizes
+    spread = np.mean([np.std(dirichlet_sizes(800, 10, beta, 1, np.random.default_rng(s))) for s in range(20)])
+    assert spread > {0.1: 120, 0.5: 60, 5.0: 0}[beta]
+    if beta == 5.0:
+        assert spread < 40
+
+
+def test_shard_gives_equal_shards_of_few_classes() -> None:
+    parts = partition("shard", LABELS, 10, seed=0, shards_per_client=2)
+    assert {len(p) for p in parts} == {60}  # 20 shards of 30 samples
+    assert all(len(np.unique(LABELS[p])) <= 2 for p in parts)
+    with pytest.raises(ValueError, match="shards_per_client=100"):
+        partition("shard", LABELS, 10, seed=0, shards_per_client=100)
+
+
+def test_dirichlet_repair_is_logged_when_flwr_datasets_gives_up(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="acme_flwr.partition"):
+        parts = partition("dirichlet", LABELS, 20, seed=3, alpha=1e-4, min_size=15)
+    assert min(map(len, parts)) >= 15 and "moving samples from the largest" in caplog.text
+
+
+def test_hold_out_is_leak_free_bounded_and_seeded() -> None:
+    parts = partition("acme", LABELS, 5, seed=0, category="IID", per_class_fraction=0.3)  # overlapping
+    tests = hold_out(parts, 40, seed=1)
+    assert all(len(t) == min(40, len(p) // 2) for t, p in zip(tests, parts, strict=True))
+    assert all(set(t.tolist()) <= set(p.tolist()) for t, p in zip(tests, parts, strict=True))
+    flat = np.concatenate(tests)
+    assert len(flat) == len(set(flat.tolist()))  # no sample held out twice
+    assert all(np.array_equal(a, b) for a, b in zip(tests, hold_out(parts, 40, seed=1), strict=True))
+    assert [len(t) for t in hold_out([np.arange(10)], 40, seed=0)] == [5]  # at most half of a partition
+
+
+def test_no_flwr_datasets_import_until_such_a_partition_is_built() -> None:
+    """The run-time start-up stays light: importing the task (and building an own-code partition) never imports
+    flwr_datasets, datasets or pyarrow."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom acme_flwr.task import federated_data\nfrom acme_flwr.partition import partition\n"
+            "import numpy as np\npartition('acme', np.repeat(np.arange(10), 20), 5, 0)\n"
+            "print(' '.join(sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert not {"flwr_datasets", "datasets", "pyarrow", "pandas"} & set(out.stdout.split())

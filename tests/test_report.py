@@ -44,18 +44,32 @@ def test_check_mode_fails_on_a_stale_document(tmp_path: Path, monkeypatch: pytes
 
 def test_a_changed_result_file_changes_the_results_document(tmp_path: Path) -> None:
     """The check above can fail: editing one number in a result file makes the document stale."""
-    src = report.RESULTS / "default"
-    if not (src / "summary.json").exists():
+    if report.default_summary_file(report.RESULTS) is None:
         return
     root = tmp_path / "results"
     shutil.copytree(report.RESULTS, root)
-    summary = json.loads((root / "default" / "summary.json").read_text())
+    reference = report.default_summary_file(root)
+    assert reference is not None
+    summary = json.loads(reference.read_text())
     block = summary["strategies"][summary["strategy"]]
     block["accuracy"]["personalized"]["mean"] = 0.123456
-    (root / "default" / "summary.json").write_text(json.dumps(summary))
+    reference.write_text(json.dumps(summary))
     text = report.RESULTS_DOC.read_text()
     assert report.update_document(text, report.render(root)) != text
-    assert "12.3 ±" in report.render(root)["default"]
+    assert "| 12.3 |" in report.render(root)["default"]  # the reference seed's own column
+
+
+def test_a_result_superseded_by_later_code_says_so_under_its_table(tmp_path: Path) -> None:
+    """A ``superseded`` note in provenance.json (code changed since the results) is printed with the provenance."""
+    root = tmp_path / "results"
+    shutil.copytree(report.RESULTS, root)
+    prov = json.loads((root / "fmnist_grid" / "provenance.json").read_text())
+    prov["superseded"] = ["the partitioner changed at commit abc1234."]
+    (root / "fmnist_grid" / "provenance.json").write_text(json.dumps(prov))
+    assert "**Since then:** the partitioner changed at commit abc1234." in report.render(root)["fmnist_grid"]
+    prov.pop("superseded")
+    (root / "fmnist_grid" / "provenance.json").write_text(json.dumps(prov))
+    assert "Since then" not in report.render(root)["fmnist_grid"]
 
 
 def test_missing_inputs_render_as_a_note_not_numbers(tmp_path: Path) -> None:
@@ -67,7 +81,9 @@ def _fake_grid(tmp_path: Path, personalized: dict[str, list[float]]) -> Path:
     """A results root whose fmnist_grid holds C2 jobs (one per seed) made from the committed default summary, with
     the given personalized accuracy per strategy and seed."""
     root = tmp_path / "results"
-    summary = json.loads((report.RESULTS / "default" / "summary.json").read_text())
+    reference = report.default_summary_file(report.RESULTS)
+    assert reference is not None
+    summary = json.loads(reference.read_text())
     template = summary["strategies"]["acme"]
     seeds = len(next(iter(personalized.values())))
     for seed in range(seeds):
@@ -86,7 +102,7 @@ def _fake_grid(tmp_path: Path, personalized: dict[str, list[float]]) -> Path:
 
 
 def test_fmnist_claims_are_computed_from_the_grid(tmp_path: Path) -> None:
-    if not (report.RESULTS / "default" / "summary.json").exists():
+    if report.default_summary_file(report.RESULTS) is None:
         return
     accs = {"acme": [0.80, 0.82], "acme_pruning_per_js": [0.79, 0.81], "acme_pruning_avg": [0.78, 0.80],
             "acme_pruning_alone": [0.78, 0.79], "acme_wo_pruning": [0.70, 0.71], "fedper": [0.75, 0.77]}
@@ -103,7 +119,7 @@ def test_fmnist_claims_are_computed_from_the_grid(tmp_path: Path) -> None:
 def test_the_grid_costs_note_totals_each_jobs_whole_flwr_run(tmp_path: Path) -> None:
     """bench_accuracy writes each job's launcher wall time (start-up included) beside its summary: the grid budget's
     measure, which the ServerApp's own wall time leaves out."""
-    if not (report.RESULTS / "default" / "summary.json").exists():
+    if report.default_summary_file(report.RESULTS) is None:
         return
     root = _fake_grid(tmp_path, {"acme": [0.8, 0.8], "fedper": [0.7, 0.7]})
     assert "start-up included" not in report.render(root)["fmnist_grid_costs"]
@@ -202,3 +218,103 @@ def test_the_reading_checks_the_ablation_order_step_by_step_with_intervals(tmp_p
     assert "JS ≥ Avg: −5.00 [−5.00, −5.00], contradicted" in reading
     assert "Avg ≈ Alone: +5.00 [+5.00, +5.00], contradicted" in reading
     assert "Alone > wo_pruning: 0.00 [0.00, 0.00], not shown (the interval contains 0)" in reading
+
+
+# ------------------------------------------------------------------------------------ the default run over seeds
+def _default_block(per_device: list[float]) -> dict:
+    """A default-run strategy block: per-device personalized accuracy and the fields the default table reads."""
+    stats_ = {"mean": sum(per_device) / len(per_device), "std": 0.0, "worst10": min(per_device),
+              "per_device": {str(i): a for i, a in enumerate(per_device)}}
+    return {"accuracy": {"chosen_round": 1, "personalized": stats_, "generic": {"mean": 0.5}},
+            "bytes": {"total": 1000, "references": {"fedavg_full": {"bytes": 4000}}}, "failures": {"count": 0}}
+
+
+CONFIG = {"run": {"seed": 0, "out_dir": "x", "threads": 2}, "data": {"name": "digits"}, "cloud": {"cache_dir": ""}}
+
+
+def _default_summary(seed: int, accs: dict[str, list[float]], capability: str = "AVX2") -> dict:
+    return {"seed": seed, "strategy": "acme", "config": {**CONFIG, "run": {**CONFIG["run"], "seed": seed}},
+            "provenance": {"cpu": "Test CPU", "cpu_capability": capability, "threads": {"cloud_stages": 2}},
+            "strategies": {name: _default_block(v) for name, v in accs.items()}}
+
+
+def _default_root(tmp_path: Path, seeds: dict[int, dict[str, list[float]]]) -> Path:
+    """A results root whose ``default`` holds one job per seed (as a collected sweep: directories 0, 1, ...)."""
+    root = tmp_path / "results"
+    for num, (seed, accs) in enumerate(seeds.items()):
+        job = root / "default" / str(num)
+        job.mkdir(parents=True)
+        (job / "summary.json").write_text(json.dumps(_default_summary(seed, accs)))
+    (root / "default" / "provenance.json").write_text(json.dumps(
+        {"command": "test", "date": "today", "commit": "x", "machine": "m", "versions": {}, "jobs": len(seeds)}))
+    return root
+
+
+# acme beats local on every device of every seed; fedavg_header is local + 2 points in seeds 0 and 2 but − 0.5 in
+# seed 1: the pooled interval excludes 0, the seeds disagree in sign
+SEEDS = {0: {"acme": [0.8, 0.9, 0.7], "fedavg_header": [0.72, 0.82, 0.62], "local": [0.7, 0.8, 0.6]},
+         1: {"acme": [0.85, 0.95, 0.75], "fedavg_header": [0.745, 0.845, 0.645], "local": [0.75, 0.85, 0.65]},
+         2: {"acme": [0.9, 0.8, 0.8], "fedavg_header": [0.72, 0.62, 0.62], "local": [0.7, 0.6, 0.6]}}
+
+
+def test_the_default_table_publishes_the_spread_over_seeds_and_the_paired_reading(tmp_path: Path) -> None:
+    root = _default_root(tmp_path, SEEDS)
+    header, rows, note = report.default_table(root)
+    acme = dict(zip(header, next(r for r in rows if r[0] == "acme"), strict=True))
+    # per-seed means 80.0, 85.0, 83.3: mean 82.8, population std 2.1; seed 0's own value beside them
+    assert acme["personalized acc % (mean ± std over seeds)"] == "82.8 ± 2.1"
+    assert acme["min–max over seeds"] == "80.0–85.0" and acme["seed 0 (exact)"] == "80.0"
+    lo, hi = report.prediction_interval([0.8, 0.85, 0.25 / 3 * 10])
+    assert lo < 0.8 and hi > 0.85 and acme["95 % range for one more run"] == f"{100 * lo:.1f}–{100 * hi:.1f}"
+    assert report.prediction_interval([0.1, 0.9]) == (0.0, 1.0)  # an accuracy's range stays within 0–100 %
+    assert report.prediction_interval([0.5]) is None
+    assert "3 runs of `make run`'s config (seeds 0, 1, 2" in note and "Test CPU (AVX2), 2 cloud-stage threads" in note
+    assert "Paired over the 9 (seed, device) pairs" in note
+    assert "The data resolve acme beats local, acme beats fedavg_header" in note
+    assert "they cannot tell apart fedavg_header vs local; the pooled interval excludes 0 but the seeds disagree in " \
+           "sign for fedavg_header vs local" in note
+    pooled = {(a, b): p for a, b, p in report.default_pairs(report.default_jobs(root))}
+    assert pooled["fedavg_header", "local"].verdict == "better"  # what the pooled interval alone would say
+    paired = report.markdown(report.default_paired(root))
+    assert "| acme − local | 9 | **+13.33 [" in paired and "0: +10.00 [+10.00, +10.00]" in paired
+    # one seed only: no spread, no prediction range
+    single = report.default_table(_default_root(tmp_path / "one", {0: SEEDS[0]}))
+    assert "| acme | 80.0 | 80.0–80.0 | – | 80.0 |" in report.markdown(single)
+
+
+def _write_run(tmp_path: Path, summary: dict) -> Path:
+    run = tmp_path / "outputs" / "default"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_check_run_says_exact_inside_or_outside_and_exits_accordingly(tmp_path: Path) -> None:
+    root = _default_root(tmp_path, SEEDS)
+    # seed 0 reproduced to the bit
+    lines, rc = report.check_run(_write_run(tmp_path / "a", _default_summary(0, SEEDS[0])), root)
+    assert rc == 0 and "acme: 80.0000 % personalized: equals the published seed-0 value exactly" in lines
+    assert lines[-1] == "result: inside what is published"
+    # another CPU: every value a different draw, inside the seeds' range, inside the 95 % range, or outside
+    other = _default_summary(0, {"acme": [0.83, 0.83, 0.83], "fedavg_header": [0.3, 0.3, 0.3],
+                                 "local": [0.78, 0.78, 0.78]}, capability="AVX512")
+    lines, rc = report.check_run(_write_run(tmp_path / "b", other), root)
+    text = "\n".join(lines)
+    assert "exact equality is not expected" in text
+    assert "acme: 83.0000 % personalized: inside the published range over seeds 80.0–85.0" in text
+    assert "local: 78.0000 % personalized: inside the 95 % range for one more run" in text  # seeds: 63.3–75.0
+    assert "fedavg_header: 30.0000 % personalized: OUTSIDE" in text
+    assert rc == 1 and lines[-1].startswith("result: OUTSIDE")
+    # a strategy the run lacks is a failure, not a pass
+    lines, rc = report.check_run(_write_run(tmp_path / "c", _default_summary(1, {"acme": SEEDS[1]["acme"]})), root)
+    assert rc == 1 and "local: MISSING from your run" in lines
+    # a run of another config is not comparable; a missing run names what to do
+    changed = _default_summary(0, SEEDS[0])
+    changed["config"]["data"]["name"] = "fmnist"
+    lines, rc = report.check_run(_write_run(tmp_path / "d", changed), root)
+    assert rc == 2 and "data.name (yours 'fmnist', published 'digits')" in lines[0]
+    lines, rc = report.check_run(tmp_path / "nowhere", root)
+    assert rc == 2 and "no summary.json" in lines[0]
+    # the command line: exit status as above
+    assert report.main(["--results", str(root), "--check-run", str(tmp_path / "a" / "outputs" / "default")]) == 0
+    assert report.main(["--results", str(root), "--check-run", str(tmp_path / "b" / "outputs" / "default")]) == 1

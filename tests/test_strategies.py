@@ -19,7 +19,7 @@ from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
 
 from .conftest import SMOKE
-from .inprocess import DROP, InProcessGrid, RecordingGrid
+from .inprocess import DROP, InProcessGrid, RecordingGrid, flower_log_lines
 
 
 @pytest.fixture(scope="module")
@@ -424,33 +424,15 @@ def test_rounds_jsonl_rows_are_per_phase_and_sum_to_the_summary_totals(name: str
 
 
 # ------------------------------------------------------------------------------------------ full ACME in a user's app
-def _capture() -> tuple[list[str], object]:
-    import logging
-
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    handler = Keep()
-    logging.getLogger("flwr").addHandler(handler)
-    return lines, handler
-
-
 def test_start_train_config_reaches_the_devices_and_result_holds_fedavgs_metrics(setup, tmp_path) -> None:  # noqa: ANN001
-    import logging
 
     from flwr.app import ConfigRecord
 
     flat, cfg, deployment, topo = setup
     strategy = AcmeStrategy.from_config(cfg, topology=topo, deployment=deployment)
     grid = InProcessGrid(acme_client_app, 4, flat)
-    lines, handler = _capture()
-    try:  # no initial_arrays: personalization has no global model
+    with flower_log_lines() as lines:  # no initial_arrays: personalization has no global model
         result = strategy.start(grid=grid, num_rounds=2, train_config=ConfigRecord({"lr": 0.05, "my-key": 3}))
-    finally:
-        logging.getLogger("flwr").removeHandler(handler)
     train = [dict(m.content[P.CONFIG]) for m in grid.sent if m.metadata.message_type == P.TRAIN]
     evaluate = [dict(m.content[P.CONFIG]) for m in grid.sent if m.metadata.message_type == P.EVALUATE]
     assert len(train) == 8 and all(c["lr"] == 0.05 and c["my-key"] == 3 for c in train)
@@ -466,7 +448,6 @@ def test_start_train_config_reaches_the_devices_and_result_holds_fedavgs_metrics
 
 def test_a_device_rejected_at_discovery_is_expected_named_by_partition_id_and_reported_by_the_strategy(
         setup, tmp_path) -> None:  # noqa: ANN001
-    import logging
 
     from flwr.app import ConfigRecord
 
@@ -481,11 +462,8 @@ def test_a_device_rejected_at_discovery_is_expected_named_by_partition_id_and_re
 
     grid = InProcessGrid(acme_client_app, 4, flat, bad_class)
     strategy = AcmeStrategy.from_config(cfg, topology=Topology(None, 2), deployment=deployment)
-    lines, handler = _capture()
-    try:
+    with flower_log_lines() as lines:
         strategy.start(grid=grid, num_rounds=1)
-    finally:
-        logging.getLogger("flwr").removeHandler(handler)
     block = strategy.finalize()
     assert block["devices"] == {"expected": 4, "reported": 3} and block["degraded"] is True
     assert [(f["node"], f["phase"]) for f in block["failures"]["reasons"]] == [("3", "discover")]

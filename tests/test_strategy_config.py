@@ -5,7 +5,6 @@ removed by the strategy itself at the end of ``start()``."""
 from __future__ import annotations
 
 import inspect
-import logging
 import types
 
 import numpy as np
@@ -19,7 +18,7 @@ from acme_flwr.runtime import model_store_dir, shared_feature_dir
 from acme_flwr.strategies import AcmeStrategy, Ditto, FedBABU, FedRep, HeaderFedAvg, HierarchicalFedAvg
 from acme_flwr.topology import Topology
 
-from .inprocess import InProcessGrid
+from .inprocess import InProcessGrid, flower_log_lines
 
 
 def test_constructor_defaults_are_the_config_schemas() -> None:
@@ -48,18 +47,8 @@ def test_from_config_applies_the_strategy_section_and_overrides_win() -> None:
 @pytest.mark.parametrize("strategy", [AcmeStrategy(), HeaderFedAvg(share="body"), FedRep(head_epochs=3),
                                       FedBABU(finetune_epochs=2), Ditto(lam=0.5), HierarchicalFedAvg()])
 def test_summary_logs_the_strategys_own_settings_and_constructors_document_their_parameters(strategy) -> None:  # noqa: ANN001
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    handler = Keep()
-    logging.getLogger("flwr").addHandler(handler)
-    try:
+    with flower_log_lines() as lines:
         strategy.summary()
-    finally:
-        logging.getLogger("flwr").removeHandler(handler)
     text = "\n".join(lines)
     assert "Hierarchy:" in text and "Weighted by: 'num-examples'" in text  # ours, then FedAvg's
     own = {AcmeStrategy: "variant pruning_per", HeaderFedAvg: "share body", FedRep: "head 3",

@@ -8,11 +8,13 @@ criteria become one vector is an accumulator chosen by name (``mean``, or the or
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from acme_flwr.registry import Registry
 
 from .gates import GateLayer, gates_of
 
@@ -45,23 +47,15 @@ class _Accumulator:
         raise NotImplementedError
 
 
-_ACCUMULATORS: dict[str, type[_Accumulator]] = {}
-
-
-def _register_accumulator(name: str) -> Callable[[type[_Accumulator]], type[_Accumulator]]:
-    def deco(cls: type[_Accumulator]) -> type[_Accumulator]:
-        _ACCUMULATORS[name] = cls
-        return cls
-
-    return deco
+ACCUMULATORS: Registry[type[_Accumulator]] = Registry("importance accumulation")
 
 
 def list_accumulation_modes() -> list[str]:
     """Accumulation modes accepted by :class:`TaylorImportance`."""
-    return sorted(_ACCUMULATORS)
+    return ACCUMULATORS.names()
 
 
-@_register_accumulator("mean")
+@ACCUMULATORS.register("mean")
 class _MeanAccumulator(_Accumulator):
     """Plain mean of ``c_b`` over all batches of the round (the fixed default)."""
 
@@ -81,7 +75,7 @@ class _MeanAccumulator(_Accumulator):
         return self._count
 
 
-@_register_accumulator("faithful")
+@ACCUMULATORS.register("faithful")
 class _FaithfulAccumulator(_Accumulator):
     """The original's double counting: per epoch ``(1/B) Σ_b A_b`` with ``A_b`` a running sum of ``c`` that is not
     reset between local epochs (only by :meth:`reset`, i.e. after a prune); per-epoch results averaged (ACME §7.11)."""
@@ -126,12 +120,11 @@ class TaylorImportance:
     """
 
     def __init__(self, gates: nn.Module | Sequence[GateLayer], mode: str = "mean") -> None:
-        if mode not in _ACCUMULATORS:
-            raise ValueError(f"unknown importance accumulation mode {mode!r}; allowed: {list_accumulation_modes()}")
+        acc = ACCUMULATORS.get(mode)  # RegistryError (a ValueError) names the allowed modes
         self.gates = gates_of(gates)
         self.mode = mode
         self.num_gates = sum(g.num_channels for g in self.gates)
-        self._acc = _ACCUMULATORS[mode](self.num_gates)
+        self._acc = acc(self.num_gates)
 
     @torch.no_grad()
     def batch_criterion(self) -> np.ndarray:
