@@ -339,6 +339,10 @@ class StrategySection:
         **_range(1, None), "doc": "[CLS] feature rows a device sends once for the similarity matrix."})
     fraction_train: float = field(default=1.0, metadata={**_range(0.0, 1.0, low_open=True),
                                                          "doc": "Share of devices trained per round (seeded)."})
+    fraction_evaluate: float = field(default=1.0, metadata={
+        **_range(0.0, 1.0), "doc": "Share of devices evaluated per round (seeded, drawn apart from the trained "
+                                   "ones; 0: no evaluation). Below 1 with many devices, a round's work, rows and "
+                                   "summary entries grow with the devices sampled, not with all devices."})
     timeout: float = field(default=600.0, metadata={**_range(1.0, None),
                                                     "doc": "Seconds to wait for replies per round."})
     max_reply_bytes: int = field(default=512 * 1024 * 1024, metadata={

@@ -80,8 +80,10 @@ class StrategyRecord:
     accuracy: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def add_failure(self, server_round: int, phase: str, node: str, reason: str) -> None:
-        logger.warning("%s round %d %s: node %s failed: %s", self.name, server_round, phase, node, reason)
+    def add_failure(self, server_round: int, phase: str, node: str, reason: str, log: bool = True) -> None:
+        """Record a device's failure; ``log=False`` when the caller logs it (e.g. grouped with others)."""
+        if log:
+            logger.warning("%s round %d %s: node %s failed: %s", self.name, server_round, phase, node, reason)
         self.failures.append({"round": server_round, "phase": phase, "node": node, "reason": reason})
 
     def to_state(self) -> dict[str, Any]:
@@ -204,13 +206,20 @@ def _devices(block: dict[str, Any]) -> str:
     return f"{dev['reported']}/{dev['expected']}" + (" DEGRADED" if block.get("degraded") else "")
 
 
+def _some(items: list[str], shown: int = 20) -> str:
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
 def lost_device_lines(summary: dict[str, Any]) -> list[str]:
     """One warning line per strategy that lost devices (empty when none did)."""
     out = []
     for name, block in summary.get("strategies", {}).items():
         lost = block.get("lost_devices") or []
         if lost:
-            where = ", ".join(f"{d['partition-id']} (round {d['round']} {d['phase']}: {d['reason']})" for d in lost)
+            groups: dict[tuple[Any, Any, Any], list[str]] = {}  # devices lost alike (a dead worker's): one entry
+            for d in lost:
+                groups.setdefault((d["round"], d["phase"], d["reason"]), []).append(str(d["partition-id"]))
+            where = ", ".join(f"{_some(pids)} (round {r} {ph}: {reason})" for (r, ph, reason), pids in groups.items())
             out.append(f"DEGRADED: {name} reports on {_devices(block).split()[0]} devices; lost {where}")
     return out
 

@@ -169,12 +169,15 @@ class RoundBooks:
             for ph in ("train", "evaluate"):
                 for pid in (entry.get(ph) or {}).get("device", {}):
                     answered[int(pid)] = max(answered.get(int(pid), 0), entry["round"])
+        failures_of: dict[str, list[dict[str, Any]]] = {}  # one pass over the failures, not one per device
+        for f in self.record.failures:
+            failures_of.setdefault(f["node"], []).append(f)
         lost = []
         for pid in range(expected):
             if pid in active and not (pid in asked and answered.get(pid, -1) != last):
                 continue
             since = answered.get(pid, -1)
-            fails = [f for f in self.record.failures if f["node"] == str(pid) and f["round"] > since]
+            fails = [f for f in failures_of.get(str(pid), []) if f["round"] > since]
             if fails:
                 f = fails[0]
                 lost.append({"partition-id": pid, "round": f["round"], "phase": f["phase"], "reason": f["reason"]})

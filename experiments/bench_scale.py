@@ -1,70 +1,170 @@
-"""Scale benchmark (issue 5): host memory of a run with 100 simulated devices vs 10.
+"""Scale benchmark (issue 24): memory and wall time of one run with 10, 100 and 1 000 simulated devices, and at a large
+backbone's size.
 
-Runs ACME alone (2 rounds) through ``flwr run`` at both sizes and samples, every 0.25 s, the summed resident memory
-of every process the run started (SuperLink, simulation runtime with the ServerApp, Ray, ClientApp workers), found by
-the run's private FLWR_HOME in their environment. Prints the peaks and their ratio (target ≤ 1.2×).
+Each point runs ACME alone through ``flwr run`` (the launcher, as ``make run`` does) with ``cloud.enabled=false`` (the
+untrained full backbone is every device's package), cross-device sampling (``strategy.fraction_train`` and
+``strategy.fraction_evaluate``, default 0.05, so 1 000 devices stay feasible on 2 cores) and a few rounds. While it
+runs, a thread reads the peak resident set (``VmHWM``) of every process the run started (found by the run's private
+FLWR_HOME in their environment: SuperLink, ``flwr run``, the simulation with the ServerApp, Ray's services and
+ClientApp workers) twice a second. A point reports:
 
-    python -m experiments.bench_scale [--sizes 10,100]
+* ``sum_peak_mib``: the sum of those per-process peaks (an upper bound of the run's footprint at any one time);
+* ``max_peak_mib``: the largest single process's peak (the ServerApp's simulation process, in practice);
+* ``s_per_device_round``: the rounds' wall time (``summary.json``'s per-round ``wall_time_s``, discovery and the
+  one-time setup excluded) divided by the device-rounds (devices that replied to a train message, summed over rounds);
+* ``setup_s``: everything else (start-up, discovery, shipping every device its package).
+
+The points are ``vit_micro_test`` (a few KB of backbone) at 10, 100 and 1 000 devices and ``vit_b16_sub_test`` (85 MB,
+ViT-B/16's sub-backbone at width 1, depth 0.25) at 10 and 100. The targets of issue 24 are checked from the measured
+numbers and written with them (``experiments/results/scale.json``; ``python -m experiments.report`` makes the table):
+
+    python -m experiments.bench_scale --json experiments/results/scale.json
+    python -m experiments.bench_scale --points vit_micro_test:10,vit_micro_test:100 --rounds 2   # a quick look
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
+import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from .launch import REPO, _processes_with, launch
+from acme_flwr import accel
+from acme_flwr.cloud.models import create_model
 
+from .launch import REPO, launch
+from .procs import processes_with
 
-def rss_bytes(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
+DEFAULT_POINTS = ("vit_micro_test:10,vit_micro_test:100,vit_micro_test:1000,"
+                  "vit_b16_sub_test:10,vit_b16_sub_test:100")
+IMAGES_PER_DEVICE = 60  # synthetic samples per device (issue 24 measured with 60)
 
 
-def peak_memory(devices: int, rounds: int, out: Path) -> tuple[int, float]:
-    home = Path(tempfile.mkdtemp(prefix="acme-flwr-home-scale-"))
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss_bytes(_processes_with(str(home))))
-            time.sleep(0.25)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    t0 = time.time()
+def _peak_kib(pid: int) -> tuple[str, int] | None:
     try:
-        launch(out, devices, ["strategy.names=acme", f"strategy.rounds={rounds}", f"topology.num_devices={devices}",
-                              "partition.min_size=5", "strategy.feature_samples=20"], flwr_home=home)
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return cmd, next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")), 0)
+
+
+class RunPeaks(threading.Thread):
+    """Per-process peak RSS of every process whose environment names ``marker`` (the run's FLWR_HOME)."""
+
+    def __init__(self, marker: str, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.marker = marker
+        self.interval = interval
+        self.peaks: dict[int, tuple[str, int]] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            for pid in processes_with(self.marker):
+                seen = _peak_kib(pid)
+                if seen is not None and seen[1] >= self.peaks.get(pid, ("", -1))[1]:
+                    self.peaks[pid] = seen
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def largest(self) -> tuple[str, int]:
+        cmd, kib = max(self.peaks.values(), key=lambda v: v[1], default=("", 0))
+        return " ".join(cmd.split()[:3])[:80], kib
+
+
+def backbone_mb(model: str) -> float:
+    """The model's parameter bytes (fp32) in MB: what one device's package carries."""
+    return round(sum(p.numel() for p in create_model(model).parameters()) * 4 / 1e6, 2)
+
+
+def run_point(model: str, devices: int, rounds: int, fraction: float, out: Path) -> dict[str, Any]:
+    """One run; its memory, wall time and device-rounds."""
+    home = Path(tempfile.mkdtemp(prefix="acme-flwr-home-scale-"))
+    overrides = ["dataset=synthetic", f"model={model}" if (REPO / "conf" / "model" / f"{model}.yaml").exists()
+                 else f"model.name={model}", "cloud.enabled=false", "cloud.widths=1.0", "cloud.depths=1.0",
+                 "strategy.names=acme",
+                 f"strategy.rounds={rounds}", f"topology.num_devices={devices}",
+                 f"data.synthetic_samples={IMAGES_PER_DEVICE * devices}", "partition.min_size=5",
+                 "strategy.feature_samples=20", f"strategy.fraction_train={fraction}",
+                 f"strategy.fraction_evaluate={fraction}", "model.header_channels=8"]
+    monitor = RunPeaks(str(home))
+    monitor.start()
+    t0 = time.monotonic()
+    try:
+        path = launch(out, devices, overrides, flwr_home=home)
     finally:
-        done.set()
-        sampler.join()
-    return peak, time.time() - t0
+        monitor.stop()
+        shutil.rmtree(home, ignore_errors=True)
+    wall = time.monotonic() - t0
+    block = json.loads(path.read_text())["strategies"]["acme"]
+    rounds_wall = sum(float(r.get("wall_time_s", 0.0)) for r in block["rounds"])
+    device_rounds = sum(len((r.get("train") or {}).get("device", {})) for r in block["rounds"])
+    largest_cmd, largest = monitor.largest()
+    return {"model": model, "backbone_mb": backbone_mb(model), "devices": devices, "rounds": rounds,
+            "fraction": fraction, "processes": len(monitor.peaks),
+            "sum_peak_mib": round(sum(k for _, k in monitor.peaks.values()) / 1024, 1),
+            "max_peak_mib": round(largest / 1024, 1), "largest_process": largest_cmd,
+            "wall_s": round(wall, 1), "rounds_wall_s": round(rounds_wall, 2),
+            "setup_s": round(wall - rounds_wall, 1), "device_rounds": device_rounds,
+            "s_per_device_round": round(rounds_wall / device_rounds, 4) if device_rounds else None,
+            "failures": block["failures"]["count"], "overrides": overrides}
+
+
+def check_targets(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 24's targets, from the measured points: each with its measured value and whether it holds."""
+    out: list[dict[str, Any]] = []
+    for model in sorted({p["model"] for p in points}):
+        by_n = {p["devices"]: p for p in points if p["model"] == model}
+        sizes = sorted(by_n)
+        if len(sizes) >= 2:
+            lo, hi = by_n[sizes[0]], by_n[sizes[-1]]
+            per_device = (hi["max_peak_mib"] - lo["max_peak_mib"]) * 1.048576 / (hi["devices"] - lo["devices"])
+            out.append({"target": f"{model}: largest process grows <= 1 MB per device ({sizes[0]} -> {sizes[-1]})",
+                        "measured": round(per_device, 3), "unit": "MB/device", "holds": per_device <= 1.0})
+        if 10 in by_n and 1000 in by_n:
+            ratio = by_n[1000]["sum_peak_mib"] / by_n[10]["sum_peak_mib"]
+            out.append({"target": f"{model}: summed memory at 1000 devices <= 1.5x that at 10",
+                        "measured": round(ratio, 3), "unit": "x", "holds": ratio <= 1.5})
+        if 100 in by_n and 1000 in by_n and by_n[100]["s_per_device_round"] and by_n[1000]["s_per_device_round"]:
+            ratio = by_n[1000]["s_per_device_round"] / by_n[100]["s_per_device_round"]
+            out.append({"target": f"{model}: wall time per device-round at 1000 <= 1.2x that at 100",
+                        "measured": round(ratio, 3), "unit": "x", "holds": ratio <= 1.2})
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10,100")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--points", default=DEFAULT_POINTS, help="model:devices, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fraction", type=float, default=0.05, help="fraction_train and fraction_evaluate")
+    parser.add_argument("--json", type=Path, default=None, help="write the measurement here (after every point)")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    results = {n: peak_memory(n, args.rounds, REPO / "outputs" / "bench" / f"scale{n}") for n in sizes}
-    for n, (peak, wall) in results.items():
-        print(f"{n:>5} devices: peak host memory {peak / 2**20:8.1f} MiB, wall {wall:6.1f} s")
-    base = results[sizes[0]][0]
-    for n in sizes[1:]:
-        print(f"ratio {n} / {sizes[0]} devices: {results[n][0] / base:.3f}  (target <= 1.2)")
+    points: list[dict[str, Any]] = []
+    command = (f"python -m experiments.bench_scale --points {args.points} --rounds {args.rounds} "
+               f"--fraction {args.fraction}" + (f" --json {args.json}" if args.json else ""))
+    for spec in args.points.split(","):
+        model, n = spec.split(":")
+        point = run_point(model, int(n), args.rounds, args.fraction,
+                          REPO / "outputs" / "bench" / f"scale-{model}-{n}")
+        points.append(point)
+        print(json.dumps(point), flush=True)
+        result = {"command": command, "points": points, "targets": check_targets(points),
+                  "machine": f"{platform.machine()}, {accel.cores()} CPUs, {platform.system()}",
+                  "date": time.strftime("%Y-%m-%d")}
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
+    for t in check_targets(points):
+        print(f"{'OK  ' if t['holds'] else 'MISS'} {t['target']}: {t['measured']} {t['unit']}")
 
 
 if __name__ == "__main__":

@@ -175,19 +175,29 @@ class AcmeStrategy(AcmeProtocolStrategy):
         super().setup(grid)
         if self.variant.name != "per":
             return
-        sims: dict[str, dict[str, Any]] = {}
+        self.record.extra["similarity"] = {}
+        if self.fraction_train < 1.0:  # sampled rounds: each round's group of replying devices, in aggregate_edge
+            return
         for edge, groups in self.mixing_groups().items():  # similarity only within a mixing group (same package)
             for group, pids in groups.items():
-                devs = [p for p in pids if p in self.features]
-                if not devs:
-                    continue
-                s = similarity_matrix([self.features[p] for p in devs], metric=self.distance)
-                w = aggregation_weights(s, temperature=self.temperature)
-                rows = {k: {j: float(w[a, b]) for b, j in enumerate(devs)} for a, k in enumerate(devs)}
+                rows = self.similarity_rows(int(edge), group, [p for p in pids if p in self.features])
                 self.edge_weights.setdefault(int(edge), {}).update(rows)
-                sims[f"{edge}/{group}"] = {"edge": int(edge), "group": group, "devices": devs,
-                                           "similarity": s.tolist(), "weights": w.tolist()}
-        self.record.extra["similarity"] = sims
+
+    def similarity_rows(self, edge: int, group: str, devs: list[int],
+                        server_round: int | None = None) -> dict[int, dict[int, float]]:
+        """Row-softmax similarity weights among ``devs`` (one mixing group of one edge), recorded in the summary's
+        ``similarity`` block (with the round when computed for a round's sample). Because the distances are pairwise
+        and the rows a softmax, the rows over a sample equal the full group's rows renormalised over that sample:
+        with ``fraction_train`` < 1 a round computes only its own devices' k² entries, never the group's N²."""
+        if not devs:
+            return {}
+        s = similarity_matrix([self.features[p] for p in devs], metric=self.distance)
+        w = aggregation_weights(s, temperature=self.temperature)
+        entry = {"edge": edge, "group": group, "devices": devs, "similarity": s.tolist(), "weights": w.tolist()}
+        if server_round is not None:
+            entry["round"] = server_round
+        self.record.extra.setdefault("similarity", {})[f"{edge}/{group}"] = entry
+        return {k: {j: float(w[a, b]) for b, j in enumerate(devs)} for a, k in enumerate(devs)}
 
     def extra_state(self) -> dict[str, Any]:
         return {"mixed": self.mixed, "mixed_round": self.mixed_round, "edge_weights": self.edge_weights}
@@ -215,18 +225,28 @@ class AcmeStrategy(AcmeProtocolStrategy):
         """Per-device mixes over the edge's devices that share the device's header architecture."""
         if not self.variant.prunes:
             return
-        for group in self.by_header_group(replies).values():
+        self.forget_old_mixes(server_round)
+        for name, group in self.by_header_group(replies).items():
             imps = {pid: validate_importance(P.vector_from_record(replies[pid][P.IMPORTANCE]), self.num_gates(pid))
                     for pid in group}
             examples = {pid: int(replies[pid][P.METRICS][P.NUM_EXAMPLES]) for pid in group}
             similarity = None
-            if self.variant.name == "per":  # rows of the replying devices, renormalised over them
+            if self.variant.name == "per" and self.edge_weights.get(edge):  # the full group's rows, renormalised
                 full = self.edge_weights[edge]
                 similarity = {k: {j: full[k][j] / sum(full[k][i] for i in imps) for j in imps} for k in imps}
+            elif self.variant.name == "per":  # sampled rounds: the rows of this round's replying devices only
+                similarity = self.similarity_rows(edge, name, [p for p in group if p in self.features], server_round)
             weights = build_mixing_weights(self.variant_name, group, num_examples=examples, similarity=similarity)
             mixes = mix_importance(imps, weights)
             self.mixed.update(mixes)
             self.mixed_round.update(dict.fromkeys(mixes, server_round))
+
+    def forget_old_mixes(self, server_round: int) -> None:
+        """Drop the mixes of earlier rounds: a device only ever prunes with the mix of the round it trained in, so
+        the strategy (and every checkpoint) holds one round's sampled devices' mixes, not every device's."""
+        for pid in [p for p, r in self.mixed_round.items() if r < server_round]:
+            self.mixed.pop(pid, None)
+            self.mixed_round.pop(pid, None)
 
     # No aggregate_cloud: in the personalization phase nothing the cloud would receive is used (ACME §4: importance is
     # exchanged between an edge and its devices only), so nothing is sent and nothing is counted.

@@ -52,11 +52,16 @@ class ReplyAdmission:
 
     def __init__(self, max_reply_bytes: int = P.DEFAULT_MAX_REPLY_BYTES) -> None:
         self.max_reply_bytes = max_reply_bytes  # a larger reply is rejected (0: no cap)
-        self._outbox: dict[tuple[int, str], dict[int, Message]] = {}  # (round, phase) -> pid -> message sent
+        self._outbox: dict[tuple[int, str], dict[int, Message | None]] = {}  # (round, phase) -> pid -> message
         self.checking: tuple[int, str] = (0, "")  # (round, phase) of the replies being checked now
 
     def sent(self, server_round: int, phase: str, messages: dict[int, Message]) -> None:
-        """Remember what each device was sent in this round and phase (replaces an earlier call's)."""
+        """Remember what each device was sent in this round and phase (replaces an earlier call's). Earlier rounds
+        keep only who was asked: a reply to them is stale anyway, so the messages (and their payloads) are dropped,
+        and what the strategy holds stays proportional to the devices of one round, not to every round's."""
+        for key, msgs in self._outbox.items():
+            if key[0] < server_round and any(m is not None for m in msgs.values()):
+                self._outbox[key] = dict.fromkeys(msgs)
         self._outbox[(server_round, phase)] = dict(messages)
 
     def asked(self, server_round: int, phase: str) -> set[int]:
@@ -77,18 +82,33 @@ class ReplyAdmission:
         ok: dict[int, RecordDict] = {}
         asked = self.asked(server_round, phase)
         self.checking = (server_round, phase)
+        failed: dict[str, list[str]] = {}  # reason -> devices: logged once per reason, not once per device
+
+        def fail(who: str, reason: str) -> None:
+            record.add_failure(server_round, phase, who, reason, log=False)
+            failed.setdefault(reason, []).append(who)
+
+        try:
+            self._admit(server_round, phase, replies, validate, pid_of, ledger, record, asked, ok, fail)
+        finally:
+            log_failures(record.name, server_round, phase, failed)
+        return dict(sorted(ok.items()))
+
+    def _admit(self, server_round: int, phase: str, replies: Iterable[Message], validate: Validator,
+               pid_of: dict[int, int], ledger: CommLedger, record: StrategyRecord, asked: set[int],
+               ok: dict[int, RecordDict], fail: Callable[[str, str], None]) -> None:
         for msg in replies:
             node = msg.metadata.src_node_id
             pid = pid_of.get(node)
             if pid is None:
-                record.add_failure(server_round, phase, str(node), "reply from a node that was never discovered")
+                fail(str(node), "reply from a node that was never discovered")
                 continue
             problem = self.misaddressed(msg, pid, asked, self.message(server_round, phase, pid), ok)
             if problem:
-                record.add_failure(server_round, phase, str(pid), f"rejected: {problem}")
+                fail(str(pid), f"rejected: {problem}")
                 continue
             if msg.has_error():
-                record.add_failure(server_round, phase, str(pid), f"client error: {short_reason(msg.error.reason)}")
+                fail(str(pid), f"client error: {short_reason(msg.error.reason)}")
                 continue
             size = ledger.add_message(server_round, "edge-device", "up", msg.content, pid)
             try:
@@ -100,14 +120,13 @@ class ReplyAdmission:
                     P.check_metrics(rec, required=())
                 validate(pid, msg.content)
             except Exception as exc:  # noqa: BLE001 - whatever a hostile reply makes a check raise is a rejection
-                record.add_failure(server_round, phase, str(pid), f"rejected: {short_reason(str(exc), 300)}")
+                fail(str(pid), f"rejected: {short_reason(str(exc), 300)}")
                 continue
             ok[pid] = msg.content
+        failed = {f["node"] for f in record.failures if f["round"] == server_round and f["phase"] == phase}
         for pid in sorted(asked - set(ok)):
-            if not any(f["round"] == server_round and f["phase"] == phase and f["node"] == str(pid)
-                       for f in record.failures):
-                record.add_failure(server_round, phase, str(pid), "no reply (timeout or lost)")
-        return dict(sorted(ok.items()))
+            if str(pid) not in failed:
+                fail(str(pid), "no reply (timeout or lost)")
 
     @staticmethod
     def misaddressed(msg: Message, pid: int, asked: set[int], sent: Message | None,
@@ -125,3 +144,15 @@ class ReplyAdmission:
         if sent is not None and msg.metadata.message_type != sent.metadata.message_type:
             return f"reply of type {msg.metadata.message_type!r} to a {sent.metadata.message_type!r} message"
         return None
+
+
+def log_failures(name: str, server_round: int, phase: str, failed: dict[str, list[str]], shown: int = 20) -> None:
+    """One WARNING line per distinct reason of a round and phase: a lone device in the usual wording, many devices
+    (a dead worker takes every message it held) as one line naming them, not one line per device."""
+    for reason, who in failed.items():
+        if len(who) == 1:
+            logger.warning("%s round %d %s: node %s failed: %s", name, server_round, phase, who[0], reason)
+        else:
+            more = f" and {len(who) - shown} more" if len(who) > shown else ""
+            logger.warning("%s round %d %s: %d devices failed (%s%s): %s", name, server_round, phase, len(who),
+                           ", ".join(who[:shown]), more, reason)

@@ -57,6 +57,7 @@ def config_kwargs(cfg: AcmeConfig, recorder: RunRecorder | None, name: str) -> d
     reply cap; with a recorder, its checkpoint directory)."""
     s = cfg.strategy
     return {"recorder": recorder, "record_name": name, "seed": cfg.run.seed, "fraction_train": s.fraction_train,
+            "fraction_evaluate": s.fraction_evaluate,
             "timeout": s.timeout, "checkpoint_dir": recorder.out_dir / "checkpoints" if recorder else None,
             "train_config": train_config_of(s), "max_reply_bytes": s.max_reply_bytes}
 
@@ -214,13 +215,18 @@ class AcmeProtocolStrategy(EdgeTierStrategy, RoundsPolicy):
         short = {str(pid): int(p["num-train"]) for pid, p in sorted(self.profiles.items()) if int(p["num-train"]) < k}
         if k and short:  # such a device sends all its rows; the similarity compares distributions, not row counts
             self.record.extra["feature_samples_short"] = {"requested": k, "devices": short}
-            logger.warning("%s: %d devices have fewer than %d training samples for feature statistics: %s",
-                           self.record.name, len(short), k, short)
+            logger.warning("%s: %d devices have fewer than %d training samples for feature statistics: %s%s",
+                           self.record.name, len(short), k, dict(list(short.items())[:10]),
+                           " ..." if len(short) > 10 else "")
         msgs, shipped = {}, set()
-        for pid in sorted(self.node_of):
+        built: dict[int, tuple[RecordDict, int]] = {}  # one setup content (and its size) per package, shared by its
+        for pid in sorted(self.node_of):  # devices' messages: N devices hold one backbone copy, not N
             pkg = self.deployment.for_class(str(self.profiles[pid]["device-class"]))
-            content = self.setup_content(pkg, k)
-            n = self.ledger.add_message(0, "edge-device", "down", content, pid)
+            if id(pkg) not in built:
+                content = self.setup_content(pkg, k)
+                built[id(pkg)] = (content, message_bytes(content))
+            content, n = built[id(pkg)]
+            self.ledger.add(0, "edge-device", "down", n, pid)
             edge = self.topology.edge_of(pid)
             if (edge, pkg.width, pkg.depth) not in shipped:  # the cloud sends each distinct package once per edge
                 shipped.add((edge, pkg.width, pkg.depth))

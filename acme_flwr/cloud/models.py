@@ -73,6 +73,15 @@ def vit_micro_test(**overrides: Any) -> ElasticViT:
 
 
 @register_model
+def vit_b16_sub_test(**overrides: Any) -> ElasticViT:
+    """A ViT-B/16 sub-backbone's size on tiny inputs, for scale tests and benchmarks (no download): 8x8 grey, patch 4
+    (4 tokens + CLS), 3 layers x 12 heads, hidden 768, FFN 3072 (21 M parameters, 85 MB): what ViT-B/16 at width
+    1, depth 0.25 weighs, with the compute of a 5-token input."""
+    defaults = {"image_size": 8, "patch_size": 4, "num_channels": 1, "num_labels": 10}
+    return _uniform(3, 12, 3072, 768, defaults, overrides)
+
+
+@register_model
 def vit_fmnist(**overrides: Any) -> ElasticViT:
     """Fashion-MNIST benchmark: 28x28 grey, patch 7 (4x4 grid, 16 tokens + CLS), 6 layers x 4 heads, hidden 128,
     FFN 256 (0.8 M parameters): sub-nets differ, and the cloud stage of conf/experiment/fmnist.yaml fits ~20 min
