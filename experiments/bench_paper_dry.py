@@ -18,6 +18,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from acme_flwr import accel
@@ -62,7 +63,7 @@ def _peak_kib(pid: int) -> tuple[str, int] | None:
 
 
 class PeakMemory(threading.Thread):
-    """Peak RSS per descendant process of this one, sampled until :meth:`stop`."""
+    """Peak RSS per process, sampled until :meth:`stop`: by default every descendant of this process."""
 
     def __init__(self, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
@@ -70,9 +71,13 @@ class PeakMemory(threading.Thread):
         self.peaks: dict[int, tuple[str, int]] = {}
         self._halt = threading.Event()
 
+    def watched(self) -> Iterable[int]:
+        """The processes to sample now."""
+        return _descendants(os.getpid())
+
     def run(self) -> None:
         while not self._halt.is_set():
-            for pid in _descendants(os.getpid()):
+            for pid in self.watched():
                 seen = _peak_kib(pid)
                 if seen is not None and seen[1] >= self.peaks.get(pid, ("", -1))[1]:
                     self.peaks[pid] = seen

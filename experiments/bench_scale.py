@@ -29,14 +29,15 @@ import json
 import platform
 import shutil
 import tempfile
-import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from acme_flwr import accel
 from acme_flwr.cloud.models import create_model
 
+from .bench_paper_dry import PeakMemory
 from .launch import REPO, launch
 from .procs import processes_with
 
@@ -45,36 +46,15 @@ DEFAULT_POINTS = ("vit_micro_test:10,vit_micro_test:100,vit_micro_test:1000,"
 IMAGES_PER_DEVICE = 60  # synthetic samples per device (issue 24 measured with 60)
 
 
-def _peak_kib(pid: int) -> tuple[str, int] | None:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    return cmd, next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")), 0)
-
-
-class RunPeaks(threading.Thread):
+class RunPeaks(PeakMemory):
     """Per-process peak RSS of every process whose environment names ``marker`` (the run's FLWR_HOME)."""
 
     def __init__(self, marker: str, interval: float = 0.5) -> None:
-        super().__init__(daemon=True)
+        super().__init__(interval)
         self.marker = marker
-        self.interval = interval
-        self.peaks: dict[int, tuple[str, int]] = {}
-        self._halt = threading.Event()
 
-    def run(self) -> None:
-        while not self._halt.is_set():
-            for pid in processes_with(self.marker):
-                seen = _peak_kib(pid)
-                if seen is not None and seen[1] >= self.peaks.get(pid, ("", -1))[1]:
-                    self.peaks[pid] = seen
-            self._halt.wait(self.interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join()
+    def watched(self) -> Iterable[int]:
+        return processes_with(self.marker)
 
     def largest(self) -> tuple[str, int]:
         cmd, kib = max(self.peaks.values(), key=lambda v: v[1], default=("", 0))
