@@ -39,7 +39,8 @@ import yaml
 from acme_flwr import accel
 from acme_flwr.config import ConfigError
 
-from .report import JOB_BUDGET_S, KEEP, LAUNCH_FILE, RESULTS, SETTING_FILE, _git
+from .report import JOB_BUDGET_S, KEEP, LAUNCH_FILE, RESULTS, SETTING_FILE
+from .report.files import _git
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SETTINGS = REPO / "experiments" / "regimes" / "default.yaml"

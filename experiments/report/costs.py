@@ -1,0 +1,210 @@
+"""What runs ship and cost: the default run's packages and bytes, every message at ViT-B/16 size, what flwr's
+transport sends, the Flower runtime's overhead, the full-size dry run and the scale benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .default_run import _default
+from .files import _missing, _provenance
+from .formats import _int, _job_seed, _pct, _ratio, _setup_bytes
+from .registry import Table, table
+
+
+@table("default_packages")
+def default_packages(root: Path) -> Table | str:
+    """What PFG picked per device class in the default run, and the mixing groups that follow from it."""
+    path, s = _default(root)
+    if s is None:
+        return _missing("default", "make run")
+    picks = s["cloud"]["picks"]
+    groups = s["strategies"][s["strategy"]].get("mixing_groups", {})
+    table_ = s["cloud"].get("table") or []
+    accs = [a for _, _, a in table_] if table_ and len(table_[0]) == 3 else []
+    rows = []
+    measured = {(round(d, 6), round(w, 6)): a for d, w, a in table_} if accs else {}
+    for cls, pick in picks.items():
+        w, d = pick["grid_width"], pick["grid_depth"]
+        members = {e: [pids for g, pids in gs.items() if g.startswith(f"w{w:g}-d{d:g}-")] for e, gs in groups.items()}
+        sizes = ", ".join(f"edge {e}: {len(v[0]) if v else 0}" for e, v in sorted(members.items()))
+        rows.append([cls, f"{pick['size_constraint']:g}", f"({w:g}, {d:g})",
+                     _pct(measured.get((round(d, 6), round(w, 6)))), sizes])
+    note = (_provenance(path) + f" Seed {_job_seed(s)}'s run. Run wall time {s['wall_time_s']:.0f} s, of which the "
+            f"cloud stage (elastic backbone, PFG, warm headers) {s['cloud'].get('wall_time_s', 0):.0f} s.")
+    if accs:
+        note += f" Sub-net accuracy table: {100 * min(accs):.1f}–{100 * max(accs):.1f} % over {len(accs)} sub-nets."
+    return ["device class", "size budget", "sub-backbone (w, d)", "its sub-net accuracy % (cloud val)",
+            "mixing-group devices per edge"], rows, note
+
+
+@table("default_bytes")
+def default_bytes(root: Path) -> Table | str:
+    """Bytes of the default run per strategy: one-time setup vs personalization rounds, and both references."""
+    path, s = _default(root)
+    if s is None:
+        return _missing("default", "make run")
+    rows = []
+    for name, b in s["strategies"].items():
+        by, refs = b["bytes"], b["bytes"]["references"]
+        setup = _setup_bytes(b)
+        per_round = by["total"] - setup
+        n_dev = len(b["accuracy"]["personalized"]["per_device"]) or 1
+        rounds = len(b["rounds"]) or 1
+        up = sum(r["bytes"]["edge-device"]["up"] for r in b["rounds"]) / (n_dev * rounds)
+        fed, cen = refs.get("fedavg_full", {}).get("bytes"), refs.get("centralized", {}).get("bytes")
+        rows.append([name, _int(up), _int(setup), _int(per_round), _int(by["total"]), _ratio(by["total"], fed),
+                     _ratio(per_round, fed), _ratio(by["total"], cen, ".2f")])
+    header = ["strategy", "uplink per device per round (mean)", "one-time setup", "rounds", "total",
+              "total / FedAvg-full", "rounds / FedAvg-full", "total / centralized"]
+    first = next(iter(s["strategies"].values()))["bytes"]["references"]
+    formulas = "; ".join(f"{k} = {v['formula']}" for k, v in first.items())
+    return header, rows, _provenance(path) + f" Seed {_job_seed(s)}'s run. References: {formulas}."
+
+
+def _json_result(root: Path, filename: str, command: str) -> dict[str, Any] | str:
+    """A benchmark's JSON result file, or the note saying which command writes it."""
+    path = root / filename
+    if not path.exists():
+        return _missing(Path(filename).stem, command)
+    return json.loads(path.read_text())
+
+
+@table("vitb16_bytes")
+def vitb16_bytes(root: Path) -> Table | str:
+    """Every message type of the paper's Part III setting serialized at ViT-B/16 size."""
+    r = _json_result(root, "bytes_vitb16.json",
+                     "python -m experiments.bench_bytes --vitb-only --json experiments/results/bytes_vitb16.json")
+    if isinstance(r, str):
+        return r
+    st = r["setting"]
+    rows = [["full ViT-B/16 + 100-class head (FedAvg, one direction)", _int(r["full_model_message"])]]
+    rows += [[f"{k}, once per device", _int(v)] for k, v in r["once_per_device"].items()]
+    rows += [[f"{k}, per device per round", _int(v)] for k, v in r["per_device_per_round"].items()]
+    rows += [[f"**ACME total** ({st['devices']} devices, {st['rounds']} rounds)", _int(r["acme_total"])],
+             ["FedAvg-full, same devices and rounds", _int(r["fedavg_full_total"])],
+             ["ACME / FedAvg-full", f"{100 * r['acme_total'] / r['fedavg_full_total']:.3f} %"],
+             ["ACME / raw upload of the devices' training images (32×32 / 224×224 uint8)",
+              f"{r['acme_total'] / r['raw_32_total']:.2f}× / {r['acme_total'] / r['raw_224_total']:.3f}×"]]
+    note = (f"_Generated by `python -m experiments.report` from `experiments/results/bytes_vitb16.json`, produced by "
+            f"`{r['command']}` ({st['partition']} partition of CIFAR-100's training layout: "
+            f"{min(st['train_images'])}–{max(st['train_images'])} training images per device; sub-backbone "
+            f"(w, d) = ({st['subnet'][0]}, {st['subnet'][1]}), {st['gates']} gates)._")
+    return ["message", "bytes"], rows, note
+
+
+@table("bytes_transport")
+def bytes_transport(root: Path) -> Table | str:
+    """What the ledger counts (message content) beside what flwr's transport sends, over one device's run."""
+    r = _json_result(root, "bytes_transport.json",
+                     "python -m experiments.bench_bytes --transport experiments/results/bytes_transport.json")
+    if isinstance(r, str):
+        return r
+    rows = []
+    for size, v in r["sizes"].items():
+        for point, pv in v["points"].items():
+            run = pv["one_device_run"]
+            rows.append([f"{size} ({v['model']}, {v['rounds']} rounds)", point, _int(pv["params"]),
+                         _int(run["down"]["content"]), _int(run["down"]["transport"]), f"×{run['down']['ratio']:.3f}",
+                         _int(run["up"]["content"]), _int(run["up"]["transport"]), f"×{run['up']['ratio']:.3f}"])
+    note = (f"_Generated by `python -m experiments.report` from `experiments/results/bytes_transport.json`, produced "
+            f"by `{r['command']}` (flwr {r['flwr']}). Counted: {r['counted']}. Transport: {r['transport']}._")
+    return (["size", "sub-backbone", "params", "down: content", "down: transport", "ratio", "up: content",
+             "up: transport", "ratio"], rows, note)
+
+
+@table("overhead_fmnist")
+def overhead_fmnist(root: Path) -> Table | str:
+    """Device training throughput inside the Flower runtime vs a plain PyTorch loop, measured in one session."""
+    r = _json_result(root, "overhead_fmnist.json", "python -m experiments.bench_overhead --preset fmnist --json "
+                     "experiments/results/overhead_fmnist.json")
+    if isinstance(r, str):
+        return r
+    rows = [["plain loop, grids recomputed every round (train_header alone)", f"{r['plain_every_round']:.0f}", "–"],
+            ["plain loop, grids once per device (the header's cost: the floor)", f"{r['plain_once']:.0f}", "1.000"],
+            ["train.acme handler, feature cache off", f"{r['handler_before']:.0f}",
+             f"{r['handler_before'] / r['plain_once']:.3f}"],
+            ["train.acme handler, feature cache on, one Ray worker per core", f"{r['handler_after']:.0f}",
+             f"{r['after_over_plain_once']:.3f}"]]
+    if "plain_side_by_side" in r:  # the fair floor: as many plain loops at once as the run had Ray workers
+        rows.insert(2, [f"plain loop, grids once, {r['side_by_side_workers']} loops side by side (as the workers share "
+                        "the machine)",
+                        f"{r['plain_side_by_side']:.0f}", f"{r['plain_side_by_side'] / r['plain_once']:.3f}"])
+        rows[-1][-1] += f" ({r['after_over_plain_side_by_side']:.3f} / side by side)"
+    if "handler_one_worker" in r:  # one Ray worker with the machine to itself, as the plain loop has it
+        rows.append(["train.acme handler, feature cache on, one Ray worker alone (like for like with the plain loop)",
+                     f"{r['handler_one_worker']:.0f}", f"{r['one_worker_over_plain_once']:.3f}"])
+    if "later_rounds_ratio" in r:  # rounds 2..R: the grids exist, on the worker that computed them
+        rows.append([f"rounds 2–{r['rounds']} only: plain loop (grids once) → handler, one worker per core",
+                     f"{r['plain_once_later_rounds']:.0f} → {r['handler_after_later_rounds']:.0f}",
+                     f"{r['later_rounds_ratio']:.3f}"])
+    note = (f"_Generated by `python -m experiments.report` from `experiments/results/overhead_fmnist.json`, produced "
+            f"by `{r['command']}` on {r['date']} ({r['devices']} devices × {r['rounds']} rounds × {r['local_epochs']} "
+            f"local epoch). Target: handler / plain ≥ 0.9. Whole `flwr run` wall time, cache on / off: "
+            f"{r['wall_after_over_before']:.3f}._")
+    return ["device training", "examples/s", "/ plain loop (grids once)"], rows, note
+
+
+@table("overhead_default_run")
+def overhead_default_run(root: Path) -> Table | str:
+    """The embedded default run (``make run``'s config, every strategy) with the feature cache off and on."""
+    cmd = ("python -m experiments.bench_overhead --preset default --whole-run --json "
+           "experiments/results/overhead_default.json")
+    r = _json_result(root, "overhead_default.json", cmd)
+    if isinstance(r, str):
+        return r
+    rows = [["feature cache off (`run.feature_cache_mb=0`)", f"{r['wall_cache_off_s']:.0f}",
+             f"{r['serverapp_cache_off_s']:.0f}", "1.000"],
+            ["feature cache on (the default)", f"{r['wall_cache_on_s']:.0f}", f"{r['serverapp_cache_on_s']:.0f}",
+             f"{r['wall_on_over_off']:.3f}"]]
+    note = (f"_Generated by `python -m experiments.report` from `experiments/results/overhead_default.json`, produced "
+            f"by `{r['command']}` on {r['date']}: both runs in one session, same machine._")
+    return ["default digits run", "whole `flwr run` (s)", "ServerApp (s)", "wall / cache off"], rows, note
+
+
+@table("paper_dry")
+def paper_dry(root: Path) -> Table | str:
+    """``+experiment=paper_dry`` here: the full-size pipeline's time per stage and peak memory per process."""
+    r = _json_result(root, "paper_dry.json",
+                     "python -m experiments.bench_paper_dry --json experiments/results/paper_dry.json")
+    if isinstance(r, str):
+        return r
+    rows = [["whole run (launcher start to summary)", f"{r['wall_time_s']:.0f} s"],
+            ["cloud side (data, elastic backbone stages, PFG, extraction, warm headers)",
+             f"{r['cloud_wall_time_s']:.0f} s"]]
+    rows += [[f"cloud stage: {name}", f"{sec:.0f} s"] for name, sec in r["cloud_stage_seconds"].items()
+             if isinstance(sec, (int, float))]
+    rows += [[f"peak memory per process: {role} (max over {m['processes']})",
+              f"{m['max_peak_mib']:,.0f} MiB".replace(",", " ")] for role, m in r["peak_memory"].items()]
+    strategies = ", ".join(f"{n}: {v['failures']} failed replies, personalized accuracy {_pct(v['personalized'])} % "
+                           "(random init: meaningless)" for n, v in r["strategies"].items())
+    note = (f"_Generated by `python -m experiments.report` from `experiments/results/paper_dry.json`, produced by "
+            f"`{r['command']}` on {r['date']}; {r['machine']}. ViT-B/16 at {r['full_params']:,} parameters"
+            f" (backbone + header), {r['devices']} devices, PFG picks {r['picks']}; summary valid: "
+            f"{r['valid_summary']}; {strategies}._")
+    return ["what", "measured"], rows, note
+
+
+@table("scale")
+def scale(root: Path) -> Table | str:
+    """Memory and wall time per device-round at 10, 100 and 1 000 simulated devices, and at a large backbone's size,
+    with issue 24's targets checked on the measured numbers."""
+    r = _json_result(root, "scale.json", "python -m experiments.bench_scale --json experiments/results/scale.json")
+    if isinstance(r, str):
+        return r
+    rows = [[f"`{p['model']}` ({p['backbone_mb']:g} MB)", _int(p["devices"]), f"{p['fraction']:g}",
+             _int(p["device_rounds"]), f"{p['sum_peak_mib']:,.0f}".replace(",", " "),
+             f"{p['max_peak_mib']:,.0f}".replace(",", " "),
+             f"{p['s_per_device_round']:.3f}" if p["s_per_device_round"] else "—", f"{p['setup_s']:.0f}",
+             f"{p['wall_s']:.0f}", _int(p["failures"])] for p in r["points"]]
+    targets = "; ".join(f"{t['target']}: {t['measured']} {t['unit']} ({'holds' if t['holds'] else '**misses**'})"
+                        for t in r["targets"])
+    note = (f"_Generated by `python -m experiments.report` from `experiments/results/scale.json`, produced by "
+            f"`{r['command']}` on {r['date']}; {r['machine']}, shared with other jobs (times are upper bounds). "
+            f"Memory: the sum over the run's processes of each one's peak resident set (VmHWM), and the largest "
+            f"process's peak. Wall per device-round: the rounds' wall time over the devices that trained "
+            f"(discovery and setup of every device are in the setup column). Targets: {targets or 'none measured'}._")
+    return ["backbone", "devices", "sampled", "device-rounds", "summed peak (MiB)", "largest process (MiB)",
+            "s per device-round", "setup (s)", "wall (s)", "failures"], rows, note
