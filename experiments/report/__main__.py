@@ -2,4 +2,5 @@
 
 from .cli import main
 
-raise SystemExit(main())
+# named as it is typed (argparse would call a package's entry point "__main__.py" in --help)
+raise SystemExit(main(prog="python -m experiments.report"))

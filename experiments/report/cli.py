@@ -19,9 +19,11 @@ def _package() -> ModuleType:
     return sys.modules[__package__]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run the command line on ``argv``; ``prog`` names the command in ``--help`` (argparse's default otherwise)."""
     package = _package()
-    parser = argparse.ArgumentParser(description=package.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=package.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd")
     c = sub.add_parser("collect", help="copy a finished run's summaries into experiments/results/<name>")
     c.add_argument("src", type=Path)
