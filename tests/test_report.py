@@ -218,6 +218,22 @@ def test_the_reading_checks_the_ablation_order_step_by_step_with_intervals(tmp_p
     assert "JS ≥ Avg: −5.00 [−5.00, −5.00], contradicted" in reading
     assert "Avg ≈ Alone: +5.00 [+5.00, +5.00], contradicted" in reading
     assert "Alone > wo_pruning: 0.00 [0.00, 0.00], not shown (the interval contains 0)" in reading
+    assert "The paper's claims in its regime" not in reading  # the header scope is not the paper's regime
+    # the same results in the paper's regime (backbone + header on the device, ACME's class lists): one more bullet
+    weaker = _block([a - 0.05 for a in base])  # a baseline below local: the best baseline is local
+    root = _paired_root(tmp_path / "paper", {("C2-n25-backbone", 0): {**blocks, "fedrep": weaker}})
+    summary_path = root / "C2-n25-backbone" / "seed0" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["config"].update({"strategy": {**summary["config"]["strategy"], "device_scope": "backbone+header"},
+                              "partition": {"kind": "acme", "category": "C2", "max_samples": 25}})
+    summary_path.write_text(json.dumps(summary))
+    grid = report.paired_grid(root)
+    assert grid is not None and grid.paper_regime == {
+        "C2-n25-backbone": "backbone + header on the device, C2, 25 images"}
+    assert ("- **The paper's claims in its regime** (C2-n25-backbone: backbone + header on the device, C2, 25 images):"
+            " of the 4 steps of EMD ≥ JS ≥ Avg ≈ Alone > wo_pruning, 1 hold, 2 are contradicted and 1 the data cannot "
+            "resolve; ACME − the best baseline (local): +10.00 [+10.00, +10.00], helps.") in (
+        report.paired_reading(grid, "missing"))
 
 
 # ------------------------------------------------------------------------------------ the default run over seeds

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,7 @@ class PairedGrid:
     seeds: dict[str, list[int]]
     min_test: dict[str, int]  # the smallest device test set of each setting
     selected: dict[str, list[float]]  # acme_valT's chosen temperature per job of each setting
+    paper_regime: dict[str, str]  # settings run in the paper's regime -> what it was (class lists, images per device)
 
 
 def _setting_order(path: Path, summary: Path) -> tuple[float, str]:
@@ -55,6 +57,7 @@ def paired_grid(path: Path) -> PairedGrid | None:
     seeds: dict[str, list[int]] = {}
     min_test: dict[str, int] = {}
     selected: dict[str, list[float]] = {}
+    paper: dict[str, str] = {}
     for summary_path in summaries:
         setting = _setting_order(path, summary_path)[1]
         summary = json.loads(summary_path.read_text())
@@ -64,6 +67,8 @@ def paired_grid(path: Path) -> PairedGrid | None:
         tests = [int(d["test"]) for d in summary.get("data", {}).get("device_splits", []) if "test" in d]
         if tests:
             min_test[setting] = min(min_test.get(setting, tests[0]), *tests)
+        if (regime := _paper_regime(summary.get("config", {}))) is not None:
+            paper[setting] = regime
         for name, block in with_derived(summary).items():
             names += [name] if name not in names else []
             per_device = ((block.get("accuracy") or {}).get("personalized") or {}).get("per_device") or {}
@@ -71,7 +76,16 @@ def paired_grid(path: Path) -> PairedGrid | None:
             cell.update({(seed, str(pid)): 100.0 * float(v) for pid, v in per_device.items() if v is not None})
             if "selected" in block:
                 selected.setdefault(setting, []).append(block["selected"]["temperature"])
-    return PairedGrid(path, settings, names, acc, seeds, min_test, selected)
+    return PairedGrid(path, settings, names, acc, seeds, min_test, selected, paper)
+
+
+def _paper_regime(config: dict[str, Any]) -> str | None:
+    """The paper's device regime: backbone + header trained on the device, on ACME's class lists (C2-C4); its
+    description, or None for any other setting."""
+    part = config.get("partition", {})
+    if config.get("strategy", {}).get("device_scope") != "backbone+header" or part.get("kind") != "acme":
+        return None
+    return f"backbone + header on the device, {part.get('category')}, {part.get('max_samples') or 'all'} images"
 
 
 def _is_acme(name: str) -> bool:
@@ -173,6 +187,7 @@ def paired_reading(grid: PairedGrid | None, missing: str) -> str:
         out.append(line)
     if acme_vs_local:
         out.append(_acme_record(acme_vs_local, acme_vs_best))
+    out += [_paper_claims(grid, s, acme_vs_best.get(s)) for s in grid.settings if s in grid.paper_regime]
     return "\n".join(out) + "\n\n" + _paired_note(grid)
 
 
@@ -201,6 +216,21 @@ def _ablation_steps(grid: PairedGrid, setting: str) -> list[str]:
                 "contradicted" if p.verdict == stats.WORSE else "not shown (the interval contains 0)")
         steps.append(f"{claim}: {p.format()}, {said}")
     return steps
+
+
+def _paper_claims(grid: PairedGrid, setting: str, vs_best: tuple[str, stats.Paired] | None) -> str:
+    """The paper's claims re-checked in its own regime: how many ablation steps hold, are contradicted or cannot be
+    told apart, and ACME against the best baseline, in words."""
+    steps = _ablation_steps(grid, setting)
+    counts = {word: sum(s.endswith(word) for s in steps) for word in ("holds", "contradicted")}
+    told = len(steps) - counts["holds"] - counts["contradicted"]
+    text = (f"- **The paper's claims in its regime** ({setting}: {grid.paper_regime[setting]}): of the "
+            f"{len(steps)} steps of EMD ≥ JS ≥ Avg ≈ Alone > wo_pruning, {counts['holds']} hold, "
+            f"{counts['contradicted']} are contradicted and {told} the data cannot resolve")
+    if vs_best is not None:
+        ref, p = vs_best
+        text += f"; ACME − the best baseline ({ref}): {p.format()}, {WORDS[p.verdict]}"
+    return text + "."
 
 
 def _acme_record(vs_local: dict[str, stats.Paired], vs_best: dict[str, tuple[str, stats.Paired]]) -> str:
