@@ -7,7 +7,8 @@
    anything starts; an unknown key (with the nearest valid one), a bad value, a duplicate key or a refused resume
    prints one line and exits with status 2.
 2. **Nothing lost.** Nothing in the output directory is written or removed before the config is accepted (a refused
-   resume leaves it byte-identical); success is a ``summary.json`` written by this run.
+   resume leaves it byte-identical); success is a ``summary.json`` written by this run that holds every configured
+   strategy (a run that failed after some strategies finished keeps theirs, and fails).
 3. **Processes.** A private ``FLWR_HOME`` and free ports; the launcher starts the local SuperLink itself, in its own
    process group with a parent-death signal, plus a watchdog (``experiments/procs.py``) that stops everything the
    launch started and removes ``FLWR_HOME`` when the launcher ends in any way (SIGINT, SIGTERM, SIGKILL).
@@ -313,8 +314,9 @@ def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], 
                app_dir: Path) -> tuple[Path, AcmeConfig, Path, Callable[..., Path]]:
     """Validate (:func:`prepare`); only then claim ``out`` and write its ``run_config.toml``. Returns the resolved
     directory, the config, the run-config path and ``written(what, rc, error=None)``, which returns the
-    ``summary.json`` this run wrote or raises RuntimeError if it wrote none (an older one does not count), naming
-    ``error`` (the ServerApp's exception line, when the log had one) first."""
+    ``summary.json`` this run wrote or raises RuntimeError if it wrote none (an older one does not count) or one that
+    lacks a configured strategy (a later strategy failed; the finished ones stay in it), naming ``error`` (the
+    ServerApp's exception line, when the log had one) first."""
     out = out.expanduser().resolve()
     conf_dir = app_dir / "conf" if (app_dir / "conf").is_dir() else CONF_DIR
     cfg = prepare(out, num_supernodes, overrides, cfg, conf_dir)
@@ -331,6 +333,12 @@ def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], 
                 raise RuntimeError(f"{error} ({what} failed: flwr exit code {rc}, no {summary.name}; full log: "
                                    f"{out / 'run.log'})")
             raise RuntimeError(f"{what} wrote no {summary} (flwr exit code {rc}); see the log above")
+        done = json.loads(summary.read_text()).get("strategies", {})
+        missing = [name for name in cfg.strategy_names if name not in done]
+        if missing:  # a strategy failed after others finished: theirs are kept in the summary, the run is not done
+            raise RuntimeError(f"{error or 'the run stopped early'} ({what} failed: flwr exit code {rc}; "
+                               f"{len(done)} of {len(cfg.strategy_names)} strategies finished, {', '.join(missing)} "
+                               f"did not; the finished ones are kept in {summary}; full log: {out / 'run.log'})")
         return summary
 
     return out, cfg, run_config, written

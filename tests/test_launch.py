@@ -127,6 +127,22 @@ def test_a_fresh_run_removes_the_previous_summary_only_once_accepted(tmp_path: P
     assert (tmp_path / "rounds.jsonl").read_text() == ""
 
 
+def test_a_run_whose_later_strategy_failed_is_a_failure_that_keeps_the_finished_ones(tmp_path: Path) -> None:
+    """The ServerApp rewrites summary.json after every strategy, so a run that crashed in its 4th strategy leaves a
+    fresh summary of the first 3: that is not success (a regime-grid job was once recorded as done that way)."""
+    from experiments.launch import accept_run
+
+    out, cfg, _, written = accept_run(tmp_path / "out", None, ["+experiment=smoke", "strategy.names=acme,local"],
+                                      None, REPO)
+    (out / "summary.json").write_text(json.dumps({"strategies": {"acme": {}}}))
+    with pytest.raises(RuntimeError, match=r"ValueError: boom \(the run failed: flwr exit code 1; 1 of 2 strategies "
+                                           r"finished, local did not; the finished ones are kept in .*summary.json"):
+        written("the run", 1, "ValueError: boom")
+    assert json.loads((out / "summary.json").read_text()) == {"strategies": {"acme": {}}}  # nothing lost
+    (out / "summary.json").write_text(json.dumps({"strategies": {"acme": {}, "local": {}}}))
+    assert written("the run", 0) == out / "summary.json"
+
+
 # ------------------------------------------------------------------------------------------------- 3. processes
 def _start_smoke_launcher(tmp_path: Path, waits: dict[str, float]) -> tuple[subprocess.Popen[str], int, Path]:
     """A launcher on the smoke preset, returned once its SuperLink is up and then the processes named in ``waits``

@@ -10,6 +10,7 @@ import pytest
 from acme_flwr.edge.similarity import (
     aggregation_weights,
     emd_similarity,
+    evenly_spaced_rows,
     js_similarity,
     list_metrics,
     similarity_matrix,
@@ -96,6 +97,21 @@ def test_temperature_sharpens_diagonal() -> None:
     np.testing.assert_allclose(w_sharp.sum(axis=1), 1.0)
 
 
+def test_js_pairs_devices_with_different_row_counts_at_evenly_spaced_rows() -> None:
+    """Quantity skew: a device with 8 training images sends 8 feature rows, another 36. The original fails on the
+    shape mismatch (and so did this project in a regime-grid job); JS now cuts the larger matrix to evenly spaced rows
+    (first and last kept, order kept) and is otherwise unchanged."""
+    rng = np.random.default_rng(0)
+    small, big = rng.random((8, 5)), rng.random((36, 5))
+    rows = evenly_spaced_rows(big, 8)
+    assert rows.shape == (8, 5) and np.array_equal(rows[0], big[0]) and np.array_equal(rows[-1], big[-1])
+    assert evenly_spaced_rows(small, 8) is small
+    assert js_similarity(small, big) == pytest.approx(js_similarity(small, rows))
+    assert js_similarity(big, small) == pytest.approx(js_similarity(small, big))
+    s = similarity_matrix([small, big, rng.random((20, 5))], metric="js")
+    assert s.shape == (3, 3) and np.all((s > 0) & (s <= 1)) and np.allclose(np.diag(s), 1.0)
+
+
 def test_validation_errors() -> None:
     a = np.ones((3, 4))
     with pytest.raises(ValueError, match="column counts"):
@@ -106,8 +122,6 @@ def test_validation_errors() -> None:
         similarity_matrix([a, np.full((3, 4), np.nan)])
     with pytest.raises(ValueError, match="NaN or Inf"):
         js_similarity(a, np.full((3, 4), np.inf))
-    with pytest.raises(ValueError, match="same shape"):
-        js_similarity(a, np.ones((2, 4)))
     with pytest.raises(ValueError, match="no positive entries"):
         js_similarity(a, -a)
     with pytest.raises(ValueError, match="2-D"):

@@ -12,7 +12,10 @@ Metrics (as in the original, defects kept on purpose and documented — ACME §7
 * ``js``: negative entries clamped to 0, each matrix normalised over *all* its entries, ``+1e-6``, then
   ``d = ½[KL(M‖p) + KL(M‖q)] / rows`` with ``M = (p + q)/2`` — what ``0.5·(kl_div(log p, M, 'batchmean') +
   kl_div(log q, M, 'batchmean'))`` computes in PyTorch (a reversed KL, divided by the number of rows). Rows are
-  compared positionally, so both matrices must have the same shape.
+  compared positionally. The original needs both matrices to have the same shape (it fails otherwise); here, when one
+  device sent fewer rows (quantity skew: fewer training images than ``strategy.feature_samples``), the larger matrix
+  is cut to the same count at evenly spaced rows (:func:`evenly_spaced_rows`), so that its rows, grouped by label,
+  keep their order and proportions; equal shapes are compared exactly as in the original.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "aggregation_weights",
     "emd_similarity",
+    "evenly_spaced_rows",
     "js_similarity",
     "list_metrics",
     "register_metric",
@@ -89,15 +93,22 @@ def _js_normalise(f: np.ndarray, name: str) -> np.ndarray:
     return p / total + JS_EPSILON
 
 
+def evenly_spaced_rows(f: np.ndarray, rows: int) -> np.ndarray:
+    """``rows`` rows of ``f`` at evenly spaced positions, first and last included (``f`` itself when it has that
+    many): how JS pairs two devices that sent different numbers of feature rows."""
+    if f.shape[0] == rows:
+        return f
+    return f[np.round(np.linspace(0, f.shape[0] - 1, rows)).astype(int)]
+
+
 @register_metric("js")
 def js_similarity(f_k: np.ndarray, f_j: np.ndarray) -> float:
     """``1 / (1 + d)`` with the original's Jensen–Shannon-like ``d`` (see the module docstring)."""
     a, b = _pair(f_k, f_j)
-    if a.shape != b.shape:
-        raise ValueError(f"js compares rows positionally; matrices must have the same shape: {a.shape} vs {b.shape}")
+    rows = min(a.shape[0], b.shape[0])
+    a, b = evenly_spaced_rows(a, rows), evenly_spaced_rows(b, rows)
     p, q = _js_normalise(a, "F_k"), _js_normalise(b, "F_j")
     m = 0.5 * (p + q)
-    rows = a.shape[0]
     kl_mp = np.sum(m * (np.log(m) - np.log(p))) / rows
     kl_mq = np.sum(m * (np.log(m) - np.log(q))) / rows
     return 1.0 / (1.0 + 0.5 * (kl_mp + kl_mq))
