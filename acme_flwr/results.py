@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .worker_death import DEATHS_FILE, read_deaths
+
 logger = logging.getLogger(__name__)
 
 VERSIONED_PACKAGES = ("acme-flwr", "flwr", "torch", "torchvision", "transformers", "ray", "hydra-core", "numpy",
@@ -97,7 +99,7 @@ class StrategyRecord:
                 "bytes": self.bytes, "accuracy": self.accuracy, **self.extra}
 
 
-STALE_ON_FRESH_RUN = ("summary.json", "summary.csv")  # a previous run's results a fresh run removes first
+STALE_ON_FRESH_RUN = ("summary.json", "summary.csv", DEATHS_FILE)  # a previous run's results a fresh run removes
 
 
 def resume_conflicts(checkpoint_dir: Path, flat_config: dict[str, Any]) -> list[str]:
@@ -165,6 +167,9 @@ class RunRecorder:
                    "provenance": self.provenance, "strategy": primary,
                    **blocks[primary], "strategies": blocks, "cloud": self.cloud, "data": self.data,
                    "wall_time_s": round(time.time() - self.started, 2), "out_dir": str(self.out_dir)}
+        deaths = read_deaths(self.out_dir)
+        if deaths:  # the run was resumed after each of them (run.on_lost_devices=resume): results say so
+            summary["restarts"] = deaths
         path = self.out_dir / "summary.json"
         _write_json(path, summary)
         self._write_csv(blocks)
