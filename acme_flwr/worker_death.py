@@ -71,7 +71,8 @@ def parse_worker_death(reason: str) -> WorkerDeath | None:
     if found is None:
         return None
     values = {key: (m.group(1) if (m := rx.search(reason)) else "") for key, rx in _FIELDS.items()}
-    pid = int(values.pop("pid")) if values["pid"] else None
+    raw_pid = values.pop("pid")
+    pid = int(raw_pid) if raw_pid else None
     return WorkerDeath(found.group(1), pid=pid, **values)
 
 

@@ -304,13 +304,13 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
         if not resume_on_death or len(deaths) == deaths_before:
             break
         death, deaths_before = deaths[-1], len(deaths)  # this attempt's (the ServerApp stops at the first)
-        if attempt == max_restarts:
+        (out / "summary.json").unlink(missing_ok=True)  # a stopped attempt's partial results: only a resumed run's
+        if attempt == max_restarts:  # complete summary counts (written() then requires a new one)
             raise RuntimeError(f"{restart_line(death, attempt + 1, max_restarts).split(';')[0]}; "
                                f"run.max_restarts={max_restarts} restarts used up; the checkpoints in {out} stay "
                                "at the last complete round: launch again with run.resume=true to continue")
         logger.warning("%s", restart_line(death, attempt + 1, max_restarts))
-        (out / "summary.json").unlink(missing_ok=True)  # a stopped attempt's partial results: the resumed run's
-        run_config = _resume_config(out, cfg)  # summary replaces them (written() then requires a new one)
+        run_config = _resume_config(out, cfg)
     return written("the run", rc, failure_line(errors))
 
 
