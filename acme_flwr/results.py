@@ -102,15 +102,19 @@ class StrategyRecord:
 STALE_ON_FRESH_RUN = ("summary.json", "summary.csv", DEATHS_FILE)  # a previous run's results a fresh run removes
 
 
+# keys that say how a run is driven, not what it computes: a resume may change them
+RESUME_FREE = ("run.resume", "run.on_lost_devices", "run.max_restarts")
+
+
 def resume_conflicts(checkpoint_dir: Path, flat_config: dict[str, Any]) -> list[str]:
     """Keys whose values differ from the config the checkpoints in ``checkpoint_dir`` were written with (reads only;
-    ``run.resume`` itself is ignored; [] when there are no checkpoints)."""
+    :data:`RESUME_FREE` keys are ignored; [] when there are no checkpoints)."""
     path = checkpoint_dir / "config.json"
     if not path.exists():
         return []
     saved = json.loads(path.read_text())
-    current = {k: v for k, v in flat_config.items() if k != "run.resume"}
-    return sorted(k for k in set(saved) | set(current) if k != "run.resume" and saved.get(k) != current.get(k))
+    keys = (set(saved) | set(flat_config)) - set(RESUME_FREE)
+    return sorted(k for k in keys if saved.get(k) != flat_config.get(k))
 
 
 class RunRecorder:

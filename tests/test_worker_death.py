@@ -18,8 +18,8 @@ import pytest
 from flwr.app import ArrayRecord, Error, Message
 
 from acme_flwr import protocol as P
-from acme_flwr.clients.client_app import app as acme_client_app
 from acme_flwr.checkpoints import load_state
+from acme_flwr.clients.client_app import app as acme_client_app
 from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig
 from acme_flwr.packages import build_packages
@@ -191,8 +191,8 @@ def test_the_launcher_resumes_after_a_dead_worker_with_one_line(tmp_path, monkey
     assert calls == [{"config": "run_config.toml", "resume": False, "append_log": False},
                      {"config": "run_config.resume.toml", "resume": True, "append_log": True}]
     lines = {id(r): r.getMessage() for r in caplog.records if r.name == "experiments.launch"}  # distinct records
-    assert list(lines.values()) == [f"worker died: fedavg_header round 2 train, devices 1, 2, {WORKER}; resuming fedavg_header after "
-                     "its round 1 in a fresh simulation (restart 1 of at most 3)"]
+    assert list(lines.values()) == [f"worker died: fedavg_header round 2 train, devices 1, 2, {WORKER}; resuming "
+                                    "fedavg_header after its round 1 in a fresh simulation (restart 1 of at most 3)"]
 
 
 def test_the_launcher_gives_up_after_max_restarts(tmp_path, monkeypatch) -> None:  # noqa: ANN001
