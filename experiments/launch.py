@@ -13,6 +13,9 @@
    launch started and removes ``FLWR_HOME`` when the launcher ends in any way (SIGINT, SIGTERM, SIGKILL).
 
 4. **FAB.** ``flwr run`` gets a snapshot of the app's files (:func:`snapshot`), not the checkout with its ``.venv``.
+5. **A dead worker.** With ``run.on_lost_devices=resume``, a run the ServerApp stopped because a Ray worker died is
+   relaunched from its checkpoints in a fresh SuperLink and simulation (one line each time, at most
+   ``run.max_restarts`` times); its summary lists the deaths under ``restarts``.
 
 Flower gets the environment it needs before its first call (no runtime dependency installation, no telemetry, no
 update check), an absolute output directory (the ServerApp runs in the SuperLink's cwd) and 1 CPU per client.
