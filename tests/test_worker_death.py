@@ -251,3 +251,24 @@ def test_a_worker_killed_mid_run_finishes_equal_to_the_uninterrupted_run(tmp_pat
         return [{k: v for k, v in json.loads(line).items() if k not in timings} for line in lines]
 
     assert rows("killed") == rows("whole")
+
+
+def test_a_strategy_restored_from_a_finished_checkpoint_keeps_its_byte_block(smoke, tmp_path) -> None:  # noqa: ANN001
+    """Strategies that finished before the worker died are restored, not run again: their block, byte references
+    included (they need the devices' profiles, which only discovery brings), is the one they finished with."""
+    finished, _ = _run(smoke, tmp_path, 2)
+    cfg, deployment = smoke
+    restored = build_strategy("acme", cfg, Topology(4, 2, "round_robin", 1), deployment,
+                              RunRecorder(tmp_path, cfg.to_dict(), cfg.run.seed, resume=True))
+    assert restored.restore(tmp_path / "checkpoints" / "acme.json") == 2
+    block = restored.finalize()
+    assert block["bytes"] == finished["bytes"] and block["bytes"]["references"]["centralized"]["bytes"] > 0
+    assert block["accuracy"] == finished["accuracy"]
+
+
+def test_how_a_run_reacts_to_lost_devices_may_change_on_resume(tmp_path: Path) -> None:
+    from acme_flwr.strategies.server_app import check_resumable
+
+    check_resumable(AcmeConfig(), tmp_path)
+    check_resumable(AcmeConfig.from_flat({"run.resume": True, "run.on_lost_devices": "resume",
+                                          "run.max_restarts": 5}), tmp_path)
