@@ -54,10 +54,21 @@ class RunSection:
                                                          "`run.out_dir` (same config required) instead of starting "
                                                          "over."})
     on_lost_devices: str = field(default="warn", metadata={
-        **_choices("warn", "fail"),
+        **_choices("warn", "fail", "resume"),
         "doc": "A strategy that lost devices (never discovered, or silent in its last round) is reported as DEGRADED "
                "in the summary and the table. `warn`: the run still succeeds, with a warning; `fail`: it exits "
-               "non-zero (the launcher with status 3)."})
+               "non-zero (the launcher with status 3); `resume`: as `warn`, except that devices lost to a dead "
+               "simulation worker (a Ray `ClientAppActor` killed or out of memory; Flower never replaces it) stop "
+               "the run at once, before the damaged round is checkpointed, and the launcher "
+               "(`python -m experiments.launch`) resumes it from the last complete round in a fresh simulation, up "
+               "to `run.max_restarts` times: the finished run equals an uninterrupted one and its summary lists the "
+               "deaths under `restarts`. Run with `flwr run` directly, the run stops with a `WorkerDied` error and "
+               "can be resumed with `run.resume=true`."})
+    max_restarts: int = field(default=3, metadata={
+        **_range(0, None),
+        "doc": "With `run.on_lost_devices=resume`: how many times the launcher resumes a run after a dead worker. "
+               "One more death fails the launch (exit status 1, the error names the strategy, round and worker); "
+               "the checkpoints stay at the last complete round, so `run.resume=true` can still continue it."})
     device: str = field(default="auto", metadata={
         "choices": _DeviceChoices(("auto", "cpu", "cuda", "cuda:N")),
         "doc": "Where every stage computes (cloud stages, edge search, devices' header training and evaluation): "

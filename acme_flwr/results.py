@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .worker_death import DEATHS_FILE, read_deaths
+
 logger = logging.getLogger(__name__)
 
 VERSIONED_PACKAGES = ("acme-flwr", "flwr", "torch", "torchvision", "transformers", "ray", "hydra-core", "numpy",
@@ -97,18 +99,22 @@ class StrategyRecord:
                 "bytes": self.bytes, "accuracy": self.accuracy, **self.extra}
 
 
-STALE_ON_FRESH_RUN = ("summary.json", "summary.csv")  # a previous run's results a fresh run removes first
+STALE_ON_FRESH_RUN = ("summary.json", "summary.csv", DEATHS_FILE)  # a previous run's results a fresh run removes
+
+
+# keys that say how a run is driven, not what it computes: a resume may change them
+RESUME_FREE = ("run.resume", "run.on_lost_devices", "run.max_restarts")
 
 
 def resume_conflicts(checkpoint_dir: Path, flat_config: dict[str, Any]) -> list[str]:
     """Keys whose values differ from the config the checkpoints in ``checkpoint_dir`` were written with (reads only;
-    ``run.resume`` itself is ignored; [] when there are no checkpoints)."""
+    :data:`RESUME_FREE` keys are ignored; [] when there are no checkpoints)."""
     path = checkpoint_dir / "config.json"
     if not path.exists():
         return []
     saved = json.loads(path.read_text())
-    current = {k: v for k, v in flat_config.items() if k != "run.resume"}
-    return sorted(k for k in set(saved) | set(current) if k != "run.resume" and saved.get(k) != current.get(k))
+    keys = (set(saved) | set(flat_config)) - set(RESUME_FREE)
+    return sorted(k for k in keys if saved.get(k) != flat_config.get(k))
 
 
 class RunRecorder:
@@ -165,6 +171,9 @@ class RunRecorder:
                    "provenance": self.provenance, "strategy": primary,
                    **blocks[primary], "strategies": blocks, "cloud": self.cloud, "data": self.data,
                    "wall_time_s": round(time.time() - self.started, 2), "out_dir": str(self.out_dir)}
+        deaths = read_deaths(self.out_dir)
+        if deaths:  # the run was resumed after each of them (run.on_lost_devices=resume): results say so
+            summary["restarts"] = deaths
         path = self.out_dir / "summary.json"
         _write_json(path, summary)
         self._write_csv(blocks)

@@ -127,8 +127,9 @@ class RoundBooks:
                  accuracy_key: str | None, mode: str) -> dict[str, Any]:
         """The strategy's summary block, brought up to date: bytes and references, accuracy, ``mode`` (when given)
         and, when ``asked_in`` (round -> devices asked) is given, the lost-device verdict."""
-        raw = sum(int(p.get("raw-train-bytes", 0)) for p in profiles.values())
-        self.bytes_block(ledger, reference_params, len(active), raw)
+        if asked_in is not None or not self.record.bytes:  # else restored from a finished checkpoint, which was
+            raw = sum(int(p.get("raw-train-bytes", 0)) for p in profiles.values())  # not discovered again: the
+            self.bytes_block(ledger, reference_params, len(active), raw)  # saved block (references too) is final
         self.record.accuracy = self.accuracy(accuracy_key)
         if mode:
             self.record.extra["mode"] = mode

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch._dynamo  # noqa: F401 - see below
-from flwr.app import Context
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from acme_flwr import protocol as P
 from acme_flwr.cloud.models import input_shape
 from acme_flwr.config import AcmeConfig
 from acme_flwr.runtime import out_dir
@@ -61,4 +64,26 @@ def checkpoints(context: Context) -> Path:
     return out_dir(_cfg(context)) / "checkpoints" / "devices"
 
 
-app = AcmeClient(device_data, profile, generic_test, checkpoints).register(ClientApp())
+KILL_HOOK = "ACME_TEST_KILL_AT"  # test hook: "<strategy>:<round>:<partition-id>:<once-file>"
+
+
+def _test_kill_hook(msg: Message, context: Context, call_next: Any) -> Message:
+    """TEST HOOK (tests/test_worker_death.py), inert unless ``$ACME_TEST_KILL_AT`` is set: the train message of that
+    strategy, round and partition-id SIGKILLs the worker process that handles it (in Ray simulation: its
+    ``ClientAppActor``, as the kernel's OOM killer would), once: only the call that creates ``<once-file>`` kills,
+    so the resumed run trains that round normally."""
+    spec = os.environ.get(KILL_HOOK)
+    if spec and msg.metadata.message_type.startswith("train"):
+        strategy, rnd, pid, once = spec.split(":", 3)
+        cfg = msg.content.config_records.get(P.CONFIG, {})
+        if (str(cfg.get("tag")) == strategy and str(cfg.get("server-round")) == rnd
+                and str(context.node_config.get("partition-id")) == pid):
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return call_next(msg, context)
+            os.kill(os.getpid(), signal.SIGKILL)
+    return call_next(msg, context)
+
+
+app = AcmeClient(device_data, profile, generic_test, checkpoints).register(ClientApp(mods=[_test_kill_hook]))

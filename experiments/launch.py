@@ -14,6 +14,9 @@
    launch started and removes ``FLWR_HOME`` when the launcher ends in any way (SIGINT, SIGTERM, SIGKILL).
 
 4. **FAB.** ``flwr run`` gets a snapshot of the app's files (:func:`snapshot`), not the checkout with its ``.venv``.
+5. **A dead worker.** With ``run.on_lost_devices=resume``, a run the ServerApp stopped because a Ray worker died is
+   relaunched from its checkpoints in a fresh SuperLink and simulation (one line each time, at most
+   ``run.max_restarts`` times); its summary lists the deaths under ``restarts``.
 
 Flower gets the environment it needs before its first call (no runtime dependency installation, no telemetry, no
 update check), an absolute output directory (the ServerApp runs in the SuperLink's cwd) and 1 CPU per client.
@@ -41,6 +44,7 @@ from typing import IO, Any
 
 from acme_flwr.config import AcmeConfig, ConfigError
 from acme_flwr.results import format_table, lost_device_lines
+from acme_flwr.worker_death import read_deaths, restart_line
 
 from . import procs
 from .runconfig import CONF_DIR, check_resume, compose, toml_lines
@@ -284,11 +288,48 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
     new temp dir. ``client_cpus``: CPUs per simulated device (Ray runs cores / client_cpus workers at once).
     ``ray_address`` (default ``$RAY_ADDRESS``): run the simulation's devices on that existing Ray cluster (its nodes
     and CPUs are logged first) instead of a Ray instance of its own. Every process the run starts is stopped when
-    this returns or the calling process ends; an existing cluster is left running."""
+    this returns or the calling process ends; an existing cluster is left running.
+
+    With ``run.on_lost_devices=resume``, a run the ServerApp stopped because a simulation worker died (it recorded
+    the death in ``<out>/worker_deaths.jsonl``) is relaunched in a fresh SuperLink and simulation with
+    ``run.resume=true``, after one WARNING line naming the strategy, round, devices and worker, at most
+    ``run.max_restarts`` times (then RuntimeError)."""
     out, cfg, run_config, written = accept_run(out, num_supernodes, overrides, cfg, app_dir)
     ray_address = ray_address or os.environ.get("RAY_ADDRESS") or None
     if ray_address:
         logger.info("%s", cluster_line(ray_address, ray_cluster(ray_address)))
+    resume_on_death = cfg.run.on_lost_devices == "resume"
+    max_restarts = cfg.run.max_restarts if resume_on_death else 0
+    deaths_before = len(read_deaths(out))
+    for attempt in range(max_restarts + 1):
+        rc, errors = _flwr_run(out, cfg, run_config, app_dir, stream_to, flwr_home, client_cpus, ray_address,
+                               append_log=attempt > 0)
+        deaths = read_deaths(out)
+        if not resume_on_death or len(deaths) == deaths_before:
+            break
+        death, deaths_before = deaths[-1], len(deaths)  # this attempt's (the ServerApp stops at the first)
+        (out / "summary.json").unlink(missing_ok=True)  # a stopped attempt's partial results: only a resumed run's
+        if attempt == max_restarts:  # complete summary counts (written() then requires a new one)
+            raise RuntimeError(f"{restart_line(death, attempt + 1, max_restarts).split(';')[0]}; "
+                               f"run.max_restarts={max_restarts} restarts used up; the checkpoints in {out} stay "
+                               "at the last complete round: launch again with run.resume=true to continue")
+        logger.warning("%s", restart_line(death, attempt + 1, max_restarts))
+        run_config = _resume_config(out, cfg)
+    return written("the run", rc, failure_line(errors))
+
+
+def _resume_config(out: Path, cfg: AcmeConfig) -> Path:
+    """The run config of a relaunch after a dead worker: the same, with ``run.resume=true``
+    (``<out>/run_config.resume.toml``; ``run_config.toml`` stays what the launch was given)."""
+    path = out / "run_config.resume.toml"
+    path.write_text(toml_lines({**cfg.to_flat(), "run.resume": True}))
+    return path
+
+
+def _flwr_run(out: Path, cfg: AcmeConfig, run_config: Path, app_dir: Path, stream_to: Any, flwr_home: Path | None,
+              client_cpus: int, ray_address: str | None, append_log: bool = False) -> tuple[int, list[str]]:
+    """One ``flwr run`` in a SuperLink (and simulation) of its own, stopped when it ends; (exit code, exception
+    lines of its log)."""
     run = _Launch(flwr_home)
     if ray_address:
         run.env["RAY_ADDRESS"] = ray_address  # Flower's Ray backend calls ray.init(), which joins it
@@ -300,14 +341,14 @@ def launch(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
             errors: list[str] = []
             if stream_to in (PROGRESS, VERBOSE):  # the full log goes to run.log; the terminal gets progress and
                 proc = run.spawn(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # warnings, or all
-                with (out / "run.log").open("w") as full:
+                with (out / "run.log").open("a" if append_log else "w") as full:
                     errors = show_progress(proc.stdout, full, sys.stdout, verbose=stream_to == VERBOSE)
                 rc = proc.wait()
             else:
                 rc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT).wait()
     finally:
         run.close()
-    return written("the run", rc, failure_line(errors))
+    return rc, errors
 
 
 def accept_run(out: Path, num_supernodes: int | None, overrides: Sequence[str], cfg: AcmeConfig | None,

@@ -5,6 +5,11 @@ reply only when it answers one of them: from a discovered node that was asked in
 very message it was sent (where the grid assigns message ids, as Flower's do), once, within ``max_reply_bytes``, with
 finite metrics and a payload the phase's validator accepts. Anything else (an error reply, a stale or misaddressed
 reply, a malformed payload, a missing reply) is recorded as a failure of that device and never reaches edge state.
+
+An error reply that says the device's simulation worker died (:func:`acme_flwr.worker_death.parse_worker_death`) is
+recorded with a short reason naming the worker; with ``stop_on_worker_death`` (``run.on_lost_devices=resume``) the
+phase then raises :class:`~acme_flwr.worker_death.WorkerDied` instead of returning, before anything of the damaged
+round is aggregated or checkpointed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from flwr.app import Message, RecordDict
 from acme_flwr import protocol as P
 from acme_flwr.comm import CommLedger
 from acme_flwr.results import StrategyRecord
+from acme_flwr.worker_death import WorkerDeath, WorkerDied, parse_worker_death
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,28 @@ class ReplyAdmission:
         self.max_reply_bytes = max_reply_bytes  # a larger reply is rejected (0: no cap)
         self._outbox: dict[tuple[int, str], dict[int, Message | None]] = {}  # (round, phase) -> pid -> message
         self.checking: tuple[int, str] = (0, "")  # (round, phase) of the replies being checked now
+        self.stop_on_worker_death = False  # True: a phase whose devices lost their worker raises WorkerDied
+        self.deaths: dict[tuple[int, str], dict[str, WorkerDeath]] = {}  # (round, phase) -> device -> its dead worker
+
+    def client_error(self, server_round: int, phase: str, who: str, reason: str) -> str:
+        """The failure reason of an error reply: a dead worker in one short line naming it (remembered for
+        :meth:`check_deaths`), anything else as :func:`short_reason` makes it."""
+        death = parse_worker_death(reason)
+        if death is None:
+            return f"client error: {short_reason(reason)}"
+        self.deaths.setdefault((server_round, phase), {})[who] = death
+        return f"client error: {death.reason()}"
+
+    def check_deaths(self, name: str, server_round: int, phase: str, ledger: CommLedger | None = None) -> None:
+        """Raise :class:`WorkerDied` (first dead worker, every device it cost) when devices of this round and phase
+        lost their worker and ``stop_on_worker_death`` is set; else nothing."""
+        dead = self.deaths.get((server_round, phase))
+        if not dead or not self.stop_on_worker_death:
+            return
+        moved = sum(v for d in ledger.round_totals(server_round).values() for v in d.values()) if ledger else 0
+        devices = sorted(dead, key=lambda who: (not who.isdigit(), int(who) if who.isdigit() else 0, who))
+        raise WorkerDied(name, server_round, phase, devices, next(iter(dead.values())), round_bytes=moved,
+                         extra={"workers": sorted({d.worker() for d in dead.values()})})
 
     def sent(self, server_round: int, phase: str, messages: dict[int, Message]) -> None:
         """Remember what each device was sent in this round and phase (replaces an earlier call's). Earlier rounds
@@ -92,6 +120,7 @@ class ReplyAdmission:
             self._admit(server_round, phase, replies, validate, pid_of, ledger, record, asked, ok, fail)
         finally:
             log_failures(record.name, server_round, phase, failed)
+        self.check_deaths(record.name, server_round, phase, ledger)
         return dict(sorted(ok.items()))
 
     def _admit(self, server_round: int, phase: str, replies: Iterable[Message], validate: Validator,
@@ -108,7 +137,7 @@ class ReplyAdmission:
                 fail(str(pid), f"rejected: {problem}")
                 continue
             if msg.has_error():
-                fail(str(pid), f"client error: {short_reason(msg.error.reason)}")
+                fail(str(pid), self.client_error(server_round, phase, str(pid), msg.error.reason))
                 continue
             size = ledger.add_message(server_round, "edge-device", "up", msg.content, pid)
             try:

@@ -27,7 +27,7 @@ from acme_flwr.results import RunRecorder
 from acme_flwr.runtime import fingerprint
 from acme_flwr.topology import Topology
 
-from .admission import short_reason
+from .admission import log_failures, short_reason
 from .base import EdgeTierStrategy
 from .nas_search import federated_header_search
 from .rounds_policy import RoundsPolicy
@@ -144,7 +144,8 @@ class AcmeProtocolStrategy(EdgeTierStrategy, RoundsPolicy):
                 if NO_HANDLER in r.error.reason:
                     no_handler += 1
                 else:
-                    errors.append((self._who(r), f"client error: {short_reason(r.error.reason)}"))
+                    who = self._who(r)
+                    errors.append((who, self.admission.client_error(0, "discover", who, r.error.reason)))
                 continue
             try:
                 prof = self.check_profile(r.content)
@@ -158,6 +159,7 @@ class AcmeProtocolStrategy(EdgeTierStrategy, RoundsPolicy):
             self.devices.bind(pid, r.metadata.src_node_id, prof)
             n = self.ledger.add_message(0, "edge-device", "up", r.content, pid)
             self.ledger.add(0, "cloud-edge", "up", n)  # the edge forwards the profile: the cloud picks the package
+        self.admission.check_deaths(self.record.name, 0, "discover", self.ledger)  # before any verdict on them
         self.probe = {"nodes": len(nodes), "acme": len(self.node_of), "no_handler": no_handler,
                       "errors": len(errors)}
         if not self.node_of:
@@ -168,8 +170,11 @@ class AcmeProtocolStrategy(EdgeTierStrategy, RoundsPolicy):
             self.ledger.add(0, "edge-device", "down", query_bytes, pid)
         for _ in range(len({self.topology.edge_of(pid) for pid in self.node_of})):
             self.ledger.add(0, "cloud-edge", "down", query_bytes)
-        for who, reason in errors:
-            self.record.add_failure(0, "discover", who, reason)
+        grouped: dict[str, list[str]] = {}
+        for who, reason in errors:  # a dead worker's devices: one line, not one per device
+            self.record.add_failure(0, "discover", who, reason, log=False)
+            grouped.setdefault(reason, []).append(who)
+        log_failures(self.record.name, 0, "discover", grouped)
         if no_handler:
             logger.warning("%s: ACME handlers not found on %d of %d nodes; they take no part", self.record.name,
                            no_handler, len(nodes))

@@ -22,6 +22,7 @@ from acme_flwr.results import RunRecorder, format_table, lost_device_lines, resu
 from acme_flwr.runtime import cache_dir, out_dir, remove_run_dirs
 from acme_flwr.task import federated_data
 from acme_flwr.topology import Topology
+from acme_flwr.worker_death import WorkerDied, record_death
 
 from .checkpointer import checkpoint_path
 from .registry import STRATEGIES, build_strategy
@@ -70,16 +71,25 @@ def _run(grid: Grid, context: Context) -> None:
         strategy_started = time.time()
         strategy = build_strategy(name, cfg, topology, deployment, recorder)
         strategy.max_reply_bytes = cfg.strategy.max_reply_bytes
+        strategy.admission.stop_on_worker_death = cfg.run.on_lost_devices == "resume"
         done = 0
         checkpoint = checkpoint_path(recorder.out_dir / "checkpoints", name)
         if cfg.run.resume and checkpoint.exists():
             done = strategy.restore(checkpoint)
-        elif not cfg.run.resume:
+        elif cfg.run.resume:  # interrupted before its first checkpoint: it starts over, its partial rows go
+            recorder.restore_rows(name, [])
+        else:
             for stale in checkpoint_files(checkpoint):
                 stale.unlink(missing_ok=True)
         if done < cfg.strategy.rounds:  # start() logs the strategy's lost devices (DEGRADED) itself
-            strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds - done,
-                           timeout=cfg.strategy.timeout)
+            try:
+                strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=cfg.strategy.rounds - done,
+                               timeout=cfg.strategy.timeout)
+            except WorkerDied as died:  # nothing of the damaged round was checkpointed: the launcher resumes
+                record_death(recorder.out_dir, died)
+                logger.error("WORKER DIED: %s; stopping before that round is checkpointed (run.on_lost_devices="
+                             "resume: the launcher resumes the run from the checkpoints)", died.line())
+                raise
             strategy.finalize()
         else:
             strategy.finalize()
