@@ -171,7 +171,8 @@ def _fake_flwr_run(deaths_on: set[int], calls: list[dict]):  # noqa: ANN202
             record_death(out, WorkerDied("fedavg_header", 2, "train", ["1", "2"], parse_worker_death(RECORDED)))
             (out / "summary.json").write_text("{}")  # a partial summary (a strategy that finished before)
         else:
-            (out / "summary.json").write_text(json.dumps({"ok": len(calls)}))
+            done = {name: {} for name in cfg.strategy_names}  # a complete run's summary holds every strategy
+            (out / "summary.json").write_text(json.dumps({"ok": len(calls), "strategies": done}))
         return 1 if len(calls) in deaths_on else 0, []
 
     return run
@@ -187,7 +188,7 @@ def test_the_launcher_resumes_after_a_dead_worker_with_one_line(tmp_path, monkey
     monkeypatch.setattr(launcher, "_flwr_run", _fake_flwr_run({1}, calls))
     with caplog.at_level(logging.WARNING, logger="experiments.launch"):
         summary = launcher.launch(tmp_path, None, [*SMOKE_ARGS, "run.on_lost_devices=resume"])
-    assert json.loads(summary.read_text()) == {"ok": 2}
+    assert json.loads(summary.read_text())["ok"] == 2
     assert calls == [{"config": "run_config.toml", "resume": False, "append_log": False},
                      {"config": "run_config.resume.toml", "resume": True, "append_log": True}]
     lines = {id(r): r.getMessage() for r in caplog.records if r.name == "experiments.launch"}  # distinct records
@@ -211,7 +212,8 @@ def test_without_resume_a_recorded_death_is_not_relaunched(tmp_path, monkeypatch
 
     calls: list[dict] = []
     monkeypatch.setattr(launcher, "_flwr_run", _fake_flwr_run({1}, calls))
-    launcher.launch(tmp_path, None, SMOKE_ARGS)  # warn (the default): the summary of the one run is the result
+    with pytest.raises(RuntimeError, match="0 of 3 strategies finished"):  # warn (the default): no relaunch, and
+        launcher.launch(tmp_path, None, SMOKE_ARGS)  # the partial summary of the one run is a failure, not a result
     assert len(calls) == 1
 
 
