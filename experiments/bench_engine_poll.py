@@ -14,9 +14,11 @@ does, and a pass is the loop body of ``add_messages_to_queue``.
 For each (nodes, messages) point it reports the first pass (which delivers the messages), then the steady pass (every
 message delivered, replies not yet pulled: the state during most of a round), the checks one steady pass makes, and
 the share of a core the real loop (Flower's ``add_messages_to_queue`` itself, in a thread) keeps busy. At two points
-it also measures what the running loop does to the rest of the process: a fixed piece of Python work, and the
-ServerApp's pull (``InMemoryGrid.pull_messages``, which needs the same lock), each alone and while the loop runs.
-With ``--scale`` it sets these against the measured wall per device-round of ``experiments/results/scale.json``::
+it also measures what the running loop does to the rest of the process (a fixed piece of Python work, and the
+ServerApp's pull, ``InMemoryGrid.pull_messages``, which needs the same lock, each alone and while the loop runs), and
+runs Flower's engine end to end (``vce_api.run_api`` and ``InMemoryGrid.send_and_receive``) with stand-in workers:
+two processes that spend a fixed CPU time per message on the same cores, in place of Ray actors. It sets these
+against the measured wall per device-round of ``experiments/results/scale.json`` (``--scale``)::
 
     python -m experiments.bench_engine_poll --json experiments/results/engine_poll.json
 """
@@ -27,10 +29,11 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -39,9 +42,12 @@ from queue import Queue
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.task_pb2 import Task  # pylint: disable=no-name-in-module
 from flwr.server.superlink.fleet.vce import vce_api
+from flwr.server.superlink.fleet.vce.backend.backend import Backend
+from flwr.server.superlink.fleet.vce.metrics import VceMetrics
 from flwr.server.superlink.linkstate import LinkStateFactory
 from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState, RunRecord
 from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME, NOOP_FEDERATION_ID
@@ -59,7 +65,7 @@ RUN_ID, TASK_ID = 4242, 4343
 DEFAULT_NODES = (10, 100, 1000, 3000)
 DEFAULT_MESSAGES = (5, 50)
 BROADCAST_UP_TO = 1000  # discovery and setup message every node: M = N, measured up to this many nodes
-INTERFERENCE = ((100, 5), (1000, 50))  # bench_scale's 100- and 1 000-device points (5 % sampled)
+INTERFERENCE = ((100, 5), (1000, 50))  # bench_scale's 100- and 1 000-device points (5 % sampled): end to end
 WORK_BUDGET = 200_000  # node × message checks worth repeating a steady pass for (keeps the run under a minute)
 
 
@@ -67,6 +73,7 @@ WORK_BUDGET = 200_000  # node × message checks worth repeating a steady pass fo
 class Engine:
     """One simulation's link state as Flower builds it, N registered nodes and M pushed message-ins."""
 
+    factory: LinkStateFactory
     state: InMemoryLinkState
     grid: InMemoryGrid
     nodes: dict[int, int]  # node_id -> partition-id (vce_api's NodeToPartitionMapping)
@@ -88,8 +95,8 @@ def build(nodes: int, messages: int) -> Engine:
     """Flower's in-memory state with ``nodes`` registered nodes and ``messages`` train messages pushed through the
     grid to distinct nodes spread over the id range (as a round's sampling picks them). Call inside
     :func:`task_identity`."""
-    if not 1 <= messages <= nodes:
-        raise ValueError(f"messages must be between 1 and nodes ({nodes}), got {messages}; lower --messages")
+    if not 0 <= messages <= nodes:
+        raise ValueError(f"messages must be between 0 and nodes ({nodes}), got {messages}; lower --messages")
     factory = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory())
     state = factory.state()
     if not isinstance(state, InMemoryLinkState):
@@ -101,13 +108,19 @@ def build(nodes: int, messages: int) -> Engine:
     mapping = vce_api._register_nodes(num_nodes=nodes, state_factory=factory)  # noqa: SLF001
     grid = InMemoryGrid(state_factory=factory)
     grid.set_run(run)
-    ids = list(mapping)
-    targets = [ids[i * nodes // messages] for i in range(messages)]
-    content = RecordDict({"config": ConfigRecord({"server-round": 1})})
-    pushed = list(grid.push_messages([Message(content, dst_node_id=t, message_type="train") for t in targets]))
+    pushed = list(grid.push_messages(round_messages(list(mapping), messages)))
     if len(pushed) != messages:
         raise RuntimeError(f"Flower's state accepted {len(pushed)} of {messages} pushed messages")
-    return Engine(state, grid, mapping, pushed)
+    return Engine(factory, state, grid, mapping, pushed)
+
+
+def round_messages(node_ids: list[int], messages: int, server_round: int = 1) -> list[Message]:
+    """One train message to each of ``messages`` distinct nodes spread over the ids (as a round's sampling picks
+    them; shifted by the round so consecutive rounds pick other nodes)."""
+    n = len(node_ids)
+    return [Message(RecordDict({"config": ConfigRecord({"server-round": server_round})}),
+                    dst_node_id=node_ids[(i * n // messages + server_round) % n], message_type="train")
+            for i in range(messages)]
 
 
 def poll_pass(engine: Engine, queue: Queue[Message]) -> int:
@@ -236,6 +249,103 @@ def interference(nodes: int, messages: int, cycles: int = 3) -> dict[str, Any]:
             "pull_slowdown": round(pull_p / pull_a, 1)}
 
 
+# A stand-in device worker: a separate process that, per request line, spends that many seconds of its own CPU time
+# (a device's training on its core) and answers; standard library only, so it starts in milliseconds.
+WORKER = """import sys, time
+for line in sys.stdin:
+    end = time.process_time() + float(line)
+    while time.process_time() < end:
+        pass
+    sys.stdout.write("done\\n")
+    sys.stdout.flush()
+"""
+
+
+class StandInBackend(Backend):
+    """Flower's simulation ``Backend`` with worker processes that each spend ``work_s`` of CPU per message in place
+    of Ray actors running a ClientApp: the engine, its threads and its state stay Flower's own, the device's work
+    competes for the same cores, and no Ray is involved. The reply is empty."""
+
+    def __init__(self, workers: int, work_s: float) -> None:
+        super().__init__({})
+        self.work_s = work_s
+        self.procs = [subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True, bufsize=1) for _ in range(workers)]
+        self.idle: Queue[subprocess.Popen[str]] = Queue()
+        for proc in self.procs:
+            self.idle.put(proc)
+
+    def build(self, app_fn: Callable[[], ClientApp]) -> None:
+        """Nothing to build: the work does not run a ClientApp."""
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.procs)
+
+    def is_worker_idle(self) -> bool:
+        return not self.idle.empty()
+
+    def terminate(self) -> None:
+        """Stop the worker processes this backend started."""
+        for proc in self.procs:
+            if proc.stdin:
+                proc.stdin.close()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def process_message(self, message: Message, context: Any) -> tuple[Message, Any]:
+        proc = self.idle.get()
+        try:
+            assert proc.stdin and proc.stdout
+            proc.stdin.write(f"{self.work_s}\n")
+            if proc.stdout.readline() != "done\n":  # blocks this engine thread as ray.get does
+                raise RuntimeError(f"stand-in worker {proc.pid} died")
+        finally:
+            self.idle.put(proc)
+        return Message(RecordDict(), reply_to=message), context
+
+
+def engine_rounds(nodes: int, messages: int, work_s: float = 0.1, workers: int = 2, rounds: int | None = None) -> \
+        dict[str, Any]:
+    """Flower's simulation engine end to end without Ray: ``vce_api.run_api`` (the poll, the reply injector and one
+    engine thread per worker) over ``nodes`` registered nodes with :class:`StandInBackend`, and the ServerApp's
+    ``InMemoryGrid.send_and_receive`` of ``messages`` sampled messages per round, after one untimed round that
+    starts the engine. ``rounds`` defaults to enough for about 50 device messages. Returns each round's wall, the
+    wall per device message and its ratio to the ideal (``work_s`` / ``workers``: the workers never idle, nothing
+    else costs)."""
+    rounds = rounds or max(1, 50 // messages)
+    with task_identity():
+        engine = build(nodes, 0)
+        stores = vce_api._register_node_info_stores(engine.nodes, engine.grid.run, None)  # noqa: SLF001
+        stop = threading.Event()
+        thread = threading.Thread(target=vce_api.run_api, daemon=True,
+                                  args=(ClientApp, lambda: StandInBackend(workers, work_s), engine.nodes,
+                                        engine.factory, stores, stop, VceMetrics()))
+        thread.start()
+        walls = []
+        try:
+            list(engine.grid.send_and_receive(round_messages(list(engine.nodes), min(messages, workers), 0),
+                                              timeout=600))
+            for r in range(1, rounds + 1):
+                t0 = time.perf_counter()
+                replies = list(engine.grid.send_and_receive(round_messages(list(engine.nodes), messages, r),
+                                                            timeout=600))
+                walls.append(time.perf_counter() - t0)
+                if len(replies) != messages:
+                    raise RuntimeError(f"the engine returned {len(replies)} of {messages} replies in round {r}")
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+    per = sum(walls) / (rounds * messages)
+    return {"nodes": nodes, "messages": messages, "work_s": work_s, "workers": workers, "rounds": rounds,
+            "round_walls_s": [round(w, 3) for w in walls], "s_per_message": round(per, 4),
+            "over_ideal": round(per / (work_s / workers), 3)}
+
+
 def grid_points(nodes: list[int], messages: list[int], fraction: float, extra: list[tuple[int, int]]) -> \
         list[tuple[int, int]]:
     """(nodes, messages) to measure: each fixed message count that fits, the sampled fraction (at least 2, as
@@ -277,12 +387,16 @@ def compare(scale: list[dict[str, Any]], passes: dict[tuple[int, int], dict[str,
     return out
 
 
-def ratios(comparison: list[dict[str, Any]], inter: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def ratios(comparison: list[dict[str, Any]], inter: list[dict[str, Any]], e2e: list[dict[str, Any]]) -> \
+        list[dict[str, Any]]:
     """Per model, 1 000 vs 100 devices: the measured ratio of wall per device-round, and the most the poll can make of
     it: on the cores (``slowdown_bound``) and inside the simulation process (how much slower Python work there runs
     while the loop runs at 1 000 devices' point, the GIL and the core it takes; taken as 1 at 100); a device-round's
-    time is spent either in that process or on the workers' cores, so ``poll_bound``, the larger, bounds both."""
+    time is spent either in that process or on the workers' cores, so ``poll_bound``, the larger, bounds both;
+    ``engine``: the same ratio of wall per device message measured through Flower's engine with the stand-in
+    workers (:func:`engine_rounds`), where measured at both points."""
     slow = {(i["nodes"], i["messages"]): i["work_slowdown"] for i in inter}
+    per_msg = {(e["nodes"], e["messages"]): e["s_per_message"] for e in e2e}
     out = []
     for model in sorted({c["model"] for c in comparison}):
         by_n = {c["devices"]: c for c in comparison if c["model"] == model}
@@ -290,15 +404,17 @@ def ratios(comparison: list[dict[str, Any]], inter: list[dict[str, Any]]) -> lis
             lo, hi = by_n[100], by_n[1000]
             cores = hi["slowdown_bound"] / lo["slowdown_bound"]
             gil = slow.get((1000, hi["trained_per_round"]))  # at most this much slower than at 100 (>= 1 there)
+            a, b = per_msg.get((100, lo["trained_per_round"])), per_msg.get((1000, hi["trained_per_round"]))
             out.append({"model": model, "measured": round(hi["s_per_device_round"] / lo["s_per_device_round"], 2),
                         "cores_bound": round(cores, 2), "gil_bound": round(gil, 2) if gil else None,
-                        "poll_bound": round(max(cores, gil or 0.0), 2)})
+                        "poll_bound": round(max(cores, gil or 0.0), 2),
+                        "engine": round(b / a, 2) if a and b else None})
     return out
 
 
 def run(nodes: list[int], messages: list[int], fraction: float, repeats: int, scale: Path | None,
         workers: int, interference_points: tuple[tuple[int, int], ...] = INTERFERENCE,
-        cycles: int = 3) -> dict[str, Any]:
+        cycles: int = 3, work_s: float = 0.1, engine_rounds_each: int | None = None) -> dict[str, Any]:
     """The whole measurement as one JSON-able dict (no command or provenance)."""
     scaled = scale_points(scale) if scale else []
     extra = [(s["devices"], s["trained_per_round"]) for s in scaled if s["devices"] <= max(nodes)]
@@ -307,9 +423,12 @@ def run(nodes: list[int], messages: list[int], fraction: float, repeats: int, sc
         points.append(measure(n, m, repeats=min(repeats, max(1, WORK_BUDGET // (n * m)))))
         print(json.dumps(points[-1]), flush=True)
     inter = [interference(n, m, cycles) for n, m in interference_points]
+    e2e = [engine_rounds(n, m, work_s, workers, engine_rounds_each) for n, m in interference_points]
+    for x in [*inter, *e2e]:
+        print(json.dumps(x), flush=True)
     comparison = compare(scaled, {(p["nodes"], p["messages"]): p for p in points}, workers)
-    return {"points": points, "interference": inter, "scale": comparison, "ratios": ratios(comparison, inter),
-            "workers": workers}
+    return {"points": points, "interference": inter, "engine": e2e, "scale": comparison,
+            "ratios": ratios(comparison, inter, e2e), "workers": workers}
 
 
 def main() -> None:
@@ -323,23 +442,24 @@ def main() -> None:
                         help="bench_scale's result to compare with")
     parser.add_argument("--workers", type=int, default=2,
                         help="busy device workers sharing as many cores in bench_scale (one Ray actor per core)")
+    parser.add_argument("--work", type=float, default=0.1,
+                        help="CPU seconds each device message costs a stand-in worker in the end-to-end engine runs")
     parser.add_argument("--json", type=Path, default=None, help="write the measurement here")
     args = parser.parse_args()
     nodes = [int(x) for x in args.nodes.split(",")]
     messages = [int(x) for x in args.messages.split(",")]
-    result = run(nodes, messages, args.fraction, args.repeats, args.scale, args.workers)
+    result = run(nodes, messages, args.fraction, args.repeats, args.scale, args.workers, work_s=args.work)
     command = " ".join(["python -m experiments.bench_engine_poll", *sys.argv[1:]])
     result = {"command": command, **result,
               "versions": {"flwr": metadata.version("flwr"), "python": platform.python_version()},
               "machine": f"{platform.machine()}, {accel.cores()} CPUs, {platform.system()}",
               "date": time.strftime("%Y-%m-%d")}
-    for i in result["interference"]:
-        print(json.dumps(i))
     for c in result["scale"]:
         print(json.dumps(c))
     for r in result["ratios"]:
         print(f"{r['model']}: wall per device-round 1000/100 measured {r['measured']}x; "
-              f"the poll alone bounds it at {r['poll_bound']}x (cores {r['cores_bound']}x, GIL {r['gil_bound']}x)")
+              f"the poll alone bounds it at {r['poll_bound']}x (cores {r['cores_bound']}x, GIL {r['gil_bound']}x); "
+              f"Flower's engine with stand-in workers: {r['engine']}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")

@@ -74,8 +74,10 @@ def test_a_message_stays_stored_until_its_reply_is_pulled() -> None:
 
 
 def test_more_messages_than_nodes_is_refused() -> None:
-    with pytest.raises(ValueError, match="messages must be between 1 and nodes"):
+    with pytest.raises(ValueError, match="messages must be between 0 and nodes"):
         bench.build(3, 4)
+    with pytest.raises(ValueError, match="messages must be between 0 and nodes"):
+        bench.build(3, -1)
 
 
 def test_the_table_renders_the_measurement_and_says_how_to_make_a_missing_one(tmp_path: Path) -> None:
@@ -85,10 +87,14 @@ def test_the_table_renders_the_measurement_and_says_how_to_make_a_missing_one(tm
         {"model": "m", "devices": 4, "rounds": 2, "device_rounds": 4, "rounds_wall_s": 2.0, "s_per_device_round": 0.5},
         {"model": "m", "devices": 20, "rounds": 2, "device_rounds": 6, "rounds_wall_s": 3.0,
          "s_per_device_round": 0.5}]}))
-    result = bench.run([4, 20], [2], 0.05, 1, scale, workers=2, interference_points=((20, 2),), cycles=1)
+    result = bench.run([4, 20], [2], 0.05, 1, scale, workers=2, interference_points=((20, 2),), cycles=1,
+                       work_s=0.01, engine_rounds_each=2)
     assert {(p["nodes"], p["messages"]) for p in result["points"]} == {(4, 2), (4, 4), (20, 2), (20, 3), (20, 20)}
     assert [c["devices"] for c in result["scale"]] == [4, 20] and result["ratios"] == []
     assert result["interference"][0]["passes_per_s"] > 0 and result["interference"][0]["work_slowdown"] > 0
+    e2e = result["engine"][0]
+    assert (e2e["nodes"], e2e["messages"], e2e["rounds"]) == (20, 2, 2) and len(e2e["round_walls_s"]) == 2
+    assert e2e["over_ideal"] >= 1.0  # two workers cannot beat work / workers
     (tmp_path / "engine_poll.json").write_text(json.dumps(
         {**result, "command": "cmd", "date": "d", "machine": "m", "versions": {"flwr": "1", "python": "3"}}))
     header, rows, note = engine_poll(tmp_path)
