@@ -309,17 +309,45 @@ class StandInBackend(Backend):
         return Message(RecordDict(), reply_to=message), context
 
 
-def engine_rounds(nodes: int, messages: int, work_s: float = 0.1, workers: int = 2, rounds: int | None = None) -> \
-        dict[str, Any]:
+def index_pending(state: InMemoryLinkState) -> None:
+    """Counterfactual: let ``get_message_ins`` answer a node with nothing pending at once (a count of undelivered
+    messages per node, kept by wrapping ``store_message_ins``), so a pass scans only for the nodes that have a
+    message: what the engine would cost if Flower's state were indexed by node. Everything else is unchanged."""
+    pending: dict[int, int] = {}
+    lock = threading.Lock()
+    store, get = state.store_message_ins, state.get_message_ins
+
+    def store_ins(message: Message) -> str | None:
+        message_id = store(message)
+        if message_id:
+            with lock:
+                pending[message.metadata.dst_node_id] = pending.get(message.metadata.dst_node_id, 0) + 1
+        return message_id
+
+    def get_ins(node_id: int, limit: int | None, **kw: Any) -> list[Message]:
+        if not pending.get(node_id):
+            return []
+        out = get(node_id=node_id, limit=limit, **kw)
+        with lock:
+            pending[node_id] -= len(out)
+        return out
+
+    state.store_message_ins, state.get_message_ins = store_ins, get_ins  # type: ignore[method-assign]
+
+
+def engine_rounds(nodes: int, messages: int, work_s: float = 0.1, workers: int = 2, rounds: int | None = None,
+                  indexed: bool = False) -> dict[str, Any]:
     """Flower's simulation engine end to end without Ray: ``vce_api.run_api`` (the poll, the reply injector and one
     engine thread per worker) over ``nodes`` registered nodes with :class:`StandInBackend`, and the ServerApp's
     ``InMemoryGrid.send_and_receive`` of ``messages`` sampled messages per round, after one untimed round that
     starts the engine. ``rounds`` defaults to enough for about 50 device messages. Returns each round's wall, the
     wall per device message and its ratio to the ideal (``work_s`` / ``workers``: the workers never idle, nothing
-    else costs)."""
+    else costs). ``indexed``: the same with :func:`index_pending`'s counterfactual poll."""
     rounds = rounds or max(1, 50 // messages)
     with task_identity():
         engine = build(nodes, 0)
+        if indexed:
+            index_pending(engine.state)
         stores = vce_api._register_node_info_stores(engine.nodes, engine.grid.run, None)  # noqa: SLF001
         stop = threading.Event()
         thread = threading.Thread(target=vce_api.run_api, daemon=True,
@@ -341,7 +369,8 @@ def engine_rounds(nodes: int, messages: int, work_s: float = 0.1, workers: int =
             stop.set()
             thread.join(timeout=60)
     per = sum(walls) / (rounds * messages)
-    return {"nodes": nodes, "messages": messages, "work_s": work_s, "workers": workers, "rounds": rounds,
+    return {"nodes": nodes, "messages": messages, "poll": "indexed" if indexed else "flower", "work_s": work_s,
+            "workers": workers, "rounds": rounds,
             "round_walls_s": [round(w, 3) for w in walls], "s_per_message": round(per, 4),
             "over_ideal": round(per / (work_s / workers), 3)}
 
@@ -394,9 +423,9 @@ def ratios(comparison: list[dict[str, Any]], inter: list[dict[str, Any]], e2e: l
     while the loop runs at 1 000 devices' point, the GIL and the core it takes; taken as 1 at 100); a device-round's
     time is spent either in that process or on the workers' cores, so ``poll_bound``, the larger, bounds both;
     ``engine``: the same ratio of wall per device message measured through Flower's engine with the stand-in
-    workers (:func:`engine_rounds`), where measured at both points."""
+    workers (:func:`engine_rounds`), and ``engine_indexed`` with the counterfactual indexed poll, where measured."""
     slow = {(i["nodes"], i["messages"]): i["work_slowdown"] for i in inter}
-    per_msg = {(e["nodes"], e["messages"]): e["s_per_message"] for e in e2e}
+    per_msg = {(e["nodes"], e["messages"], e["poll"]): e["s_per_message"] for e in e2e}
     out = []
     for model in sorted({c["model"] for c in comparison}):
         by_n = {c["devices"]: c for c in comparison if c["model"] == model}
@@ -404,11 +433,15 @@ def ratios(comparison: list[dict[str, Any]], inter: list[dict[str, Any]], e2e: l
             lo, hi = by_n[100], by_n[1000]
             cores = hi["slowdown_bound"] / lo["slowdown_bound"]
             gil = slow.get((1000, hi["trained_per_round"]))  # at most this much slower than at 100 (>= 1 there)
-            a, b = per_msg.get((100, lo["trained_per_round"])), per_msg.get((1000, hi["trained_per_round"]))
+            engine = {}
+            for poll in ("flower", "indexed"):
+                a = per_msg.get((100, lo["trained_per_round"], poll))
+                b = per_msg.get((1000, hi["trained_per_round"], poll))
+                engine[poll] = round(b / a, 2) if a and b else None
             out.append({"model": model, "measured": round(hi["s_per_device_round"] / lo["s_per_device_round"], 2),
                         "cores_bound": round(cores, 2), "gil_bound": round(gil, 2) if gil else None,
                         "poll_bound": round(max(cores, gil or 0.0), 2),
-                        "engine": round(b / a, 2) if a and b else None})
+                        "engine": engine["flower"], "engine_indexed": engine["indexed"]})
     return out
 
 
@@ -423,7 +456,8 @@ def run(nodes: list[int], messages: list[int], fraction: float, repeats: int, sc
         points.append(measure(n, m, repeats=min(repeats, max(1, WORK_BUDGET // (n * m)))))
         print(json.dumps(points[-1]), flush=True)
     inter = [interference(n, m, cycles) for n, m in interference_points]
-    e2e = [engine_rounds(n, m, work_s, workers, engine_rounds_each) for n, m in interference_points]
+    e2e = [engine_rounds(n, m, work_s, workers, engine_rounds_each, indexed)
+           for n, m in interference_points for indexed in (False, True)]
     for x in [*inter, *e2e]:
         print(json.dumps(x), flush=True)
     comparison = compare(scaled, {(p["nodes"], p["messages"]): p for p in points}, workers)
@@ -459,7 +493,7 @@ def main() -> None:
     for r in result["ratios"]:
         print(f"{r['model']}: wall per device-round 1000/100 measured {r['measured']}x; "
               f"the poll alone bounds it at {r['poll_bound']}x (cores {r['cores_bound']}x, GIL {r['gil_bound']}x); "
-              f"Flower's engine with stand-in workers: {r['engine']}x")
+              f"Flower's engine with stand-in workers: {r['engine']}x, with the poll indexed: {r['engine_indexed']}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")

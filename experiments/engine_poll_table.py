@@ -37,7 +37,9 @@ def _scale_sentence(r: dict[str, Any]) -> str:
                        f"{r['workers']} device workers"
                        + (f", {q['gil_bound']:.2f}× inside the simulation process" if q.get("gil_bound") else "")
                        + ")" + (f"; Flower's engine end to end with stand-in workers: {q['engine']:.2f}×"
-                                if q.get("engine") else "") for q in r["ratios"])
+                                if q.get("engine") else "")
+                       + (f", the same with the poll indexed by node: {q['engine_indexed']:.2f}×"
+                          if q.get("engine_indexed") else "") for q in r["ratios"])
     return f"At bench_scale's `{points[0]['model']}` points (`scale.json`): {each}." + (f" {bounds}." if bounds else "")
 
 
@@ -51,14 +53,16 @@ def engine_poll(root: Path) -> tuple[list[str], list[list[str]], str] | str:
                 f"--as engine_poll`._")
     r = json.loads(path.read_text())
     inter = {(i["nodes"], i["messages"]): i for i in r.get("interference", [])}
-    e2e = {(e["nodes"], e["messages"]): e for e in r.get("engine", [])}
+    e2e = {(e["nodes"], e["messages"], e["poll"]): e for e in r.get("engine", [])}
     rows = []
     for p in r["points"]:
-        i, e = inter.get((p["nodes"], p["messages"])), e2e.get((p["nodes"], p["messages"]))
+        i = inter.get((p["nodes"], p["messages"]))
+        e, ix = (e2e.get((p["nodes"], p["messages"], poll)) for poll in ("flower", "indexed"))
         rows.append([_n(p["nodes"]), _n(p["messages"]), _sec(p["first_pass_s"]), _sec(p["pass_s"]),
                      _n(p["checks_per_pass"]), f"{p['us_per_check']:.1f}", f"{100 * p['poll_share']:.0f} %",
                      f"{i['work_slowdown']:.2f}×" if i else "–",
-                     f"{e['s_per_message']:.3f} ({e['over_ideal']:.2f}×)" if e else "–"])
+                     f"{e['s_per_message']:.3f} ({e['over_ideal']:.2f}×)" if e else "–",
+                     f"{ix['s_per_message']:.3f} ({ix['over_ideal']:.2f}×)" if ix else "–"])
     v = r["versions"]
     pull = "".join(f" (the ServerApp's pull there: {i['pull_alone_ms']:.2f} → {i['pull_polling_ms']:.2f} ms at "
                    f"{_n(i['nodes'])} nodes)" for i in r.get("interference", [])[-1:])
@@ -72,8 +76,10 @@ def engine_poll(root: Path) -> tuple[list[str], list[list[str]], str] | str:
             f"Python work: a fixed piece of it in the same process while Flower's own loop runs in a thread, against "
             f"alone{pull}. End to end: Flower's engine (`vce_api.run_api`, `InMemoryGrid.send_and_receive`) with "
             f"{r['workers']} stand-in worker processes spending {work} s of CPU per message in place of Ray actors: "
-            f"wall per device message (× the ideal, work / workers). {_scale_sentence(r)}_")
+            f"wall per device message (× the ideal, work / workers); poll indexed by node: the same run with "
+            f"`get_message_ins` answering at once for a node with nothing pending (a counterfactual, not Flower's "
+            f"code). {_scale_sentence(r)}_")
     return (["nodes", "messages in flight", "first pass (s)", "steady pass (s)", "checks per pass", "µs per check",
              "poll's share of a core", "Python work in the process, slower by",
-             "end to end: s per device message (× ideal)"],
+             "end to end: s per device message (× ideal)", "same, poll indexed by node"],
             rows, note)

@@ -92,13 +92,35 @@ def test_the_table_renders_the_measurement_and_says_how_to_make_a_missing_one(tm
     assert {(p["nodes"], p["messages"]) for p in result["points"]} == {(4, 2), (4, 4), (20, 2), (20, 3), (20, 20)}
     assert [c["devices"] for c in result["scale"]] == [4, 20] and result["ratios"] == []
     assert result["interference"][0]["passes_per_s"] > 0 and result["interference"][0]["work_slowdown"] > 0
-    e2e = result["engine"][0]
-    assert (e2e["nodes"], e2e["messages"], e2e["rounds"]) == (20, 2, 2) and len(e2e["round_walls_s"]) == 2
-    assert e2e["over_ideal"] >= 1.0  # two workers cannot beat work / workers
+    assert [(e["nodes"], e["messages"], e["poll"], e["rounds"]) for e in result["engine"]] == \
+        [(20, 2, "flower", 2), (20, 2, "indexed", 2)]
+    for e2e in result["engine"]:
+        assert len(e2e["round_walls_s"]) == 2 and e2e["over_ideal"] >= 1.0  # two workers cannot beat work / workers
     (tmp_path / "engine_poll.json").write_text(json.dumps(
         {**result, "command": "cmd", "date": "d", "machine": "m", "versions": {"flwr": "1", "python": "3"}}))
     header, rows, note = engine_poll(tmp_path)
     assert len(rows) == 5 and all(len(r) == len(header) for r in rows)
     assert [r[:2] for r in rows[2:]] == [["20", "2"], ["20", "3"], ["20", "20"]]
-    assert rows[2][7] != "–" and rows[3][7] == "–"  # only (20, 2) was measured beside the running loop
+    assert "–" not in rows[2][7:] and rows[3][7:] == ["–"] * 3  # only (20, 2) was measured beside the loop
     assert "`cmd`" in note and "20 devices, 3 trained per round" in note
+
+
+def test_the_indexed_counterfactual_asks_the_store_only_for_nodes_with_a_pending_message() -> None:
+    """With :func:`index_pending` a pass checks messages only for the nodes that have one (N × M → about M × M), and
+    still delivers every message exactly once."""
+    with bench.task_identity():
+        engine = bench.build(50, 0)
+        assert engine.grid.state is engine.state  # the grid pushes into the state the engine polls
+        bench.index_pending(engine.state)
+        engine.grid.push_messages(bench.round_messages(list(engine.nodes), 5))
+        checks = {"n": 0}
+        check = engine.state._check_stored_messages  # noqa: SLF001
+
+        def counted(ids: set[str], *a: Any, **kw: Any) -> None:
+            checks["n"] += len(ids)
+            check(ids, *a, **kw)
+
+        engine.state._check_stored_messages = counted  # type: ignore[method-assign]  # noqa: SLF001
+        assert bench.poll_pass(engine, Queue()) == 5 and 0 < checks["n"] <= 5 * 5
+        checks["n"] = 0
+        assert bench.poll_pass(engine, Queue()) == 0 and checks["n"] == 0
