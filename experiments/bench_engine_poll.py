@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -482,11 +483,13 @@ def main() -> None:
     args = parser.parse_args()
     nodes = [int(x) for x in args.nodes.split(",")]
     messages = [int(x) for x in args.messages.split(",")]
+    load_before = os.getloadavg()[0]
     result = run(nodes, messages, args.fraction, args.repeats, args.scale, args.workers, work_s=args.work)
     command = " ".join(["python -m experiments.bench_engine_poll", *sys.argv[1:]])
     result = {"command": command, **result,
               "versions": {"flwr": metadata.version("flwr"), "python": platform.python_version()},
               "machine": f"{platform.machine()}, {accel.cores()} CPUs, {platform.system()}",
+              "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
               "date": time.strftime("%Y-%m-%d")}
     for c in result["scale"]:
         print(json.dumps(c))
