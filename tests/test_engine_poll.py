@@ -15,7 +15,7 @@ from flwr.app import Message, RecordDict
 from flwr.server.superlink.fleet.vce import vce_api
 
 from experiments import bench_engine_poll as bench
-from experiments.engine_poll_table import engine_poll
+from experiments.report import engine_poll
 
 
 def test_a_pass_asks_every_node_and_checks_every_stored_message() -> None:

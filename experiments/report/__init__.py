@@ -43,6 +43,7 @@ from .default_run import (DEFAULT_COMMAND, WORDS_PAIR, Spread, check_run, consis
 from .fmnist_run import fmnist_table
 from .costs import (bytes_transport, default_bytes, default_packages, overhead_default_run, overhead_fmnist, paper_dry,
                     scale, vitb16_bytes)
+from .engine_poll import engine_poll
 from .derived import (DERIVED, TEMPERATURE_RUNS, VAL_T, select_temperature, temperature_candidates, val_accuracy,
                       with_derived)
 from .paired import (ABLATION_STEPS, WORDS, PairCells, PairedGrid, best_baseline, compare, paired_grid,
@@ -62,7 +63,8 @@ __all__ = [
     "RESULTS_DOC", "SETTING_FILE", "TABLES", "TEMPERATURE_RUNS", "VAL_T", "WORDS", "WORDS_PAIR", "PairCells",
     "PairedGrid", "Spread", "Table", "accuracy_grid", "best_baseline", "bytes_transport", "check_run", "collect",
     "compare", "consistent_across_seeds", "default_bytes", "default_jobs", "default_packages", "default_paired",
-    "default_pairs", "default_reading", "default_spreads", "default_summary_file", "default_table", "fmnist_claims",
+    "default_pairs", "default_reading", "default_spreads", "default_summary_file", "default_table", "engine_poll",
+    "fmnist_claims",
     "fmnist_grid", "fmnist_grid_costs", "fmnist_grid_generic", "fmnist_grid_reading", "fmnist_grid_vs_best",
     "fmnist_grid_vs_local", "fmnist_grid_worst", "fmnist_table", "main", "markdown", "overhead_default_run",
     "overhead_fmnist", "paired_grid", "paired_reading", "paired_vs_best", "paired_vs_local", "paper_dry",

@@ -1,8 +1,8 @@
 """The ``engine_poll`` results table: what one polling pass of Flower's simulation engine costs as nodes and messages
 in flight grow, from ``experiments/results/engine_poll.json`` (``python -m experiments.bench_engine_poll``).
 
-A renderer in the shape of ``experiments.report``'s tables (header, rows, provenance line, or a one-line note when
-the result file is missing); the report registers it under the marker ``report:engine_poll``.
+Registered under the marker ``report:engine_poll`` (header, rows, provenance line, or a one-line note when the
+result file is missing).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from .registry import table
 
 FILENAME = "engine_poll.json"
 COMMAND = "python -m experiments.bench_engine_poll --json experiments/results/engine_poll.json"
@@ -43,6 +45,7 @@ def _scale_sentence(r: dict[str, Any]) -> str:
     return f"At bench_scale's `{points[0]['model']}` points (`scale.json`): {each}." + (f" {bounds}." if bounds else "")
 
 
+@table("engine_poll")
 def engine_poll(root: Path) -> tuple[list[str], list[list[str]], str] | str:
     """One row per (nodes, messages in flight): the first pass (it delivers the messages), the steady pass (every
     message delivered, no reply pulled yet), its checks and the poll's share of a core; at two points also what the
