@@ -234,7 +234,7 @@ def deploy(out: Path, num_supernodes: int | None = None, overrides: Sequence[str
     rc: int | None = None
     try:
         run.start_federation(cfg.topology.num_devices)
-        with fab_source(app_dir) as fab:
+        with fab_source(app_dir, run.home) as fab:
             cmd = [_tool("flwr"), "run", str(fab), CONNECTION, "--stream", "--run-config", str(run_config)]
             proc = run.spawn(cmd, cwd=out, stdout=stream_to, stderr=subprocess.STDOUT)
             try:

@@ -224,10 +224,10 @@ class _Launch:
 APP_PARTS = ("acme_flwr/", "strategies/", "clients/", "conf/")  # with pyproject.toml: what the FAB needs
 
 
-def snapshot(src: Path = REPO) -> Path:
+def snapshot(src: Path = REPO, parent: Path | None = None) -> Path:
     """Copy the app's files (the packages, Hydra's ``conf/`` and ``pyproject.toml``, tracked or untracked but not
-    ignored) from the checkout ``src`` to a new temp dir, which the caller removes."""
-    dst = Path(tempfile.mkdtemp(prefix="acme-snapshot-"))
+    ignored) from the checkout ``src`` to a new temp dir (under ``parent`` if given), which the caller removes."""
+    dst = Path(tempfile.mkdtemp(prefix="acme-snapshot-", dir=parent))
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src,
                            capture_output=True, text=True, check=True).stdout.split()
     for rel in files:
@@ -238,14 +238,15 @@ def snapshot(src: Path = REPO) -> Path:
 
 
 @contextmanager
-def fab_source(app_dir: Path) -> Iterator[Path]:
+def fab_source(app_dir: Path, parent: Path | None = None) -> Iterator[Path]:
     """The directory ``flwr run`` builds the FAB from: a snapshot of the app when ``app_dir`` is a git checkout (Flower
     reads every file under it, ``.venv`` and ``outputs/`` included, before filtering: ~9 s per run here), else
-    ``app_dir`` itself (already a snapshot or a bare app)."""
+    ``app_dir`` itself (already a snapshot or a bare app). ``parent``: where the snapshot goes (a launch puts it in
+    its FLWR_HOME, which its watchdog removes even when the launcher is killed)."""
     if not (app_dir / ".git").exists():
         yield app_dir
         return
-    fab = snapshot(app_dir)
+    fab = snapshot(app_dir, parent)
     try:
         yield fab
     finally:
@@ -335,7 +336,7 @@ def _flwr_run(out: Path, cfg: AcmeConfig, run_config: Path, app_dir: Path, strea
         run.env["RAY_ADDRESS"] = ray_address  # Flower's Ray backend calls ray.init(), which joins it
     try:
         run.start_superlink()
-        with fab_source(app_dir) as fab:
+        with fab_source(app_dir, run.home) as fab:
             cmd = [_tool("flwr"), "run", str(fab), "--stream", "--run-config", str(run_config),
                    "--federation-config", federation_config(cfg, client_cpus=client_cpus)]
             errors: list[str] = []
