@@ -20,6 +20,8 @@ numbers and written with them (``experiments/results/scale.json``; ``python -m e
 
     python -m experiments.bench_scale --json experiments/results/scale.json
     python -m experiments.bench_scale --points vit_micro_test:10,vit_micro_test:100 --rounds 2   # a quick look
+    python -m experiments.bench_scale --points vit_b16_sub_test:10,vit_b16_sub_test:100 \
+        --extra run.feature_cache_mb=0 --json experiments/results/scale.json --append   # without the grid cache
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +68,10 @@ def backbone_mb(model: str) -> float:
     return round(sum(p.numel() for p in create_model(model).parameters()) * 4 / 1e6, 2)
 
 
-def run_point(model: str, devices: int, rounds: int, fraction: float, out: Path) -> dict[str, Any]:
-    """One run; its memory, wall time and device-rounds."""
+def run_point(model: str, devices: int, rounds: int, fraction: float, out: Path,
+              extra: Sequence[str] = ()) -> dict[str, Any]:
+    """One run (``extra``: more Hydra overrides, e.g. ``run.feature_cache_mb=0``); its memory, wall time and
+    device-rounds."""
     home = Path(tempfile.mkdtemp(prefix="acme-flwr-home-scale-"))
     overrides = ["dataset=synthetic", f"model={model}" if (REPO / "conf" / "model" / f"{model}.yaml").exists()
                  else f"model.name={model}", "cloud.enabled=false", "cloud.widths=1.0", "cloud.depths=1.0",
@@ -75,7 +79,7 @@ def run_point(model: str, devices: int, rounds: int, fraction: float, out: Path)
                  f"strategy.rounds={rounds}", f"topology.num_devices={devices}",
                  f"data.synthetic_samples={IMAGES_PER_DEVICE * devices}", "partition.min_size=5",
                  "strategy.feature_samples=20", f"strategy.fraction_train={fraction}",
-                 f"strategy.fraction_evaluate={fraction}", "model.header_channels=8"]
+                 f"strategy.fraction_evaluate={fraction}", "model.header_channels=8", *extra]
     monitor = RunPeaks(str(home))
     monitor.start()
     t0 = time.monotonic()
@@ -96,27 +100,33 @@ def run_point(model: str, devices: int, rounds: int, fraction: float, out: Path)
             "wall_s": round(wall, 1), "rounds_wall_s": round(rounds_wall, 2),
             "setup_s": round(wall - rounds_wall, 1), "device_rounds": device_rounds,
             "s_per_device_round": round(rounds_wall / device_rounds, 4) if device_rounds else None,
-            "failures": block["failures"]["count"], "overrides": overrides}
+            "failures": block["failures"]["count"], "overrides": overrides, "extra": list(extra)}
+
+
+def _variant(point: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The series a point belongs to: its model and its extra overrides (compared only within one series)."""
+    return point["model"], tuple(point.get("extra", ()))
 
 
 def check_targets(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Issue 24's targets, from the measured points: each with its measured value and whether it holds."""
     out: list[dict[str, Any]] = []
-    for model in sorted({p["model"] for p in points}):
-        by_n = {p["devices"]: p for p in points if p["model"] == model}
+    for model, extra in sorted({_variant(p) for p in points}):
+        by_n = {p["devices"]: p for p in points if _variant(p) == (model, extra)}
+        name = " ".join((model, *extra))  # the series' name in the targets
         sizes = sorted(by_n)
         if len(sizes) >= 2:
             lo, hi = by_n[sizes[0]], by_n[sizes[-1]]
             per_device = (hi["max_peak_mib"] - lo["max_peak_mib"]) * 1.048576 / (hi["devices"] - lo["devices"])
-            out.append({"target": f"{model}: largest process grows <= 1 MB per device ({sizes[0]} -> {sizes[-1]})",
+            out.append({"target": f"{name}: largest process grows <= 1 MB per device ({sizes[0]} -> {sizes[-1]})",
                         "measured": round(per_device, 3), "unit": "MB/device", "holds": per_device <= 1.0})
         if 10 in by_n and 1000 in by_n:
             ratio = by_n[1000]["sum_peak_mib"] / by_n[10]["sum_peak_mib"]
-            out.append({"target": f"{model}: summed memory at 1000 devices <= 1.5x that at 10",
+            out.append({"target": f"{name}: summed memory at 1000 devices <= 1.5x that at 10",
                         "measured": round(ratio, 3), "unit": "x", "holds": ratio <= 1.5})
         if 100 in by_n and 1000 in by_n and by_n[100]["s_per_device_round"] and by_n[1000]["s_per_device_round"]:
             ratio = by_n[1000]["s_per_device_round"] / by_n[100]["s_per_device_round"]
-            out.append({"target": f"{model}: wall time per device-round at 1000 <= 1.2x that at 100",
+            out.append({"target": f"{name}: wall time per device-round at 1000 <= 1.2x that at 100",
                         "measured": round(ratio, 3), "unit": "x", "holds": ratio <= 1.2})
     return out
 
@@ -127,17 +137,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.05, help="fraction_train and fraction_evaluate")
     parser.add_argument("--json", type=Path, default=None, help="write the measurement here (after every point)")
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="more Hydra overrides for every point of this call (e.g. run.feature_cache_mb=0): a "
+                             "series of its own, compared only with itself")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the points already in --json (a point of the same model, devices and extra "
+                             "overrides is replaced) and add this call's command to its commands")
     args = parser.parse_args()
-    points: list[dict[str, Any]] = []
     command = (f"python -m experiments.bench_scale --points {args.points} --rounds {args.rounds} "
-               f"--fraction {args.fraction}" + (f" --json {args.json}" if args.json else ""))
+               f"--fraction {args.fraction}" + (f" --json {args.json}" if args.json else "")
+               + (f" --extra {' '.join(args.extra)}" if args.extra else "") + (" --append" if args.append else ""))
+    kept: list[dict[str, Any]] = []
+    commands = [command]
+    if args.append and args.json and args.json.exists():
+        before = json.loads(args.json.read_text())
+        kept, commands = before["points"], [*before.get("commands", [before["command"]]), command]
+    points: list[dict[str, Any]] = []
     for spec in args.points.split(","):
         model, n = spec.split(":")
         point = run_point(model, int(n), args.rounds, args.fraction,
-                          REPO / "outputs" / "bench" / f"scale-{model}-{n}")
+                          REPO / "outputs" / "bench" / f"scale-{model}-{n}", args.extra)
         points.append(point)
         print(json.dumps(point), flush=True)
-        result = {"command": command, "points": points, "targets": check_targets(points),
+        mine = {(_variant(p), p["devices"]) for p in points}
+        every = [p for p in kept if (_variant(p), p["devices"]) not in mine] + points
+        result = {"command": commands[0], "commands": commands, "points": every, "targets": check_targets(every),
                   "machine": f"{platform.machine()}, {accel.cores()} CPUs, {platform.system()}",
                   "date": time.strftime("%Y-%m-%d")}
         if args.json:
