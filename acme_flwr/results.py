@@ -89,10 +89,11 @@ class StrategyRecord:
         self.failures.append({"round": server_round, "phase": phase, "node": node, "reason": reason})
 
     def to_state(self) -> dict[str, Any]:
-        return {"rounds": self.rounds, "failures": self.failures, "extra": self.extra}
+        return {"rounds": self.rounds, "failures": self.failures, "extra": self.extra, "bytes": self.bytes}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.rounds, self.failures, self.extra = list(state["rounds"]), list(state["failures"]), dict(state["extra"])
+        self.bytes = dict(state.get("bytes") or {})  # with its references (devices' profiles, params)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rounds": self.rounds, "failures": {"count": len(self.failures), "reasons": self.failures},

@@ -38,7 +38,6 @@ class Checkpointer:
         rows = books.recorder.rows_of(self.name) if books.recorder is not None else []
         state = {"round": server_round, "name": self.name, "eval_history": books.eval_history,
                  "ledger": ledger.state_dict(), "record": books.record.to_state(), "rows": rows, "policy": policy,
-                 "bytes": books.record.bytes,
                  "extra": extra}
         return save_state(checkpoint_path(self.checkpoint_dir, self.name), state)
 
@@ -52,7 +51,6 @@ class Checkpointer:
         books.eval_history = state["eval_history"]
         ledger.load_state_dict(state["ledger"])
         books.record.load_state(state["record"])
-        books.record.bytes = dict(state.get("bytes") or {})  # with its references (devices' profiles, params)
         if books.recorder is not None:
             books.recorder.restore_rows(self.name, state["rows"])
         finished = int(state["round"])
