@@ -197,36 +197,43 @@ ABLATION_STEPS = (("acme", "acme_pruning_per_js", "EMD ≥ JS"), ("acme_pruning_
                   ("acme_pruning_alone", "acme_wo_pruning", "Alone > wo_pruning"))
 
 
-def _ablation_steps(grid: PairedGrid, setting: str) -> list[str]:
-    """Each step of the paper's ablation order as a paired difference with its interval, and what it says: a "≥"
-    claim is contradicted only by an interval below 0, a ">" claim holds only with an interval above 0, and "≈" is
+HOLDS, CONTRADICTED = "holds", "contradicted"
+
+
+def _ablation_verdicts(grid: PairedGrid, setting: str) -> list[tuple[str, stats.Paired, str]]:
+    """Each step of the paper's ablation order as (claim, paired difference, what it says): a "≥" claim is
+    contradicted only by an interval below 0, a ">" claim holds only with an interval above 0, and "≈" is
     contradicted by an interval that excludes 0."""
-    steps = []
+    out = []
     for a, b, claim in ABLATION_STEPS:
         p = compare(grid, setting, a, b)
         if p is None:
             continue
         if "≈" in claim:
-            said = "contradicted" if p.verdict != stats.CANNOT_TELL else "consistent (the interval contains 0)"
+            said = CONTRADICTED if p.verdict != stats.CANNOT_TELL else "consistent (the interval contains 0)"
         elif "≥" in claim:
-            said = "contradicted" if p.verdict == stats.WORSE else (
-                "holds" if p.verdict == stats.BETTER else "consistent (the interval contains 0)")
+            said = CONTRADICTED if p.verdict == stats.WORSE else (
+                HOLDS if p.verdict == stats.BETTER else "consistent (the interval contains 0)")
         else:
-            said = "holds" if p.verdict == stats.BETTER else (
-                "contradicted" if p.verdict == stats.WORSE else "not shown (the interval contains 0)")
-        steps.append(f"{claim}: {p.format()}, {said}")
-    return steps
+            said = HOLDS if p.verdict == stats.BETTER else (
+                CONTRADICTED if p.verdict == stats.WORSE else "not shown (the interval contains 0)")
+        out.append((claim, p, said))
+    return out
+
+
+def _ablation_steps(grid: PairedGrid, setting: str) -> list[str]:
+    """The ablation steps as the reading writes them: ``claim: difference [interval], verdict``."""
+    return [f"{claim}: {p.format()}, {said}" for claim, p, said in _ablation_verdicts(grid, setting)]
 
 
 def _paper_claims(grid: PairedGrid, setting: str, vs_best: tuple[str, stats.Paired] | None) -> str:
     """The paper's claims re-checked in its own regime: how many ablation steps hold, are contradicted or cannot be
     told apart, and ACME against the best baseline, in words."""
-    steps = _ablation_steps(grid, setting)
-    counts = {word: sum(s.endswith(word) for s in steps) for word in ("holds", "contradicted")}
-    told = len(steps) - counts["holds"] - counts["contradicted"]
+    said = [verdict for _, _, verdict in _ablation_verdicts(grid, setting)]
+    holds, contradicted = said.count(HOLDS), said.count(CONTRADICTED)
     text = (f"- **The paper's claims in its regime** ({setting}: {grid.paper_regime[setting]}): of the "
-            f"{len(steps)} steps of EMD ≥ JS ≥ Avg ≈ Alone > wo_pruning, {counts['holds']} hold, "
-            f"{counts['contradicted']} are contradicted and {told} the data cannot resolve")
+            f"{len(said)} steps of EMD ≥ JS ≥ Avg ≈ Alone > wo_pruning, {holds} hold, "
+            f"{contradicted} are contradicted and {len(said) - holds - contradicted} the data cannot resolve")
     if vs_best is not None:
         ref, p = vs_best
         text += f"; ACME − the best baseline ({ref}): {p.format()}, {WORDS[p.verdict]}"
